@@ -1,0 +1,63 @@
+"""Clip index math: which frames each clip of a video covers, as pure functions of the frame count.
+
+Kept free of I/O so the decoder can be handed every clip's indices up front ("indices first, decode
+once") and so the sampling conventions are trivial to unit-test.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def clip_span(clip_len: int, stride: int) -> int:
+    """Number of consecutive frames one clip covers: ``(clip_len - 1) * stride + 1``."""
+    _check_positive(clip_len=clip_len, stride=stride)
+    return (clip_len - 1) * stride + 1
+
+
+def _segment_length(num_frames: int, num_clips: int, span: int) -> float:
+    """Length of one of ``num_clips`` equal segments of the valid start range ``[0, num_frames - span]``."""
+    _check_positive(num_frames=num_frames, num_clips=num_clips, span=span)
+    return (max(num_frames - span, 0) + 1) / num_clips
+
+
+def train_clip_starts(num_frames: int, num_clips: int, span: int, rng: np.random.Generator) -> list[int]:
+    """TSN-style random starts: one uniform draw inside each of ``num_clips`` equal segments.
+
+    Covering every segment makes the clips of one video span its whole length, which video-level
+    training needs; a video shorter than ``span`` gets all starts at 0. Sorted ascending.
+    """
+    segment = _segment_length(num_frames, num_clips, span)
+    offsets = rng.random(num_clips)
+    return [int((i + offsets[i]) * segment) for i in range(num_clips)]
+
+
+def eval_clip_starts(num_frames: int, num_clips: int, span: int) -> list[int]:
+    """Deterministic starts at the centres of ``num_clips`` equal segments of the valid start range.
+
+    This is the PySlowFast/MMAction2 test-clip convention; ``num_clips=1`` gives the middle clip.
+    """
+    segment = _segment_length(num_frames, num_clips, span)
+    return [int((i + 0.5) * segment) for i in range(num_clips)]
+
+
+def clip_frame_indices(starts: Sequence[int], clip_len: int, stride: int, num_frames: int) -> np.ndarray:
+    """Frame indices of every clip, int64 of shape ``(len(starts), clip_len)``.
+
+    Indices past the end are clamped to ``num_frames - 1``, so a short video repeats its last frame
+    (as PySlowFast does) instead of yielding a shorter clip.
+    """
+    _check_positive(clip_len=clip_len, stride=stride, num_frames=num_frames)
+    if len(starts) == 0:
+        raise ValueError("starts must hold at least one clip start")
+    start_array = np.asarray(starts, dtype=np.int64)
+    if start_array.ndim != 1 or (start_array < 0).any():
+        raise ValueError(f"starts must be a flat sequence of non-negative ints, got {list(starts)}")
+    indices = start_array[:, None] + stride * np.arange(clip_len, dtype=np.int64)[None, :]
+    return np.clip(indices, 0, num_frames - 1)

@@ -1,0 +1,26 @@
+"""Shared fixtures: small real videos encoded once per test session."""
+
+from pathlib import Path
+
+import pytest
+from videos import write_test_video
+
+NUM_FRAMES = 36
+HEIGHT, WIDTH = 48, 64
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("videos")
+
+
+@pytest.fixture(scope="session")
+def index_video(video_dir: Path) -> Path:
+    """36 frames of 48x64 H.264 whose gray level encodes the frame index (see videos.gray_level)."""
+    return write_test_video(video_dir / "index.mp4", NUM_FRAMES, HEIGHT, WIDTH)
+
+
+@pytest.fixture(scope="session")
+def faststart_video(video_dir: Path) -> Path:
+    """Like ``index_video`` but with the moov atom first, so a truncated copy still opens."""
+    return write_test_video(video_dir / "faststart.mp4", NUM_FRAMES, HEIGHT, WIDTH, faststart=True)
