@@ -1,0 +1,107 @@
+"""Spatial clip transforms kept in uint8 until the last step.
+
+Clips stay uint8 through scaling and cropping (4x less memory and host-to-device traffic than
+float32); :func:`normalize` converts on whatever device the batch lives on. Scale-then-crop is done as
+one ``resized_crop`` of the matching region of the original frame, so only the kept pixels are
+resampled.
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as F
+
+KINETICS_MEAN = (0.45, 0.45, 0.45)
+KINETICS_STD = (0.225, 0.225, 0.225)
+
+
+def short_side_scale_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """``(height, width)`` after scaling so the shorter side equals ``short_side``, keeping aspect."""
+    if min(height, width, short_side) < 1:
+        raise ValueError(f"sizes must be >= 1, got height={height}, width={width}, short_side={short_side}")
+    if height <= width:
+        return short_side, max(short_side, round(width * short_side / height))
+    return max(short_side, round(height * short_side / width)), short_side
+
+
+def _scaled_crop(
+    clip: torch.Tensor, top: int, left: int, crop_size: int, scaled: tuple[int, int]
+) -> torch.Tensor:
+    """The ``crop_size`` square at ``(top, left)`` of ``clip`` resized to ``scaled``, resampled once."""
+    height, width = clip.shape[-2:]
+    scale_y, scale_x = height / scaled[0], width / scaled[1]
+    region_h = min(height, round(crop_size * scale_y))
+    region_w = min(width, round(crop_size * scale_x))
+    region_top = min(round(top * scale_y), height - region_h)
+    region_left = min(round(left * scale_x), width - region_w)
+    return F.resized_crop(
+        clip, region_top, region_left, region_h, region_w, [crop_size, crop_size], antialias=True
+    )
+
+
+def _check_clip(clip: torch.Tensor, crop_size: int, short_side: int) -> tuple[int, int]:
+    if clip.ndim != 4:
+        raise ValueError(f"clip must be (T, C, H, W), got shape {tuple(clip.shape)}")
+    if crop_size < 1 or short_side < crop_size:
+        raise ValueError(
+            f"need 1 <= crop_size <= short_side, got crop_size={crop_size}, short_side={short_side}"
+        )
+    return short_side_scale_size(clip.shape[-2], clip.shape[-1], short_side)
+
+
+def train_crop(
+    clip: torch.Tensor, *, crop_size: int, short_side: int, flip: bool, rng: np.random.Generator
+) -> torch.Tensor:
+    """Random ``crop_size`` square of ``clip`` scaled to ``short_side``; mirrored if ``flip``.
+
+    ``clip`` is uint8 ``(T, C, H, W)``; returns ``(T, C, crop_size, crop_size)``. The caller draws
+    ``short_side`` and ``flip`` so that every random choice of a sample comes from one generator;
+    ``rng`` picks the crop position. All frames of the clip share the crop, keeping motion intact.
+    """
+    scaled = _check_clip(clip, crop_size, short_side)
+    top = int(rng.integers(0, scaled[0] - crop_size + 1))
+    left = int(rng.integers(0, scaled[1] - crop_size + 1))
+    out = _scaled_crop(clip, top, left, crop_size, scaled)
+    return out.flip(-1) if flip else out
+
+
+def center_crop_views(
+    clip: torch.Tensor, *, crop_size: int, short_side: int, num_crops: int
+) -> list[torch.Tensor]:
+    """Deterministic test views of ``clip`` scaled to ``short_side``: the centre crop, or 3 crops.
+
+    With ``num_crops=3`` the crops run along the long side (left/centre/right for landscape,
+    top/centre/bottom for portrait) as in PySlowFast's 3-crop testing. ``clip`` is uint8
+    ``(T, C, H, W)``; each view is ``(T, C, crop_size, crop_size)``.
+    """
+    if num_crops not in (1, 3):
+        raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+    scaled = _check_clip(clip, crop_size, short_side)
+    slack_y, slack_x = scaled[0] - crop_size, scaled[1] - crop_size
+    if num_crops == 1:
+        corners = [(slack_y // 2, slack_x // 2)]
+    elif scaled[0] > scaled[1]:
+        corners = [(0, slack_x // 2), (slack_y // 2, slack_x // 2), (slack_y, slack_x // 2)]
+    else:
+        corners = [(slack_y // 2, 0), (slack_y // 2, slack_x // 2), (slack_y // 2, slack_x)]
+    return [_scaled_crop(clip, top, left, crop_size, scaled) for top, left in corners]
+
+
+def normalize(
+    video: torch.Tensor, mean: Sequence[float] = KINETICS_MEAN, std: Sequence[float] = KINETICS_STD
+) -> torch.Tensor:
+    """uint8 ``(..., C, T, H, W)`` to float32 ``(x / 255 - mean) / std`` per channel.
+
+    Runs on ``video``'s device, so the engine can normalize after moving the uint8 batch to the GPU.
+    """
+    channels = video.shape[-4] if video.ndim >= 4 else -1
+    if channels != len(mean) or channels != len(std):
+        raise ValueError(
+            f"video must be (..., C, T, H, W) with C={len(mean)} matching mean/std, "
+            f"got shape {tuple(video.shape)}"
+        )
+    shape = (channels, 1, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=video.device).view(shape)
+    std_t = torch.tensor(std, dtype=torch.float32, device=video.device).view(shape)
+    return (video.to(torch.float32) / 255 - mean_t) / std_t
