@@ -1,0 +1,247 @@
+"""The PySlowFast Kinetics CSV format and the map-style multi-clip video dataset.
+
+A data directory holds ``train.csv`` and ``val.csv`` (``test.csv`` optional), one ``path label`` per
+line separated by whitespace, paths relative to the directory or absolute, and optionally
+``classes.txt`` with one class name per line. Format problems raise :class:`DatasetFormatError` naming
+the file and line up front, before any training starts.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from comem.data.decode import VideoDecodeError, VideoReader
+from comem.data.sampling import clip_frame_indices, clip_span, eval_clip_starts, train_clip_starts
+from comem.data.transforms import center_crop_views, train_crop
+
+_FORMAT_HINT = "expected PySlowFast format: one 'path label' per line"
+
+
+class DatasetFormatError(ValueError):
+    """A data directory or CSV that does not follow the format; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video of a split; ``path`` is already resolved against the data directory."""
+
+    path: Path
+    label: int
+
+
+def _parse_label(text: str, where: str) -> int:
+    try:
+        label = int(text)
+    except ValueError:
+        raise DatasetFormatError(f"{where}: label '{text}' is not an integer") from None
+    if label < 0:
+        raise DatasetFormatError(f"{where}: label {label} is negative")
+    return label
+
+
+def _read_video_csv(
+    csv_path: Path, root: Path, num_classes: int | None, classes_source: str
+) -> list[VideoRecord]:
+    records = []
+    for number, line in enumerate(csv_path.read_text().splitlines(), start=1):
+        columns = line.split()
+        if not columns:
+            continue
+        where = f"{csv_path}:{number}"
+        if len(columns) != 2:
+            hint = ""
+            if len(columns) > 2:
+                hint = " (paths with spaces are not supported)"
+            elif "," in line:
+                hint = " (columns are separated by whitespace, not commas)"
+            raise DatasetFormatError(f"{where}: expected 2 columns 'path label', got {len(columns)}{hint}")
+        label = _parse_label(columns[1], where)
+        if num_classes is not None and label >= num_classes:
+            raise DatasetFormatError(
+                f"{where}: label {label} out of range [0, {num_classes}){classes_source}"
+            )
+        records.append(VideoRecord(path=root / columns[0], label=label))
+    if not records:
+        raise DatasetFormatError(f"{csv_path}: empty (no videos)")
+    return records
+
+
+def read_video_csv(csv_path: Path, root: Path, num_classes: int | None = None) -> list[VideoRecord]:
+    """Records of one split CSV; relative paths are joined to ``root``, blank lines skipped.
+
+    Video files are not checked here (a stat per video is slow on network storage); a missing one
+    surfaces as a skipped sample when it is decoded.
+    """
+    return _read_video_csv(Path(csv_path), Path(root), num_classes, "")
+
+
+def read_class_names(data_dir: Path) -> list[str] | None:
+    """Class names from ``data_dir/classes.txt`` (line ``i`` names label ``i``), or None if absent."""
+    path = Path(data_dir) / "classes.txt"
+    if not path.is_file():
+        return None
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DatasetFormatError(f"{path}: empty (no class names)")
+    return names
+
+
+@dataclass(frozen=True)
+class VideoSplits:
+    """Everything a data directory holds; ``test`` is None without ``test.csv``."""
+
+    train: list[VideoRecord]
+    val: list[VideoRecord]
+    test: list[VideoRecord] | None
+    class_names: list[str]
+    num_classes: int
+
+
+def load_kinetics_csv_dir(data_dir: str | Path) -> VideoSplits:
+    """Parse and validate a PySlowFast-style data directory.
+
+    ``num_classes`` is the length of ``classes.txt`` when present (labels are checked against it),
+    else the largest label over all splits plus one, with class names ``"0", "1", ...``.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DatasetFormatError(f"{data_dir}/: data directory not found")
+    for required in ("train.csv", "val.csv"):
+        if not (data_dir / required).is_file():
+            raise DatasetFormatError(f"{data_dir}/: no {required} ({_FORMAT_HINT})")
+    class_names = read_class_names(data_dir)
+    num_classes = None if class_names is None else len(class_names)
+    source = "" if class_names is None else f" (classes.txt has {num_classes} classes)"
+    splits = {
+        name: _read_video_csv(data_dir / f"{name}.csv", data_dir, num_classes, source)
+        for name in ("train", "val", "test")
+        if name != "test" or (data_dir / "test.csv").is_file()
+    }
+    if class_names is None:
+        num_classes = 1 + max(record.label for records in splits.values() for record in records)
+        class_names = [str(i) for i in range(num_classes)]
+    return VideoSplits(
+        train=splits["train"],
+        val=splits["val"],
+        test=splits.get("test"),
+        class_names=class_names,
+        num_classes=len(class_names),
+    )
+
+
+class MultiClipVideoDataset(torch.utils.data.Dataset):
+    """Map-style: one item = one video with ALL its N clips (style.md: no stateful IterableDataset).
+
+    An item is a pure function of ``(seed, epoch, index)``: its generator is
+    ``np.random.default_rng([seed, epoch, index])``, so results do not depend on the worker count or
+    order and a resumed run reproduces the interrupted one. A video that fails to decode yields an
+    ``"error"`` item instead of raising, so one bad file does not kill a multi-day run;
+    :func:`collate_clips` drops and reports it.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[VideoRecord],
+        *,
+        num_clips: int,
+        clip_len: int,
+        stride: int,
+        crop_size: int,
+        train: bool,
+        seed: int = 0,
+        min_scale: int | None = None,
+        max_scale: int | None = None,
+        eval_scale: int | None = None,
+        num_crops: int = 1,
+    ) -> None:
+        self.records = list(records)
+        self.num_clips = num_clips
+        self.clip_len = clip_len
+        self.stride = stride
+        self.span = clip_span(clip_len, stride)
+        self.crop_size = crop_size
+        self.train = train
+        self.seed = seed
+        self.min_scale = crop_size if min_scale is None else min_scale
+        self.max_scale = round(crop_size * 8 / 7) if max_scale is None else max_scale
+        self.eval_scale = crop_size if eval_scale is None else eval_scale
+        self.num_crops = num_crops
+        self.epoch = 0
+        if num_clips < 1 or crop_size < 1:
+            raise ValueError(f"num_clips and crop_size must be >= 1, got {num_clips} and {crop_size}")
+        if not crop_size <= self.min_scale <= self.max_scale:
+            raise ValueError(
+                "need crop_size <= min_scale <= max_scale, "
+                f"got {crop_size}, {self.min_scale}, {self.max_scale}"
+            )
+        if self.eval_scale < crop_size:
+            raise ValueError(f"eval_scale must be >= crop_size, got {self.eval_scale} < {crop_size}")
+        if num_crops not in (1, 3):
+            raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose clip starts, scales, crops and flips ``__getitem__`` draws."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        """``{"video": uint8 (N * num_crops, C, T, crop, crop), "label", "video_index", "path"}``.
+
+        Eval views are clip-major: clip 0's crops, then clip 1's. On a decode failure the item is
+        ``{"error": message, "video_index", "path"}``.
+        """
+        record = self.records[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        try:
+            with VideoReader(record.path) as reader:
+                if self.train:
+                    starts = train_clip_starts(reader.num_frames, self.num_clips, self.span, rng)
+                else:
+                    starts = eval_clip_starts(reader.num_frames, self.num_clips, self.span)
+                indices = clip_frame_indices(starts, self.clip_len, self.stride, reader.num_frames)
+                frames = reader.read(indices)
+        except VideoDecodeError as error:
+            return {"error": str(error), "video_index": index, "path": str(record.path)}
+        clips = torch.from_numpy(frames).permute(0, 1, 4, 2, 3)  # (N, T, C, H, W)
+        views = [view.transpose(0, 1) for clip in clips for view in self._views(clip, rng)]
+        return {
+            "video": torch.stack(views),
+            "label": record.label,
+            "video_index": index,
+            "path": str(record.path),
+        }
+
+    def _views(self, clip: torch.Tensor, rng: np.random.Generator) -> list[torch.Tensor]:
+        """Spatial views ``(T, C, crop, crop)`` of one clip ``(T, C, H, W)``; each clip draws its own."""
+        if not self.train:
+            return center_crop_views(
+                clip, crop_size=self.crop_size, short_side=self.eval_scale, num_crops=self.num_crops
+            )
+        short_side = int(rng.integers(self.min_scale, self.max_scale + 1))
+        flip = bool(rng.random() < 0.5)
+        return [train_crop(clip, crop_size=self.crop_size, short_side=short_side, flip=flip, rng=rng)]
+
+
+def collate_clips(samples: list[dict]) -> dict:
+    """Batch items of :class:`MultiClipVideoDataset`, dropping failed ones.
+
+    Returns ``{"video": uint8 (B, N, C, T, H, W), "label": int64 (B,), "video_index": int64 (B,),
+    "skipped": list of error messages}``; if every sample failed, ``video`` has shape ``(0,)``.
+    """
+    good = [sample for sample in samples if "error" not in sample]
+    skipped = [sample["error"] for sample in samples if "error" in sample]
+    if good:
+        video = torch.stack([sample["video"] for sample in good])
+    else:
+        video = torch.empty((0,), dtype=torch.uint8)
+    return {
+        "video": video,
+        "label": torch.tensor([sample["label"] for sample in good], dtype=torch.int64),
+        "video_index": torch.tensor([sample["video_index"] for sample in good], dtype=torch.int64),
+        "skipped": skipped,
+    }
