@@ -1,0 +1,130 @@
+"""Training configuration: one plain dataclass, loadable from YAML, overridable from the command line.
+
+Precedence: dataclass defaults < ``--config FILE.yaml`` < command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from comem.engine.modes import MODES
+from comem.memory import FUSION_KINDS, MEMORY_KINDS
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or file (one-line message)."""
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str | None = None  # PySlowFast-format dir; None = the built-in synthetic dataset
+    synthetic_task: str = "distinct"
+    clips: int = 3  # N clips per video per step (and eval views unless ``views`` is set)
+    clip_len: int = 8  # frames per clip
+    stride: int = 2  # frame sampling stride
+    crop_size: int = 64
+    min_scale: int | None = None  # train short-side jitter range; default [crop, 8/7 crop]
+    max_scale: int | None = None
+    eval_scale: int | None = None  # eval short side; default crop_size
+    views: int | None = None  # eval clips per video; default ``clips``
+    crops: int = 1  # eval spatial crops (1 or 3)
+    workers: int = 2
+    # model
+    backbone: str = "tiny"
+    pretrained: str | None = None
+    pretrained_strict: bool = True
+    memory_stages: list[str] = field(default_factory=lambda: ["last"])
+    memory: str = "attention"
+    fusion: str = "gate"
+    key_dim: int | None = None
+    dropout: float = 0.2
+    # optimisation
+    mode: str = "comem"
+    epochs: int = 12
+    batch_size: int = 8
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    warmup_epochs: float = 1.0
+    clip_grad: float | None = None
+    memory_pass_bn: str = "batch"
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    # run
+    out: str = "runs/comem"
+    device: str = "auto"
+    seed: int = 0
+    eval_every: int = 1
+    save_every: int = 200  # also checkpoint every this many steps inside an epoch (0 = epoch ends only)
+    resume: bool = False
+
+    def validate(self) -> TrainConfig:
+        choices = {
+            "mode": MODES,
+            "memory": MEMORY_KINDS,
+            "fusion": FUSION_KINDS,
+            "optimizer": ("sgd", "adamw"),
+            "memory_pass_bn": ("batch", "eval"),
+            "device": ("auto", "cpu", "cuda"),
+            "synthetic_task": ("distinct", "parity"),
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed and not (name == "device" and str(value).startswith("cuda:")):
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        for name in ("clips", "clip_len", "stride", "crop_size", "epochs", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.crops not in (1, 3):
+            raise ConfigError(f"crops must be 1 or 3; got {self.crops}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0; got {self.lr}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0; got {self.workers}")
+        return self
+
+    @property
+    def train_clips(self) -> int:
+        """Clips per video in a training step: one in ``single`` mode, N otherwise."""
+        return 1 if self.mode == "single" else self.clips
+
+    @property
+    def eval_views(self) -> int:
+        return self.views or self.clips
+
+
+def config_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file (keys as field names, '-' or '_'), then ``overrides``."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of option: value at the top level")
+        values.update({str(key).replace("-", "_"): value for key, value in loaded.items()})
+        unknown = sorted(set(values) - set(config_fields()))
+        if unknown:
+            raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)}")
+    values.update(overrides or {})
+    return TrainConfig(**values).validate()
+
+
+def comem_home() -> Path:
+    """Where the built-in dataset is cached: ``$COMEM_HOME`` or ``~/.cache/comem``."""
+    return Path(os.environ.get("COMEM_HOME", Path.home() / ".cache" / "comem"))

@@ -1,0 +1,147 @@
+"""Multi-view video-level evaluation: every view of a video goes through the model together (so the
+collaborative memory is built from all of them), clip scores are averaged per video."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from comem.data.transforms import normalize
+from comem.models.build import VideoModel
+
+
+@dataclass
+class VideoScores:
+    """Per-video scores (V, K), targets, dataset indices, and the videos that could not be read."""
+
+    scores: torch.Tensor
+    targets: torch.Tensor
+    video_indices: torch.Tensor
+    skipped: list[str] = field(default_factory=list)
+
+
+def autocast_for(device: torch.device, enabled: bool) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU bf16 conv3d is slower than fp32)."""
+    if enabled and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+@torch.no_grad()
+def predict_scores(
+    model: VideoModel,
+    batches: Iterable[dict],
+    device: torch.device,
+    *,
+    share_memory: bool = True,
+    multi_label: bool = False,
+    amp: bool = True,
+    aggregate: str = "mean",
+    progress: bool = True,
+) -> VideoScores:
+    """Run every batch (``video`` uint8 (B, V, C, T, H, W)) and aggregate clip probabilities per video.
+
+    ``share_memory=False`` evaluates a single-clip model: each view only sees itself.
+    """
+    model.eval()
+    autocast = autocast_for(device, amp)
+    scores, targets, indices, skipped = [], [], [], []
+    for batch in tqdm(batches, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
+        skipped.extend(batch["skipped"])
+        if batch["label"].numel() == 0:
+            continue
+        video = normalize(batch["video"].to(device, non_blocking=True))
+        with autocast():
+            logits = model(video, share_memory=share_memory).float()
+        probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
+        per_video = probabilities.amax(dim=1) if aggregate == "max" else probabilities.mean(dim=1)
+        scores.append(per_video.cpu())
+        targets.append(batch["label"])
+        indices.append(batch["video_index"])
+    if not scores:
+        return VideoScores(torch.empty(0, 0), torch.empty(0, dtype=torch.long), torch.empty(0), skipped)
+    return VideoScores(torch.cat(scores), torch.cat(targets), torch.cat(indices), skipped)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    data: str | Path | None = None,
+    split: str = "val",
+    views: int | None = None,
+    crops: int | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+) -> tuple[dict[str, Any], Path]:
+    """Evaluate a training checkpoint on a split; writes ``eval_<split>.json`` beside it.
+
+    Everything else (model, transform settings, class names, mode) comes from the checkpoint.
+    """
+    from comem.config import TrainConfig
+    from comem.data.datasets import DatasetFormatError, MultiClipVideoDataset, collate_clips, load_kinetics_csv_dir
+    from comem.engine.checkpoint import load_checkpoint
+    from comem.engine.train import resolve_device
+    from comem.metrics import classification_metrics
+    from comem.models.build import ModelSpec, build_model
+
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint)
+    config = TrainConfig(**state["config"])
+    spec = ModelSpec(**{**state["model_spec"], "memory_stages": tuple(state["model_spec"]["memory_stages"])})
+    data_dir = Path(data) if data is not None else Path(state["data_dir"])
+    splits = load_kinetics_csv_dir(data_dir)
+    records = splits.val if split == "val" else splits.test
+    if records is None:
+        raise DatasetFormatError(f"{data_dir}: no test.csv")
+    if splits.num_classes > spec.num_classes:
+        raise DatasetFormatError(
+            f"{data_dir}: has {splits.num_classes} classes but the checkpoint predicts {spec.num_classes}"
+        )
+    torch_device = resolve_device(device)
+    model = build_model(spec)
+    model.load_state_dict(state["model"])
+    model.to(torch_device)
+    dataset = MultiClipVideoDataset(
+        records,
+        num_clips=views or config.eval_views,
+        clip_len=config.clip_len,
+        stride=config.stride,
+        crop_size=config.crop_size,
+        train=False,
+        seed=config.seed,
+        eval_scale=config.eval_scale,
+        num_crops=crops or config.crops,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size or config.batch_size,
+        num_workers=config.workers if workers is None else workers,
+        collate_fn=collate_clips,
+        pin_memory=torch_device.type == "cuda",
+    )
+    result = predict_scores(model, loader, torch_device, share_memory=config.mode != "single", amp=config.amp)
+    metrics: dict[str, Any] = {f"{split}_{key}": value for key, value in classification_metrics(result.scores, result.targets).items()}
+    metrics.update(
+        {
+            "split": split,
+            "mode": config.mode,
+            "views": (views or config.eval_views) * (crops or config.crops),
+            "videos": int(result.scores.shape[0]),
+            "skipped_videos": len(result.skipped),
+            "skipped": result.skipped,
+            "checkpoint": str(checkpoint),
+            "data": str(data_dir),
+        }
+    )
+    out = checkpoint.with_name(f"eval_{split}.json")
+    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics, out

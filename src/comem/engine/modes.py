@@ -1,0 +1,120 @@
+"""One optimisation step's forward/backward for each training mode (shared/method.md, "Training").
+
+Each function computes the loss of one batch and calls ``backward``; the caller zeroes gradients
+before and steps the optimizer after, so the three modes differ only in how gradients are made:
+
+- ``single``: one clip per video; the usual baseline.
+- ``joint``: all N clips of a video in one graph; exact gradients, activation memory x N.
+- ``comem``: a no-grad pass builds the memory of all N clips, then each clip runs forward and
+  backward on its own reading that memory; gradients accumulate over the clips. Peak activation
+  memory is that of one clip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from comem.models.build import VideoModel
+
+Mode = Literal["single", "joint", "comem"]
+MODES: tuple[str, ...] = ("single", "joint", "comem")
+MemoryPassBN = Literal["batch", "eval"]
+
+
+class StepOutput(NamedTuple):
+    loss: torch.Tensor  # scalar, detached: the mean over clips of the clip losses
+    logits: torch.Tensor  # (B, N, K), detached
+
+
+def clip_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Loss of clip logits (B, K) against video targets: class indices (B,) for cross-entropy,
+    or multi-hot floats (B, K) for binary cross-entropy (multi-label datasets)."""
+    if targets.is_floating_point():
+        return F.binary_cross_entropy_with_logits(logits.float(), targets)
+    return F.cross_entropy(logits.float(), targets)
+
+
+@contextlib.contextmanager
+def preserved_batchnorm_stats(model: nn.Module) -> Iterator[None]:
+    """Run train-mode BatchNorm (batch statistics) without keeping its running-stat updates.
+
+    The memory pass sees every clip once, the per-clip pass sees it again; keeping both updates
+    would count each clip twice in the running statistics.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    try:
+        yield
+    finally:
+        for module, (mean, var, count) in zip(norms, saved, strict=True):
+            module.running_mean.copy_(mean)
+            module.running_var.copy_(var)
+            module.num_batches_tracked.copy_(count)
+
+
+@contextlib.contextmanager
+def eval_batchnorm(model: nn.Module) -> Iterator[None]:
+    """Run BatchNorm on its running statistics (the other way to keep the memory pass out of them)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for module in norms:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module in norms:
+            module.train()
+
+
+def joint_step(model: VideoModel, video: torch.Tensor, targets: torch.Tensor, autocast: Callable) -> StepOutput:
+    """All N clips in one graph. ``video`` is (B, N, C, T, H, W)."""
+    num_clips = video.shape[1]
+    with autocast():
+        logits = model(video)
+    loss = clip_loss(logits.flatten(0, 1), targets.repeat_interleave(num_clips, dim=0))
+    loss.backward()
+    return StepOutput(loss.detach(), logits.detach())
+
+
+def single_step(model: VideoModel, video: torch.Tensor, targets: torch.Tensor, autocast: Callable) -> StepOutput:
+    """The one-clip baseline: ``video`` is (B, 1, C, T, H, W); the memory sees that clip only."""
+    if video.shape[1] != 1:
+        raise ValueError(f"single mode trains on one clip per video, got {video.shape[1]}")
+    return joint_step(model, video, targets, autocast)
+
+
+def comem_step(
+    model: VideoModel,
+    video: torch.Tensor,
+    targets: torch.Tensor,
+    autocast: Callable,
+    *,
+    memory_pass_bn: MemoryPassBN = "batch",
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> StepOutput:
+    """The two-pass, memory-flat scheme. ``video`` is (B, N, C, T, H, W).
+
+    ``no_sync`` (DDP's ``model.no_sync``) suppresses gradient all-reduce for every clip but the last.
+    """
+    num_clips = video.shape[1]
+    guard = preserved_batchnorm_stats(model) if memory_pass_bn == "batch" else eval_batchnorm(model)
+    with guard, autocast():
+        banks = model.memory_bank(video)
+    total = torch.zeros((), device=video.device)
+    clip_logits = []
+    for index in range(num_clips):
+        last = index == num_clips - 1
+        sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
+        with sync:
+            with autocast():
+                logits = model.forward_clip(video[:, index], index, banks)
+            loss = clip_loss(logits, targets) / num_clips
+            loss.backward()
+        total += loss.detach()
+        clip_logits.append(logits.detach())
+    return StepOutput(total, torch.stack(clip_logits, dim=1))

@@ -1,0 +1,121 @@
+"""The collaborative memory module (shared/method.md, "The module").
+
+For one video with N clips, clip i has a feature map X_i (C, T, H, W) at some backbone stage.
+Each clip is summarised by global average pooling, x_i = GAP(X_i); the N summaries form the
+video's memory M (N, C). Clip i reads M associatively (its query against all keys) and gets its
+own clip-specific memory m_i, which gates X_i channel-wise.
+
+The module is split into ``summarize`` / ``read`` / ``fuse`` so the two-pass ``comem`` training
+scheme can build M without gradients and later read it for one clip at a time, while ``forward``
+does the whole thing at once for joint training and inference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+MemoryKind = Literal["attention", "average"]
+FusionKind = Literal["gate", "add"]
+MEMORY_KINDS: tuple[str, ...] = ("attention", "average")
+FUSION_KINDS: tuple[str, ...] = ("gate", "add")
+
+
+class CollaborativeMemory(nn.Module):
+    """Associative memory over the clips of a video plus channel-wise feature gating.
+
+    Args:
+        channels: feature channels C at the insertion stage.
+        key_dim: d' of the keys/queries (default C // 4, at least 8).
+        memory: ``attention`` (softmax read, the method) or ``average`` (mean of the memory,
+            the ablation baseline: every clip gets the same memory).
+        fusion: ``gate`` (X * 2·sigmoid(W_g m + b), the method) or ``add`` (X + W m, the ablation).
+
+    At initialisation the module is the identity (W_g = 0, b = 0 gives a gate of exactly 1; the
+    additive projection starts at 0), so inserting it into a pretrained backbone does not change
+    its outputs at step 0.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        key_dim: int | None = None,
+        memory: MemoryKind = "attention",
+        fusion: FusionKind = "gate",
+    ) -> None:
+        super().__init__()
+        if memory not in MEMORY_KINDS:
+            raise ValueError(f"memory must be one of {MEMORY_KINDS}, got {memory!r}")
+        if fusion not in FUSION_KINDS:
+            raise ValueError(f"fusion must be one of {FUSION_KINDS}, got {fusion!r}")
+        self.channels = channels
+        self.key_dim = key_dim or max(channels // 4, 8)
+        self.memory = memory
+        self.fusion = fusion
+        self.query = nn.Linear(channels, self.key_dim, bias=False)
+        self.key = nn.Linear(channels, self.key_dim, bias=False)
+        self.value = nn.Linear(channels, channels, bias=False)
+        self.out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    @staticmethod
+    def summarize(features: torch.Tensor) -> torch.Tensor:
+        """GAP over (T, H, W): (B·N, C, T, H, W) -> (B·N, C)."""
+        return features.mean(dim=(2, 3, 4))
+
+    def read(self, queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        """Clip-specific memories for ``queries`` (B, Q, C) from the video memory ``bank`` (B, N, C).
+
+        Returns (B, Q, C). With ``memory='average'`` the queries only set the output shape.
+        """
+        values = self.value(bank)
+        if self.memory == "average":
+            return values.mean(dim=1, keepdim=True).expand(-1, queries.shape[1], -1)
+        scores = self.query(queries) @ self.key(bank).transpose(1, 2) / math.sqrt(self.key_dim)
+        return scores.softmax(dim=-1) @ values
+
+    def fuse(self, features: torch.Tensor, clip_memory: torch.Tensor) -> torch.Tensor:
+        """Infuse the clip memory (B·Q, C) into the features (B·Q, C, T, H, W)."""
+        projected = self.out(clip_memory).to(features.dtype)[:, :, None, None, None]
+        if self.fusion == "gate":
+            return features * (2.0 * torch.sigmoid(projected))
+        return features + projected
+
+    def forward(self, features: torch.Tensor, num_clips: int) -> torch.Tensor:
+        """Apply the memory to all clips at once.
+
+        Args:
+            features: (B·N, C, T, H, W), clips grouped by video (video-major: the N clips of
+                video b are rows b·N .. b·N + N - 1).
+            num_clips: N.
+        """
+        summaries = self.summarize(features).float()
+        bank = summaries.view(-1, num_clips, self.channels)
+        clip_memory = self.read(bank, bank).reshape(-1, self.channels)
+        return self.fuse(features, clip_memory)
+
+    def forward_one(self, features: torch.Tensor, bank: torch.Tensor, clip_index: int) -> torch.Tensor:
+        """Apply the memory to clip ``clip_index`` of each video, given the other clips' summaries.
+
+        The two-pass scheme's second pass: ``bank`` (B, N, C) was built without gradients; the
+        entry of this clip is replaced by its live, gradient-carrying summary, so the gradient
+        flows through this clip's own query, key and value (the other entries are constants).
+
+        Args:
+            features: (B, C, T, H, W), clip ``clip_index`` of each of the B videos.
+            bank: (B, N, C) summaries of all N clips of each video.
+        """
+        live = self.summarize(features).float()
+        onehot = torch.zeros(bank.shape[1], device=bank.device, dtype=bank.dtype)
+        onehot[clip_index] = 1.0
+        mixed = bank * (1.0 - onehot)[None, :, None] + live[:, None, :] * onehot[None, :, None]
+        clip_memory = self.read(live[:, None, :], mixed)[:, 0]
+        return self.fuse(features, clip_memory)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, key_dim={self.key_dim}, memory={self.memory}, fusion={self.fusion}"

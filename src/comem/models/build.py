@@ -1,0 +1,177 @@
+"""Backbone + collaborative memory after chosen stages + per-clip head, and the ways to run it.
+
+``VideoModel`` offers three forward paths, one per need:
+
+- ``forward(video)``: all N clips of each video in one graph (joint training, inference).
+- ``memory_bank(video)``: the two-pass scheme's first pass; summaries of every clip at every
+  memory stage, built clip by clip under ``no_grad`` so peak memory is that of one clip.
+- ``forward_clip(clip, i, banks)``: the second pass for clip i, reading the banks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from comem.memory import CollaborativeMemory
+from comem.models.backbones import VideoBackbone, build_backbone
+from comem.models.heads import ClipHead
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model (stored in checkpoints)."""
+
+    backbone: str = "tiny"
+    num_classes: int = 400
+    memory_stages: tuple[str, ...] = ("last",)
+    memory: str = "attention"
+    fusion: str = "gate"
+    key_dim: int | None = None
+    dropout: float = 0.5
+
+
+class VideoModel(nn.Module):
+    """A video classifier whose clips share a collaborative memory.
+
+    Input videos are (B, N, C, T, H, W); logits are per clip, (B, N, num_classes).
+    """
+
+    def __init__(
+        self,
+        backbone: VideoBackbone,
+        num_classes: int,
+        *,
+        memory_stages: Sequence[str] = ("last",),
+        memory: str = "attention",
+        fusion: str = "gate",
+        key_dim: int | None = None,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        names = backbone.stage_names
+        resolved = [names[-1] if stage == "last" else stage for stage in memory_stages]
+        unknown = [stage for stage in resolved if stage not in names]
+        if unknown:
+            raise ValueError(f"unknown memory stage(s) {unknown}; the backbone's stages are {names}")
+        self.memories = nn.ModuleDict(
+            {
+                stage: CollaborativeMemory(backbone.channels[stage], key_dim=key_dim, memory=memory, fusion=fusion)
+                for stage in names
+                if stage in resolved
+            }
+        )
+        self.head = ClipHead(backbone.out_channels, num_classes, dropout=dropout)
+
+    @property
+    def memory_stage_names(self) -> list[str]:
+        return list(self.memories.keys())
+
+    def forward(self, video: torch.Tensor, *, share_memory: bool = True) -> torch.Tensor:
+        """Logits (B, N, K) for video (B, N, C, T, H, W).
+
+        ``share_memory=False`` gives every clip a memory of itself alone (the single-clip baseline
+        evaluated over several views).
+        """
+        batch, num_clips = video.shape[:2]
+        group = num_clips if share_memory else 1
+        features = video.flatten(0, 1)
+        for name, stage in self.backbone.stages.items():
+            features = stage(features)
+            if name in self.memories:
+                features = self.memories[name](features, group)
+        return self.head(features).view(batch, num_clips, -1)
+
+    @torch.no_grad()
+    def memory_bank(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Summaries (B, N, C) of every clip at every memory stage, without gradients.
+
+        Clips run one at a time (all B videos together, so BatchNorm sees the same batches as in
+        the second pass). With several memory stages, a later stage's bank needs the earlier
+        stages' gating, so each clip is re-run from the input for each bank: compute grows with the
+        number of memory stages, memory stays that of one clip.
+        """
+        banks: dict[str, torch.Tensor] = {}
+        for target in self.memory_stage_names:
+            summaries = []
+            for index in range(video.shape[1]):
+                features = video[:, index]
+                for name, stage in self.backbone.stages.items():
+                    features = stage(features)
+                    if name == target:
+                        break
+                    if name in banks:
+                        features = self.memories[name].forward_one(features, banks[name], index)
+                summaries.append(CollaborativeMemory.summarize(features).float())
+            banks[target] = torch.stack(summaries, dim=1)
+        return banks
+
+    def forward_clip(self, clip: torch.Tensor, clip_index: int, banks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (B, K) of clip ``clip_index`` (B, C, T, H, W) of each video, reading ``banks``."""
+        features = clip
+        for name, stage in self.backbone.stages.items():
+            features = stage(features)
+            if name in self.memories:
+                features = self.memories[name].forward_one(features, banks[name], clip_index)
+        return self.head(features)
+
+
+def build_model(spec: ModelSpec) -> VideoModel:
+    return VideoModel(
+        build_backbone(spec.backbone),
+        spec.num_classes,
+        memory_stages=spec.memory_stages,
+        memory=spec.memory,
+        fusion=spec.fusion,
+        key_dim=spec.key_dim,
+        dropout=spec.dropout,
+    )
+
+
+class PretrainedLoadError(RuntimeError):
+    """A pretrained checkpoint that does not fit the backbone (message names the file)."""
+
+
+def load_pretrained(model: VideoModel, path: str | Path, *, strict: bool = True) -> list[str]:
+    """Load backbone weights from a local torchvision-style state dict (or a PySlowFast
+    ``{"model_state": …}`` checkpoint whose keys match torchvision's).
+
+    Classifier weights (``fc.*``) are ignored: the head is trained for the new classes. Memory
+    modules start at identity, so the loaded model predicts as the plain backbone would.
+    Returns the backbone keys that were missing from the file (empty when ``strict``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PretrainedLoadError(f"{path}: pretrained weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file; report it in one line
+        raise PretrainedLoadError(f"{path}: cannot read weights ({type(error).__name__}: {error})") from None
+    for wrapper in ("model_state", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise PretrainedLoadError(f"{path}: expected a state dict, got {type(state).__name__}")
+    stage_names = set(model.backbone.stage_names)
+    backbone_state = {
+        f"stages.{key}": value for key, value in state.items() if key.split(".", 1)[0] in stage_names
+    }
+    try:
+        result = model.backbone.load_state_dict(backbone_state, strict=False)
+    except RuntimeError as error:  # shape mismatches are raised even when strict=False
+        detail = " ".join(str(error).split())[:300]
+        raise PretrainedLoadError(f"{path}: does not fit backbone {type(model.backbone).__name__}: {detail}") from None
+    unexpected = [key for key in state if key.split(".", 1)[0] not in stage_names | {"fc", "avgpool"}]
+    if strict and (result.missing_keys or result.unexpected_keys or unexpected):
+        missing = ", ".join(result.missing_keys[:5])
+        extra = ", ".join((result.unexpected_keys + unexpected)[:5])
+        raise PretrainedLoadError(
+            f"{path}: does not match the backbone ({len(result.missing_keys)} missing keys [{missing}], "
+            f"{len(result.unexpected_keys) + len(unexpected)} unexpected [{extra}])"
+        )
+    return list(result.missing_keys)

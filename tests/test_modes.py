@@ -1,0 +1,105 @@
+"""The three training modes: what must be equal between them, and what comem keeps out of BatchNorm."""
+
+import contextlib
+
+import pytest
+import torch
+
+from comem.engine.modes import comem_step, joint_step, preserved_batchnorm_stats, single_step
+from comem.models.build import ModelSpec, build_model
+
+NO_AUTOCAST = contextlib.nullcontext
+
+
+def make_model(memory_stages=("last",), seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(ModelSpec(backbone="tiny", num_classes=5, memory_stages=memory_stages, dropout=0.0))
+    with torch.no_grad():  # leave identity init, so the memory actually mixes clips
+        for memory in model.memories.values():
+            memory.out.weight.normal_(0, 0.3)
+            memory.out.bias.normal_(0, 0.3)
+    return model
+
+
+def video(batch: int = 2, clips: int = 3) -> torch.Tensor:
+    torch.manual_seed(42)
+    return torch.randn(batch, clips, 3, 4, 32, 32)
+
+
+def grads(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_comem_with_one_clip_equals_single() -> None:
+    clip, targets = video(clips=1), torch.tensor([1, 3])
+    single_model, comem_model = make_model(), make_model()
+    single = single_step(single_model, clip, targets, NO_AUTOCAST)
+    comem = comem_step(comem_model, clip, targets, NO_AUTOCAST)
+    torch.testing.assert_close(comem.loss, single.loss)
+    torch.testing.assert_close(comem.logits, single.logits)
+    single_grads, comem_grads = grads(single_model), grads(comem_model)
+    assert single_grads.keys() == comem_grads.keys() and len(single_grads) > 10
+    for name in single_grads:
+        torch.testing.assert_close(comem_grads[name], single_grads[name], msg=name)
+    for name, buffer in single_model.state_dict().items():  # BN running stats updated identically
+        torch.testing.assert_close(comem_model.state_dict()[name], buffer, msg=name)
+
+
+@pytest.mark.parametrize("memory_stages", [("last",), ("layer3", "layer4")])
+def test_joint_and_comem_agree_on_outputs_and_loss(memory_stages) -> None:
+    clips, targets = video(), torch.tensor([0, 4])
+    joint_model, comem_model = make_model(memory_stages), make_model(memory_stages)
+    joint_model.eval()  # eval-mode BN: both see identical normalisation
+    comem_model.eval()
+    joint = joint_step(joint_model, clips, targets, NO_AUTOCAST)
+    comem = comem_step(comem_model, clips, targets, NO_AUTOCAST)
+    torch.testing.assert_close(comem.logits, joint.logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(comem.loss, joint.loss, rtol=1e-5, atol=1e-6)
+    # Gradients differ on purpose (other clips' summaries are constants in comem) but both train.
+    comem_grads = grads(comem_model)
+    memory_grads = [g for name, g in comem_grads.items() if name.startswith("memories.")]
+    assert memory_grads and all(g.abs().sum() > 0 for g in memory_grads)
+    assert comem_grads["backbone.stages.stem.0.weight"].abs().sum() > 0
+
+
+def test_clips_influence_each_other_in_comem_outputs() -> None:
+    model = make_model()
+    model.eval()
+    clips, targets = video(), torch.tensor([0, 4])
+    base = comem_step(model, clips, targets, NO_AUTOCAST).logits
+    changed = clips.clone()
+    changed[0, 2] = torch.randn_like(changed[0, 2])
+    out = comem_step(model, changed, targets, NO_AUTOCAST).logits
+    assert not torch.allclose(out[0, 0], base[0, 0])
+    torch.testing.assert_close(out[1], base[1])
+
+
+def test_memory_pass_does_not_touch_batchnorm_running_stats() -> None:
+    model = make_model()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    with preserved_batchnorm_stats(model), torch.no_grad():
+        model.memory_bank(video())
+    after = model.state_dict()
+    for name, value in before.items():
+        assert torch.equal(after[name], value), name
+
+
+def test_comem_updates_batchnorm_once_per_clip() -> None:
+    """After a comem step the running stats equal those of running each clip once (pass 2 only)."""
+    clips, targets = video(), torch.tensor([0, 4])
+    stepped, reference = make_model(), make_model()
+    comem_step(stepped, clips, targets, NO_AUTOCAST)
+    with preserved_batchnorm_stats(reference), torch.no_grad():
+        banks = reference.memory_bank(clips)
+    with torch.no_grad():
+        for index in range(clips.shape[1]):
+            reference.forward_clip(clips[:, index], index, banks)
+    for name, value in reference.state_dict().items():
+        if "running" in name or "num_batches" in name:
+            torch.testing.assert_close(stepped.state_dict()[name], value, msg=name)
+
+
+def test_single_mode_rejects_several_clips() -> None:
+    with pytest.raises(ValueError, match="one clip per video"):
+        single_step(make_model(), video(), torch.tensor([0, 1]), NO_AUTOCAST)
