@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from tinydata import write_dataset
 from videos import write_test_video
 
 NUM_FRAMES = 36
@@ -24,3 +25,12 @@ def index_video(video_dir: Path) -> Path:
 def faststart_video(video_dir: Path) -> Path:
     """Like ``index_video`` but with the moov atom first, so a truncated copy still opens."""
     return write_test_video(video_dir / "faststart.mp4", NUM_FRAMES, HEIGHT, WIDTH, faststart=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PySlowFast-format dir of 4 train + 4 val 24-frame 32x32 videos, 2 balanced classes.
+
+    Shared by the whole session: tests must not write into it (copy it first).
+    """
+    return write_dataset(tmp_path_factory.mktemp("tiny_dataset"))

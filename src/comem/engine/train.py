@@ -324,8 +324,9 @@ class Trainer:
         if (self.epoch + 1) % config.eval_every == 0 or self.epoch + 1 == config.epochs:
             record.update({f"val_{key}": value for key, value in self.evaluate().items()})
         for key, value in record.items():
-            if key != "epoch":
-                writer.add_scalar(key.replace("_", "/", 1), value, self.epoch + 1)
+            if key != "epoch":  # train/loss is the per-step series: epoch means go to train/epoch_*
+                tag = key.replace("_", "/epoch_" if key.startswith("train_") else "/", 1)
+                writer.add_scalar(tag, value, self.epoch + 1)
         self.history.append(record)
         summary = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
         print(f"epoch {self.epoch + 1}/{config.epochs}: {summary}")
