@@ -3,11 +3,15 @@
 from pathlib import Path
 
 import pytest
+import torch
 from tinydata import write_dataset
 from videos import write_test_video
 
 NUM_FRAMES = 36
 HEIGHT, WIDTH = 48, 64
+
+# The tests' tensors are tiny: intra-op threads only add contention (5x slower on a busy 2-core box).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

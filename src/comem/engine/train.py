@@ -133,6 +133,9 @@ def make_loader(dataset: MultiClipVideoDataset, config: TrainConfig, sampler: Sa
         collate_fn=collate_clips,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        # Its own generator: iterating a loader otherwise draws a base seed from the global torch RNG,
+        # which dropout uses too, so a run resumed mid-epoch would diverge from an uninterrupted one.
+        generator=torch.Generator().manual_seed(config.seed),
     )
 
 

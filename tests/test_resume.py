@@ -1,0 +1,146 @@
+"""Exact resume: an interrupted run continued from last.pt ends where an uninterrupted one does."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from comem.config import TrainConfig
+from comem.engine import checkpoint
+from comem.engine.checkpoint import load_checkpoint, save_checkpoint
+from comem.engine.train import Trainer
+
+
+class Crash(Exception):
+    """Stands for the process dying mid-run (not a KeyboardInterrupt: nothing gets saved)."""
+
+
+def tiny_config(data: Path, out: Path, **changes) -> TrainConfig:
+    # 4 train videos, batch 2: 2 steps per epoch, 4 in all. Dropout stays on, so the model-side RNG
+    # state must be restored too for the runs to agree.
+    config = TrainConfig(
+        data=str(data),
+        out=str(out),
+        backbone="tiny",
+        clips=2,
+        clip_len=4,
+        stride=2,
+        crop_size=32,
+        batch_size=2,
+        epochs=2,
+        workers=0,
+        device="cpu",
+        save_every=0,
+        dropout=0.5,
+    )
+    return dataclasses.replace(config, **changes)
+
+
+def assert_same_run(resumed: Trainer, straight: Trainer) -> None:
+    assert resumed.global_step == straight.global_step == 4
+    assert resumed.epoch == straight.epoch == 2
+    assert len(resumed.history) == 2
+    for got, want in zip(resumed.history, straight.history, strict=True):
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), key
+    want_state = straight.model.state_dict()
+    for name, tensor in resumed.model.state_dict().items():
+        torch.testing.assert_close(tensor, want_state[name], rtol=0, atol=1e-6, msg=name)
+    torch.testing.assert_close(
+        resumed.optimizer.state_dict()["state"], straight.optimizer.state_dict()["state"]
+    )
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Trainer:
+    """Run A: 2 epochs without interruption."""
+    trainer = Trainer(tiny_config(tiny_dataset, tmp_path_factory.mktemp("straight")))
+    trainer.run()
+    return trainer
+
+
+def test_resume_at_epoch_boundary_matches_straight_run(
+    straight: Trainer, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(tiny_dataset, tmp_path)
+    first = Trainer(config)
+    first.out.mkdir(parents=True, exist_ok=True)
+    with SummaryWriter(str(first.out / "tb")) as writer:
+        first.train_epoch(writer)
+        first.finish_epoch(writer)
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+
+    resumed = Trainer(dataclasses.replace(config, resume=True))  # a fresh process: new model, new RNG
+    resumed.run()
+    assert_same_run(resumed, straight)
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])
+@pytest.mark.parametrize("how", ["crash", "ctrl-c"])
+def test_resume_mid_epoch_matches_straight_run(
+    how: str,
+    stop_after: int,
+    straight: Trainer,
+    tiny_dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Stop after ``stop_after`` optimizer steps (1: inside epoch 1, 3: inside epoch 2).
+
+    ``crash`` relies on the ``save_every=1`` checkpoint; ``ctrl-c`` on the save made on interrupt.
+    """
+    config = tiny_config(tiny_dataset, tmp_path, save_every=1 if how == "crash" else 0)
+    steps = 0
+    real_step = Trainer.train_step
+
+    def stopping_step(self: Trainer, batch: dict) -> tuple[float, int]:
+        nonlocal steps
+        if steps == stop_after:
+            raise Crash() if how == "crash" else KeyboardInterrupt()
+        steps += 1
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", stopping_step)
+    with pytest.raises(Crash if how == "crash" else KeyboardInterrupt):
+        Trainer(config).run()
+    monkeypatch.undo()
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (stop_after, stop_after // 2, 1)
+
+    resumed = Trainer(dataclasses.replace(config, resume=True))
+    resumed.run()
+    assert_same_run(resumed, straight)
+
+
+def test_checkpoint_write_failure_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    old = {"model": {"weight": torch.arange(6.0)}, "epoch": 1}
+    save_checkpoint(old, path)
+    old_bytes = path.read_bytes()
+    real_save = torch.save
+
+    def failing_save(obj, stream, *args, **kwargs) -> None:
+        real_save(obj, stream, *args, **kwargs)  # a full payload reached the temp file ...
+        stream.write(b"\0" * 1024)
+        raise OSError(28, "No space left on device")  # ... then the disk filled up
+
+    monkeypatch.setattr(checkpoint.torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint({"model": {"weight": torch.zeros(6)}, "epoch": 2}, path)
+    monkeypatch.undo()
+
+    assert path.read_bytes() == old_bytes
+    state = load_checkpoint(path)
+    assert state["epoch"] == 1 and torch.equal(state["model"]["weight"], old["model"]["weight"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left behind
+
+
+def test_checkpoint_write_replaces_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt" / "last.pt"
+    save_checkpoint({"model": {}, "epoch": 1}, path)
+    save_checkpoint({"model": {}, "epoch": 2}, path)
+    assert load_checkpoint(path)["epoch"] == 2
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
