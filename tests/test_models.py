@@ -1,0 +1,102 @@
+"""Every backbone trains in comem mode; torchvision weights load behind identity-initialised memories."""
+
+import contextlib
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import video as tv_video
+
+from comem.engine.modes import comem_step
+from comem.models.backbones import BACKBONES
+from comem.models.build import ModelSpec, PretrainedLoadError, build_model, load_pretrained
+
+NUM_CLASSES = 3
+MEMORY_STAGES = ("layer3", "layer4")  # both torchvision and tiny backbones name their stages layer1..4
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_backbone_runs_one_comem_training_step(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(backbone=name, num_classes=NUM_CLASSES, memory_stages=MEMORY_STAGES))
+    # The tiny net ends at 1x1x1 for a 4x32x32 clip; train-mode BatchNorm needs 2 videos there.
+    batch = 2 if name == "tiny" else 1
+    video = torch.randn(batch, 2, 3, 4, 32, 32)
+    targets = torch.arange(batch) % NUM_CLASSES
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = {key: value.clone() for key, value in model.head.state_dict().items()}
+    model.train()
+    output = comem_step(model, video, targets, contextlib.nullcontext)
+    assert output.logits.shape == (batch, 2, NUM_CLASSES)
+    assert torch.isfinite(output.loss) and output.loss > 0
+    gradients = {key: p.grad for key, p in model.named_parameters() if p.grad is not None}
+    assert any(key.startswith("backbone.stages.stem") for key in gradients)
+    assert any(key.startswith("memories.layer3") for key in gradients)
+    optimizer.step()
+    assert not torch.equal(model.head.fc.weight, before["fc.weight"])
+
+
+def randomised_torchvision_r2plus1d() -> torch.nn.Module:
+    """torchvision R(2+1)D-18 with non-default BatchNorm parameters and statistics, so that a
+    load which skipped them would show."""
+    torch.manual_seed(1)
+    model = tv_video.r2plus1d_18(weights=None)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("wrapper", [None, "model_state"])
+def test_torchvision_weights_load_and_memory_starts_as_identity(tmp_path: Path, wrapper: str | None) -> None:
+    reference = randomised_torchvision_r2plus1d()
+    path = tmp_path / "r2plus1d_18.pth"
+    state = reference.state_dict()
+    torch.save(state if wrapper is None else {wrapper: state, "epoch": 45}, path)
+
+    torch.manual_seed(2)  # different random init than the reference
+    model = build_model(
+        ModelSpec(backbone="r2plus1d_18", num_classes=NUM_CLASSES, memory_stages=MEMORY_STAGES)
+    )
+    assert load_pretrained(model, path) == []
+    model.eval()
+
+    captured = {}
+    model.head.register_forward_hook(lambda module, inputs, output: captured.update(head_input=inputs[0]))
+    reference.layer4.register_forward_hook(lambda module, inputs, output: captured.update(layer4=output))
+    video = torch.randn(1, 2, 3, 4, 32, 32)
+    with torch.no_grad():
+        model(video)
+        reference(video.flatten(0, 1))
+    assert captured["head_input"].shape == captured["layer4"].shape == (2, 512, 1, 2, 2)
+    torch.testing.assert_close(captured["head_input"], captured["layer4"], rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_architecture_raises_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "r3d_18.pth"
+    torch.save(tv_video.r3d_18(weights=None).state_dict(), path)
+    model = build_model(
+        ModelSpec(backbone="r2plus1d_18", num_classes=NUM_CLASSES, memory_stages=MEMORY_STAGES)
+    )
+    with pytest.raises(PretrainedLoadError, match="r3d_18.pth: does not fit backbone") as error:
+        load_pretrained(model, path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_partial_state_dict_is_rejected_when_strict(tmp_path: Path) -> None:
+    path = tmp_path / "stem_only.pth"
+    state = tv_video.r2plus1d_18(weights=None).state_dict()
+    torch.save({key: value for key, value in state.items() if key.startswith("stem.")}, path)
+    model = build_model(
+        ModelSpec(backbone="r2plus1d_18", num_classes=NUM_CLASSES, memory_stages=MEMORY_STAGES)
+    )
+    with pytest.raises(
+        PretrainedLoadError, match=r"stem_only.pth: does not match the backbone \(\d+ missing"
+    ):
+        load_pretrained(model, path)
+    missing = load_pretrained(model, path, strict=False)
+    assert missing and all(key.startswith("stages.layer") for key in missing)
