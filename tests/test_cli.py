@@ -152,3 +152,18 @@ def test_python_dash_m_comem_train_runs_end_to_end(tiny_dataset: Path, tmp_path:
         if key.startswith("val_") or key in ("mode", "clips", "epochs", "skipped_videos")
     }
     assert (out / "last.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("epochs: two\n", "epochs must be int"), ("lr: [0.1]\n", "lr must be float")]
+)
+def test_yaml_value_of_wrong_type_is_a_one_line_error(
+    text: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    code = main(["train", "--config", str(config), "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 2 and "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and str(config) in lines[0] and expected in lines[0], captured.err

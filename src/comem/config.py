@@ -104,6 +104,24 @@ def config_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+_YAML_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "None": (type(None),),
+    "list[str]": (list,),
+}
+
+
+def _check_yaml_type(path: Path, name: str, value: Any) -> None:
+    """YAML gives any type; a wrong one would otherwise surface as a TypeError deep in validation."""
+    annotation = str(config_fields()[name].type)
+    allowed = tuple(t for part in annotation.split(" | ") for t in _YAML_TYPES[part])
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise ConfigError(f"{path}: {name} must be {annotation.replace(' | None', '')}; got {value!r}")
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults, then the YAML file (keys as field names, '-' or '_'), then ``overrides``."""
     values: dict[str, Any] = {}
@@ -121,6 +139,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         unknown = sorted(set(values) - set(config_fields()))
         if unknown:
             raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)}")
+        for name, value in values.items():
+            _check_yaml_type(path, name, value)
     values.update(overrides or {})
     return TrainConfig(**values).validate()
 
