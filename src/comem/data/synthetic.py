@@ -17,6 +17,7 @@ video (collaborative memory) can be right. Written in the PySlowFast CSV layout 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -26,6 +27,7 @@ from typing import Literal
 import av
 import numpy as np
 
+GENERATOR_VERSION = 2  # bump when the rendering changes, so cached copies are regenerated
 SyntheticTask = Literal["distinct", "parity"]
 SYNTHETIC_TASKS: tuple[str, ...] = ("distinct", "parity")
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -48,6 +50,7 @@ class SyntheticSpec:
     fps: int = 24
     task: str = "distinct"
     seed: int = 0
+    version: int = GENERATOR_VERSION
 
 
 def class_names(spec: SyntheticSpec) -> list[str]:
@@ -72,8 +75,8 @@ def _part_colours(task: str, label: int, num_parts: int, rng: np.random.Generato
 
 
 def _background(size: int, rng: np.random.Generator) -> np.ndarray:
-    """A smooth random texture (so the model must find the squares, not read the whole frame)."""
-    coarse = rng.uniform(40, 140, size=(4, 4, 3))
+    """A smooth random grey texture with a faint tint (so the model must find the squares)."""
+    coarse = rng.uniform(50, 130, size=(4, 4, 1)) + rng.uniform(-8, 8, size=(4, 4, 3))
     fine = np.kron(coarse, np.ones((size // 4 + 1, size // 4 + 1, 1)))[:size, :size]
     return fine.astype(np.float32)
 
@@ -157,15 +160,19 @@ def make_synthetic(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -
 
 def ensure_synthetic(cache_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
     """The built-in dataset under ``cache_dir``, generated on first use (and again if the spec changed)."""
-    out = Path(cache_dir) / f"synthetic-{spec.task}-{spec.size}px-seed{spec.seed}"
+    out = Path(cache_dir) / f"synthetic-{spec.task}-{spec.size}px-seed{spec.seed}-v{spec.version}"
     marker = out / "synthetic.json"
-    if marker.exists() and json.loads(marker.read_text()) == asdict(spec):
-        return out
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    make_synthetic(tmp, spec)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two runs starting at once generate it once
+        if marker.exists() and json.loads(marker.read_text()) == asdict(spec):
+            return out
+        tmp = out.with_name(out.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        print(f"generating the built-in dataset ({spec.num_train} + {spec.num_val} videos) in {out}")
+        make_synthetic(tmp, spec)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
     return out
