@@ -14,7 +14,12 @@ from comem.config import ConfigError, config_fields, load_config
 
 # Flags of ``comem train``: (flag, config field, type, help). Every one overrides the YAML config.
 TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
-    ("--data", "data", str, "PySlowFast-format data dir (train.csv, val.csv, classes.txt); default: built-in data"),
+    (
+        "--data",
+        "data",
+        str,
+        "PySlowFast-format data dir (train.csv, val.csv, classes.txt); default: built-in data",
+    ),
     ("--out", "out", str, "output dir for checkpoints, metrics.json and TensorBoard logs"),
     ("--mode", "mode", str, "single | joint | comem"),
     ("--clips", "clips", int, "clips per video per step (N); also the eval views unless --views"),
@@ -35,7 +40,12 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--clip-grad", "clip_grad", float, "clip the gradient norm to this value"),
     ("--backbone", "backbone", str, "tiny | r3d_18 | mc3_18 | r2plus1d_18"),
     ("--pretrained", "pretrained", str, "local torchvision/PySlowFast state dict for the backbone"),
-    ("--memory-stages", "memory_stages", lambda s: s.split(","), "comma-separated stages to add memory after"),
+    (
+        "--memory-stages",
+        "memory_stages",
+        lambda s: s.split(","),
+        "comma-separated stages to add memory after",
+    ),
     ("--memory", "memory", str, "attention | average"),
     ("--fusion", "fusion", str, "gate | add"),
     ("--dropout", "dropout", float, "dropout before the classifier"),
@@ -45,12 +55,19 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--seed", "seed", int, "random seed"),
     ("--eval-every", "eval_every", int, "evaluate every this many epochs"),
     ("--save-every", "save_every", int, "also checkpoint every this many steps (0: epoch ends only)"),
-    ("--synthetic-task", "synthetic_task", str, "built-in data task when --data is not given: distinct | parity"),
+    (
+        "--synthetic-task",
+        "synthetic_task",
+        str,
+        "built-in data task when --data is not given: distinct | parity",
+    ),
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="comem", description="Video-level training with collaborative memory.")
+    parser = argparse.ArgumentParser(
+        prog="comem", description="Video-level training with collaborative memory."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a model (default: the built-in long-range data)")
@@ -60,10 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
         default = fields[name].default
         shown = "" if default is None or default is dataclasses.MISSING else f" [{default}]"
         train.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=text + shown)
-    train.add_argument("--resume", dest="resume", action="store_true", default=argparse.SUPPRESS,
-                       help="continue from OUT/last.pt (same epoch, step, optimizer, schedule, RNG)")
-    train.add_argument("--no-amp", dest="amp", action="store_false", default=argparse.SUPPRESS,
-                       help="disable bf16 autocast on CUDA")
+    train.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="continue from OUT/last.pt (same epoch, step, optimizer, schedule, RNG)",
+    )
+    train.add_argument(
+        "--no-amp",
+        dest="amp",
+        action="store_false",
+        default=argparse.SUPPRESS,
+        help="disable bf16 autocast on CUDA",
+    )
 
     evaluate = commands.add_parser("eval", help="evaluate a checkpoint with multi-view testing")
     evaluate.add_argument("--checkpoint", required=True, help="a last.pt/best.pt written by comem train")
@@ -75,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, help="data loading processes")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
-    synthetic = commands.add_parser("make-synthetic", help="write the built-in long-range dataset as mp4 + CSV")
+    synthetic = commands.add_parser(
+        "make-synthetic", help="write the built-in long-range dataset as mp4 + CSV"
+    )
     synthetic.add_argument("out", help="output directory")
     synthetic.add_argument("--task", default="distinct", choices=["distinct", "parity"])
     synthetic.add_argument("--num-train", type=int, default=480)
@@ -93,7 +122,11 @@ def run_train(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
     config = load_config(args.config, overrides)
     metrics = train(config)
-    summary = {k: v for k, v in metrics.items() if k.startswith("val_") or k in ("mode", "clips", "epochs", "skipped_videos")}
+    summary = {
+        k: v
+        for k, v in metrics.items()
+        if k.startswith("val_") or k in ("mode", "clips", "epochs", "skipped_videos")
+    }
     print(json.dumps(summary))
     print(f"wrote {Path(config.out) / 'metrics.json'}")
     return 0
@@ -157,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, ValueError) as error:
         if os.environ.get("COMEM_DEBUG"):
             raise
-        print(f"comem {args.command}: error: {' '.join(str(error).split())} (COMEM_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(
+            f"comem {args.command}: error: {' '.join(str(error).split())} (COMEM_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -11,7 +11,9 @@ import torch
 from sklearn.metrics import average_precision_score
 
 
-def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+def topk_accuracy(
+    scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
     """Top-k accuracy in percent; k larger than the number of classes counts every video as right."""
     if len(labels) == 0:
         return {f"top{k}": float("nan") for k in ks}

@@ -87,7 +87,12 @@ def evaluate_checkpoint(
     Everything else (model, transform settings, class names, mode) comes from the checkpoint.
     """
     from comem.config import TrainConfig
-    from comem.data.datasets import DatasetFormatError, MultiClipVideoDataset, collate_clips, load_kinetics_csv_dir
+    from comem.data.datasets import (
+        DatasetFormatError,
+        MultiClipVideoDataset,
+        collate_clips,
+        load_kinetics_csv_dir,
+    )
     from comem.engine.checkpoint import load_checkpoint
     from comem.engine.train import resolve_device
     from comem.metrics import classification_metrics
@@ -129,7 +134,10 @@ def evaluate_checkpoint(
         pin_memory=torch_device.type == "cuda",
     )
     result = predict_scores(model, loader, torch_device, share_memory=config.mode != "single", amp=config.amp)
-    metrics: dict[str, Any] = {f"{split}_{key}": value for key, value in classification_metrics(result.scores, result.targets).items()}
+    metrics: dict[str, Any] = {
+        f"{split}_{key}": value
+        for key, value in classification_metrics(result.scores, result.targets).items()
+    }
     metrics.update(
         {
             "split": split,

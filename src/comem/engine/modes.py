@@ -47,7 +47,9 @@ def preserved_batchnorm_stats(model: nn.Module) -> Iterator[None]:
     The memory pass sees every clip once, the per-clip pass sees it again; keeping both updates
     would count each clip twice in the running statistics.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
     try:
         yield
@@ -71,7 +73,9 @@ def eval_batchnorm(model: nn.Module) -> Iterator[None]:
             module.train()
 
 
-def joint_step(model: VideoModel, video: torch.Tensor, targets: torch.Tensor, autocast: Callable) -> StepOutput:
+def joint_step(
+    model: VideoModel, video: torch.Tensor, targets: torch.Tensor, autocast: Callable
+) -> StepOutput:
     """All N clips in one graph. ``video`` is (B, N, C, T, H, W)."""
     num_clips = video.shape[1]
     with autocast():
@@ -81,7 +85,9 @@ def joint_step(model: VideoModel, video: torch.Tensor, targets: torch.Tensor, au
     return StepOutput(loss.detach(), logits.detach())
 
 
-def single_step(model: VideoModel, video: torch.Tensor, targets: torch.Tensor, autocast: Callable) -> StepOutput:
+def single_step(
+    model: VideoModel, video: torch.Tensor, targets: torch.Tensor, autocast: Callable
+) -> StepOutput:
     """The one-clip baseline: ``video`` is (B, 1, C, T, H, W); the memory sees that clip only."""
     if video.shape[1] != 1:
         raise ValueError(f"single mode trains on one clip per video, got {video.shape[1]}")

@@ -82,7 +82,10 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     """SGD+momentum or AdamW; no weight decay on norms and biases (1-D parameters)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=config.lr)
@@ -123,11 +126,19 @@ def make_dataset(records: list, config: TrainConfig, *, train: bool) -> MultiCli
     )
 
 
-def make_loader(dataset: MultiClipVideoDataset, config: TrainConfig, sampler: Sampler | None, device: torch.device) -> DataLoader:
+def drops_last(dataset_size: int, config: TrainConfig) -> bool:
+    """Training drops a last partial batch (a batch of one breaks train-mode BatchNorm on small maps)."""
+    return dataset_size > config.batch_size
+
+
+def make_loader(
+    dataset: MultiClipVideoDataset, config: TrainConfig, sampler: Sampler | None, device: torch.device
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
         sampler=sampler,
+        drop_last=sampler is not None and drops_last(len(dataset), config),
         shuffle=False,
         num_workers=config.workers,
         collate_fn=collate_clips,
@@ -172,10 +183,13 @@ class Trainer:
             load_pretrained(self.model, config.pretrained, strict=config.pretrained_strict)
         self.model.to(self.device)
         self.optimizer = build_optimizer(self.model, config)
-        self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
+        rounding = math.floor if drops_last(len(self.train_set), config) else math.ceil
+        self.steps_per_epoch = rounding(len(self.train_set) / config.batch_size)
         total = self.steps_per_epoch * config.epochs
         warmup = min(round(config.warmup_epochs * self.steps_per_epoch), total)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total, max(warmup, 1)))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(total, max(warmup, 1))
+        )
         self.autocast = autocast_for(self.device, config.amp)
         self.epoch = 0
         self.step_in_epoch = 0
@@ -218,7 +232,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.global_step, self.history, self.skipped = state["global_step"], state["history"], state["skipped"]
+        self.global_step, self.history, self.skipped = (
+            state["global_step"],
+            state["history"],
+            state["skipped"],
+        )
         self.epoch_loss_sum, self.epoch_correct, self.epoch_videos = state["epoch_running"]
         restore_rng_state(state["rng"])
         return True
@@ -237,7 +255,9 @@ class Trainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         if self.config.mode == "comem":
-            output = comem_step(self.model, video, targets, self.autocast, memory_pass_bn=self.config.memory_pass_bn)
+            output = comem_step(
+                self.model, video, targets, self.autocast, memory_pass_bn=self.config.memory_pass_bn
+            )
         elif self.config.mode == "joint":
             output = joint_step(self.model, video, targets, self.autocast)
         else:
@@ -285,7 +305,10 @@ class Trainer:
         config = self.config
         self.train_set.set_epoch(self.epoch)
         sampler = EpochSampler(
-            len(self.train_set), seed=config.seed, epoch=self.epoch, skip=self.step_in_epoch * config.batch_size
+            len(self.train_set),
+            seed=config.seed,
+            epoch=self.epoch,
+            skip=self.step_in_epoch * config.batch_size,
         )
         loader = make_loader(self.train_set, config, sampler, self.device)
         bar = tqdm(
@@ -310,6 +333,8 @@ class Trainer:
                 writer.add_scalar("train/loss", loss, self.global_step)
                 writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
                 writer.add_scalar("train/clips_per_s", clips_per_s, self.global_step)
+            else:  # every video of the batch was unreadable: keep the schedule on time
+                self.scheduler.step()
             self.step_in_epoch += 1
             self.global_step += 1
             if config.save_every and self.global_step % config.save_every == 0:

@@ -62,7 +62,9 @@ class VideoModel(nn.Module):
             raise ValueError(f"unknown memory stage(s) {unknown}; the backbone's stages are {names}")
         self.memories = nn.ModuleDict(
             {
-                stage: CollaborativeMemory(backbone.channels[stage], key_dim=key_dim, memory=memory, fusion=fusion)
+                stage: CollaborativeMemory(
+                    backbone.channels[stage], key_dim=key_dim, memory=memory, fusion=fusion
+                )
                 for stage in names
                 if stage in resolved
             }
@@ -112,7 +114,9 @@ class VideoModel(nn.Module):
             banks[target] = torch.stack(summaries, dim=1)
         return banks
 
-    def forward_clip(self, clip: torch.Tensor, clip_index: int, banks: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_clip(
+        self, clip: torch.Tensor, clip_index: int, banks: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """Logits (B, K) of clip ``clip_index`` (B, C, T, H, W) of each video, reading ``banks``."""
         features = clip
         for name, stage in self.backbone.stages.items():
@@ -166,7 +170,9 @@ def load_pretrained(model: VideoModel, path: str | Path, *, strict: bool = True)
         result = model.backbone.load_state_dict(backbone_state, strict=False)
     except RuntimeError as error:  # shape mismatches are raised even when strict=False
         detail = " ".join(str(error).split())[:300]
-        raise PretrainedLoadError(f"{path}: does not fit backbone {type(model.backbone).__name__}: {detail}") from None
+        raise PretrainedLoadError(
+            f"{path}: does not fit backbone {type(model.backbone).__name__}: {detail}"
+        ) from None
     unexpected = [key for key in state if key.split(".", 1)[0] not in stage_names | {"fc", "avgpool"}]
     if strict and (result.missing_keys or result.unexpected_keys or unexpected):
         missing = ", ".join(result.missing_keys[:5])
