@@ -4,6 +4,7 @@ collaborative memory is built from all of them), clip scores are averaged per vi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -11,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from comem.config import TrainConfig
+from comem.data.datasets import DatasetFormatError, load_kinetics_csv_dir
 from comem.data.transforms import normalize
-from comem.models.build import VideoModel
+from comem.engine.checkpoint import load_checkpoint
+from comem.engine.loaders import make_dataset, make_loader, resolve_device
+from comem.metrics import classification_metrics
+from comem.models.build import ModelSpec, VideoModel, build_model
 
 
 @dataclass
@@ -86,18 +91,6 @@ def evaluate_checkpoint(
 
     Everything else (model, transform settings, class names, mode) comes from the checkpoint.
     """
-    from comem.config import TrainConfig
-    from comem.data.datasets import (
-        DatasetFormatError,
-        MultiClipVideoDataset,
-        collate_clips,
-        load_kinetics_csv_dir,
-    )
-    from comem.engine.checkpoint import load_checkpoint
-    from comem.engine.train import resolve_device
-    from comem.metrics import classification_metrics
-    from comem.models.build import ModelSpec, build_model
-
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     config = TrainConfig(**state["config"])
@@ -115,24 +108,9 @@ def evaluate_checkpoint(
     model = build_model(spec)
     model.load_state_dict(state["model"])
     model.to(torch_device)
-    dataset = MultiClipVideoDataset(
-        records,
-        num_clips=views or config.eval_views,
-        clip_len=config.clip_len,
-        stride=config.stride,
-        crop_size=config.crop_size,
-        train=False,
-        seed=config.seed,
-        eval_scale=config.eval_scale,
-        num_crops=crops or config.crops,
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size or config.batch_size,
-        num_workers=config.workers if workers is None else workers,
-        collate_fn=collate_clips,
-        pin_memory=torch_device.type == "cuda",
-    )
+    overrides = {"views": views, "crops": crops, "batch_size": batch_size, "workers": workers}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None}).validate()
+    loader = make_loader(make_dataset(records, config, train=False), config, None, torch_device)
     result = predict_scores(model, loader, torch_device, share_memory=config.mode != "single", amp=config.amp)
     metrics: dict[str, Any] = {
         f"{split}_{key}": value
@@ -142,7 +120,7 @@ def evaluate_checkpoint(
         {
             "split": split,
             "mode": config.mode,
-            "views": (views or config.eval_views) * (crops or config.crops),
+            "views": config.eval_views * config.crops,
             "videos": int(result.scores.shape[0]),
             "skipped_videos": len(result.skipped),
             "skipped": result.skipped,

@@ -20,27 +20,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from comem.config import TrainConfig, comem_home
-from comem.data.datasets import MultiClipVideoDataset, VideoSplits, collate_clips, load_kinetics_csv_dir
+from comem.data.datasets import VideoSplits, load_kinetics_csv_dir
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.data.transforms import normalize
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.evaluate import autocast_for, predict_scores
+from comem.engine.loaders import drops_last, make_dataset, make_loader, resolve_device
 from comem.engine.modes import comem_step, joint_step, single_step
 from comem.metrics import classification_metrics
 from comem.models.build import ModelSpec, VideoModel, build_model, load_pretrained
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -108,46 +101,6 @@ def resolve_data(config: TrainConfig) -> Path:
     if config.data is not None:
         return Path(config.data)
     return ensure_synthetic(comem_home(), SyntheticSpec(task=config.synthetic_task))
-
-
-def make_dataset(records: list, config: TrainConfig, *, train: bool) -> MultiClipVideoDataset:
-    return MultiClipVideoDataset(
-        records,
-        num_clips=config.train_clips if train else config.eval_views,
-        clip_len=config.clip_len,
-        stride=config.stride,
-        crop_size=config.crop_size,
-        train=train,
-        seed=config.seed,
-        min_scale=config.min_scale,
-        max_scale=config.max_scale,
-        eval_scale=config.eval_scale,
-        num_crops=1 if train else config.crops,
-    )
-
-
-def drops_last(dataset_size: int, config: TrainConfig) -> bool:
-    """Training drops a last partial batch (a batch of one breaks train-mode BatchNorm on small maps)."""
-    return dataset_size > config.batch_size
-
-
-def make_loader(
-    dataset: MultiClipVideoDataset, config: TrainConfig, sampler: Sampler | None, device: torch.device
-) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        drop_last=sampler is not None and drops_last(len(dataset), config),
-        shuffle=False,
-        num_workers=config.workers,
-        collate_fn=collate_clips,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        # Its own generator: iterating a loader otherwise draws a base seed from the global torch RNG,
-        # which dropout uses too, so a run resumed mid-epoch would diverge from an uninterrupted one.
-        generator=torch.Generator().manual_seed(config.seed),
-    )
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

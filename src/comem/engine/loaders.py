@@ -1,0 +1,57 @@
+"""Device choice, datasets and loaders built the same way for training and evaluation."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from comem.config import TrainConfig
+from comem.data.datasets import MultiClipVideoDataset, collate_clips
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def make_dataset(records: list, config: TrainConfig, *, train: bool) -> MultiClipVideoDataset:
+    return MultiClipVideoDataset(
+        records,
+        num_clips=config.train_clips if train else config.eval_views,
+        clip_len=config.clip_len,
+        stride=config.stride,
+        crop_size=config.crop_size,
+        train=train,
+        seed=config.seed,
+        min_scale=config.min_scale,
+        max_scale=config.max_scale,
+        eval_scale=config.eval_scale,
+        num_crops=1 if train else config.crops,
+    )
+
+
+def drops_last(dataset_size: int, config: TrainConfig) -> bool:
+    """Training drops a last partial batch (a batch of one breaks train-mode BatchNorm on small maps)."""
+    return dataset_size > config.batch_size
+
+
+def make_loader(
+    dataset: MultiClipVideoDataset, config: TrainConfig, sampler: Sampler | None, device: torch.device
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        drop_last=sampler is not None and drops_last(len(dataset), config),
+        shuffle=False,
+        num_workers=config.workers,
+        collate_fn=collate_clips,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        # Its own generator: iterating a loader otherwise draws a base seed from the global torch RNG,
+        # which dropout uses too, so a run resumed mid-epoch would diverge from an uninterrupted one.
+        generator=torch.Generator().manual_seed(config.seed),
+    )
