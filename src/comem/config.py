@@ -40,8 +40,8 @@ class TrainConfig:
     backbone: str = "tiny"
     pretrained: str | None = None
     pretrained_strict: bool = True
-    # stages followed by a memory: names, or "last" / "last-1" (the last two: see README, "Design choices")
-    memory_stages: list[str] = field(default_factory=lambda: ["last-1", "last"])
+    # stages followed by a memory: names, or "last", "last-1", … (default: the last three, see README)
+    memory_stages: list[str] = field(default_factory=lambda: ["last-2", "last-1", "last"])
     memory: str = "attention"
     fusion: str = "gate"
     key_dim: int | None = None

@@ -28,7 +28,7 @@ class ModelSpec:
 
     backbone: str = "tiny"
     num_classes: int = 400
-    memory_stages: tuple[str, ...] = ("last-1", "last")
+    memory_stages: tuple[str, ...] = ("last-2", "last-1", "last")
     memory: str = "attention"
     fusion: str = "gate"
     key_dim: int | None = None
@@ -46,7 +46,7 @@ class VideoModel(nn.Module):
         backbone: VideoBackbone,
         num_classes: int,
         *,
-        memory_stages: Sequence[str] = ("last-1", "last"),
+        memory_stages: Sequence[str] = ("last-2", "last-1", "last"),
         memory: str = "attention",
         fusion: str = "gate",
         key_dim: int | None = None,
@@ -55,7 +55,7 @@ class VideoModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         names = backbone.stage_names
-        aliases = {"last": names[-1], "last-1": names[-2]}
+        aliases = {"last": names[-1], **{f"last-{k}": names[-1 - k] for k in range(1, len(names))}}
         resolved = [aliases.get(stage, stage) for stage in memory_stages]
         unknown = [stage for stage in resolved if stage not in names]
         if unknown:
