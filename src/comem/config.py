@@ -100,6 +100,12 @@ class TrainConfig:
     def eval_views(self) -> int:
         return self.views or self.clips
 
+    @property
+    def shares_eval_memory(self) -> bool:
+        """Whether evaluation builds one memory from all views of a video. A ``single`` model was
+        trained with a memory of its own clip only, so each of its views is scored on its own."""
+        return self.mode != "single"
+
 
 def config_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(TrainConfig)}

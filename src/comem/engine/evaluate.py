@@ -40,6 +40,14 @@ def autocast_for(device: torch.device, enabled: bool) -> Callable[[], contextlib
     return contextlib.nullcontext
 
 
+def video_scores(clip_logits: torch.Tensor, *, multi_label: bool) -> torch.Tensor:
+    """Video-level scores (B, K) from clip logits (B, N, K): the mean of the clip probabilities
+    (softmax, or sigmoid for multi-label targets), as training accuracy and evaluation both report."""
+    logits = clip_logits.float()
+    probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
+    return probabilities.mean(dim=1)
+
+
 @torch.no_grad()
 def predict_scores(
     model: VideoModel,
@@ -47,14 +55,13 @@ def predict_scores(
     device: torch.device,
     *,
     share_memory: bool = True,
-    multi_label: bool = False,
     amp: bool = True,
-    aggregate: str = "mean",
     progress: bool = True,
 ) -> VideoScores:
     """Run every batch (``video`` uint8 (B, V, C, T, H, W)) and aggregate clip probabilities per video.
 
-    ``share_memory=False`` evaluates a single-clip model: each view only sees itself.
+    ``share_memory=False`` evaluates a single-clip model: each view only sees itself. Multi-hot
+    (float) labels are scored with sigmoids, class indices with a softmax.
     """
     model.eval()
     autocast = autocast_for(device, amp)
@@ -65,10 +72,8 @@ def predict_scores(
             continue
         video = normalize(batch["video"].to(device, non_blocking=True))
         with autocast():
-            logits = model(video, share_memory=share_memory).float()
-        probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
-        per_video = probabilities.amax(dim=1) if aggregate == "max" else probabilities.mean(dim=1)
-        scores.append(per_video.cpu())
+            logits = model(video, share_memory=share_memory)
+        scores.append(video_scores(logits, multi_label=batch["label"].is_floating_point()).cpu())
         targets.append(batch["label"])
         indices.append(batch["video_index"])
     if not scores:
@@ -111,7 +116,9 @@ def evaluate_checkpoint(
     overrides = {"views": views, "crops": crops, "batch_size": batch_size, "workers": workers}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None}).validate()
     loader = make_loader(make_dataset(records, config, train=False), config, None, torch_device)
-    result = predict_scores(model, loader, torch_device, share_memory=config.mode != "single", amp=config.amp)
+    result = predict_scores(
+        model, loader, torch_device, share_memory=config.shares_eval_memory, amp=config.amp
+    )
     metrics: dict[str, Any] = {
         f"{split}_{key}": value
         for key, value in classification_metrics(result.scores, result.targets).items()

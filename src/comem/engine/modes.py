@@ -22,7 +22,6 @@ from torch import nn
 
 from comem.models.build import VideoModel
 
-Mode = Literal["single", "joint", "comem"]
 MODES: tuple[str, ...] = ("single", "joint", "comem")
 MemoryPassBN = Literal["batch", "eval"]
 

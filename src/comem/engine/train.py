@@ -29,7 +29,7 @@ from comem.data.datasets import VideoSplits, load_kinetics_csv_dir
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.data.transforms import normalize
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
-from comem.engine.evaluate import autocast_for, predict_scores
+from comem.engine.evaluate import autocast_for, predict_scores, video_scores
 from comem.engine.loaders import drops_last, make_dataset, make_loader, resolve_device
 from comem.engine.modes import comem_step, joint_step, single_step
 from comem.metrics import classification_metrics
@@ -61,8 +61,8 @@ class EpochSampler(Sampler[int]):
     """A random order of the videos seeded by (seed, epoch), optionally skipping its first items."""
 
     def __init__(self, size: int, *, seed: int, epoch: int, skip: int = 0) -> None:
-        self.order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        self.order = self.order[skip:]
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        self.order = torch.randperm(size, generator=generator)[skip:]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order.tolist())
@@ -221,7 +221,7 @@ class Trainer:
         self.scheduler.step()
         correct = 0
         if not targets.is_floating_point():
-            correct = int((output.logits.float().softmax(-1).mean(1).argmax(-1) == targets).sum())
+            correct = int((video_scores(output.logits, multi_label=False).argmax(-1) == targets).sum())
         return float(output.loss), correct
 
     def evaluate(self) -> dict[str, float]:
@@ -230,7 +230,7 @@ class Trainer:
             self.model,
             loader,
             self.device,
-            share_memory=self.config.mode != "single",
+            share_memory=self.config.shares_eval_memory,
             amp=self.config.amp,
         )
         self.note_skipped(result.skipped)
