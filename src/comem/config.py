@@ -14,10 +14,11 @@ from typing import Any
 import yaml
 
 from comem.engine.modes import MODES
+from comem.errors import UserError
 from comem.memory import FUSION_KINDS, MEMORY_KINDS
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad configuration value or file (one-line message)."""
 
 

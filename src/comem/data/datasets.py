@@ -16,11 +16,12 @@ import torch
 from comem.data.decode import VideoDecodeError, VideoReader
 from comem.data.sampling import clip_frame_indices, clip_span, eval_clip_starts, train_clip_starts
 from comem.data.transforms import center_crop_views, train_crop
+from comem.errors import UserError
 
 _FORMAT_HINT = "expected PySlowFast format: one 'path label' per line"
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """A data directory or CSV that does not follow the format; the message names file and line."""
 
 

@@ -13,8 +13,10 @@ from types import TracebackType
 import av
 import numpy as np
 
+from comem.errors import UserError
 
-class VideoDecodeError(Exception):
+
+class VideoDecodeError(UserError):
     """A video that cannot be decoded; ``str(e)`` is one line, ``"<path>: <problem>"``."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

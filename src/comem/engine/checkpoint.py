@@ -9,8 +9,10 @@ from typing import Any
 
 import torch
 
+from comem.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing or unreadable (message names the file)."""
 
 

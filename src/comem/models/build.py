@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from comem.errors import UserError
 from comem.memory import CollaborativeMemory
 from comem.models.backbones import VideoBackbone, build_backbone
 from comem.models.heads import ClipHead
@@ -138,7 +139,7 @@ def build_model(spec: ModelSpec) -> VideoModel:
     )
 
 
-class PretrainedLoadError(RuntimeError):
+class PretrainedLoadError(UserError, RuntimeError):
     """A pretrained checkpoint that does not fit the backbone (message names the file)."""
 
 

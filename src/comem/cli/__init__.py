@@ -1,0 +1,51 @@
+"""The ``comem`` command: parse, build, call. Errors in user input end as one line, never a traceback.
+
+Each subcommand is one module here with ``NAME``, ``add_parser(commands)`` and ``run(args)``; add a new one
+to :data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from types import ModuleType
+
+from comem.cli import evaluate, synthetic, train
+from comem.errors import UserError
+
+COMMANDS: list[ModuleType] = [train, evaluate, synthetic]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="comem", description="Video-level training with collaborative memory."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {command.NAME: command.run for command in COMMANDS}
+    try:
+        return handlers[args.command](args)
+    except UserError as error:
+        print(f"comem {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except (RuntimeError, ValueError) as error:
+        if os.environ.get("COMEM_DEBUG"):
+            raise
+        print(
+            f"comem {args.command}: error: {' '.join(str(error).split())} (COMEM_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
