@@ -83,13 +83,22 @@ class VideoModel(nn.Module):
         evaluated over several views).
         """
         batch, num_clips = video.shape[:2]
+        return self.head(self.features(video, share_memory=share_memory)).view(batch, num_clips, -1)
+
+    def features(self, video: torch.Tensor, *, share_memory: bool = True) -> torch.Tensor:
+        """Last-stage feature maps (B·N, C, T, H, W), video-major, of all clips in one graph.
+
+        The input to the head; task heads other than clip classification (e.g. RoI pooling for
+        detection) start here.
+        """
+        num_clips = video.shape[1]
         group = num_clips if share_memory else 1
         features = video.flatten(0, 1)
         for name, stage in self.backbone.stages.items():
             features = stage(features)
             if name in self.memories:
                 features = self.memories[name](features, group)
-        return self.head(features).view(batch, num_clips, -1)
+        return features
 
     @torch.no_grad()
     def memory_bank(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -119,12 +128,18 @@ class VideoModel(nn.Module):
         self, clip: torch.Tensor, clip_index: int, banks: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         """Logits (B, K) of clip ``clip_index`` (B, C, T, H, W) of each video, reading ``banks``."""
+        return self.head(self.clip_features(clip, clip_index, banks))
+
+    def clip_features(
+        self, clip: torch.Tensor, clip_index: int, banks: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Last-stage feature map of clip ``clip_index`` gated by its clip-specific memories."""
         features = clip
         for name, stage in self.backbone.stages.items():
             features = stage(features)
             if name in self.memories:
                 features = self.memories[name].forward_one(features, banks[name], clip_index)
-        return self.head(features)
+        return features
 
 
 def build_model(spec: ModelSpec) -> VideoModel:
