@@ -4,6 +4,7 @@ With ``pattern="index"`` frame ``i`` is a flat gray image of level ``gray_level(
 tell from a decoded frame's mean which frame it is (H.264 moves a flat level by a unit or two).
 """
 
+from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
@@ -42,10 +43,15 @@ def write_test_video(
     codec: str = "libx264",
     pattern: Literal["index", "gradient"] = "index",
     faststart: bool = False,
+    keyint: int | None = None,
+    bframes: int = 0,
+    rotation: int = 0,
 ) -> Path:
     """Encode ``num_frames`` frames of ``pattern`` to ``path`` (yuv420p) and return the path.
 
     ``index`` levels must stay below 256, so ``num_frames`` is limited to 60 for that pattern.
+    ``keyint`` fixes the H.264 keyframe interval, ``bframes`` the number of B-frames, ``rotation``
+    stores a display-matrix rotation (counter-clockwise degrees).
     """
     if pattern == "index" and gray_level(num_frames - 1) > 255:
         raise ValueError(f"pattern 'index' supports at most 60 frames, got {num_frames}")
@@ -55,7 +61,12 @@ def write_test_video(
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": "10", "preset": "ultrafast"}
+            params = [f"bframes={bframes}"] + (
+                [f"keyint={keyint}:min-keyint={keyint}:scenecut=0"] * bool(keyint)
+            )
+            stream.options = {"crf": "10", "preset": "ultrafast", "x264-params": ":".join(params)}
+        if rotation:
+            stream.set_display_rotation(rotation)
         for i in range(num_frames):
             frame = av.VideoFrame.from_ndarray(_frame(i, height, width, pattern), format="rgb24")
             container.mux(stream.encode(frame))
@@ -77,3 +88,51 @@ def write_audio_only(path: str | Path, codec: str = "aac", seconds: float = 0.5)
             container.mux(packet)
         container.mux(stream.encode(None))
     return path
+
+
+def write_vfr_video(path: str | Path, times: list[float], size: int) -> Path:
+    """H.264 mp4 whose frame ``i`` (``index`` pattern) is shown at ``times[i]`` seconds (variable rate)."""
+    path = Path(path)
+    time_base = Fraction(1, 1000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.height, stream.width, stream.pix_fmt = size, size, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = time_base
+        stream.options = {"crf": "10", "preset": "ultrafast"}
+        for i, seconds in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(_frame(i, size, size, "index"), format="rgb24")
+            frame.pts, frame.time_base = round(seconds * 1000), time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def write_corrupt_corpus(root: str | Path, good: Path) -> dict[str, str]:
+    """Broken and odd videos next to each other, named by what is wrong with them.
+
+    Returns ``{file name: expected outcome}``: ``"unreadable"`` for files no decoder can use,
+    ``"readable"`` for unusual files that must decode (1 frame, variable rate, rotated).
+    ``good`` is a normal mp4 whose bytes the damaged copies start from.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    data = good.read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (root / "zero_bytes.mp4").touch()
+    (root / "text_as_mp4.mp4").write_text("this is not a video\n")
+    (root / "garbage.webm").write_bytes(bytes(range(256)) * 40)
+    write_audio_only(root / "audio_only.m4a")
+    write_test_video(root / "one_frame.mp4", 1, 32, 32)
+    write_vfr_video(root / "variable_rate.mp4", [0.0, 0.05, 0.3, 0.32, 0.6, 0.61, 0.9, 1.0], 32)
+    write_test_video(root / "rotated.mp4", 12, 32, 48, pattern="gradient", rotation=90)
+    return {
+        "truncated.mp4": "unreadable",
+        "zero_bytes.mp4": "unreadable",
+        "text_as_mp4.mp4": "unreadable",
+        "garbage.webm": "unreadable",
+        "audio_only.m4a": "unreadable",
+        "missing.mp4": "unreadable",
+        "one_frame.mp4": "readable",
+        "variable_rate.mp4": "readable",
+        "rotated.mp4": "readable",
+    }

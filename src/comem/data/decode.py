@@ -1,19 +1,30 @@
-"""PyAV video decoding: plan every clip's frame indices first, then decode the file once.
+"""Video decoding: plan every clip's frame indices first, then decode the file once.
 
-Video-level training reads N clips per video; seeking per clip would re-decode from the nearest
-keyframe N times, so a reader makes one forward pass and keeps only the frames asked for. Every
-failure (missing, empty, corrupt, truncated, audio-only) surfaces as :class:`VideoDecodeError` with
-a one-line message, so a dataset can skip a bad video without masking programming errors.
+Video-level training reads N clips per video; decoding each clip on its own re-decodes from the
+nearest keyframe N times. A :class:`VideoReader` indexes the file's packets (a demux pass, no
+decoding), seeks to the keyframe before the first wanted frame, decodes forward (seeking again only
+where a keyframe lets it skip a gap) and keeps only the frames asked for; non-reference frames that
+no clip needs are not decoded at all. Every failure (missing, empty, corrupt, truncated, audio-only)
+surfaces as :class:`VideoDecodeError` with a one-line message, so a dataset can skip a bad video
+without masking programming errors.
+
+:func:`open_video` picks the backend: PyAV (default), torchcodec (optional) or a folder of JPEG frames.
 """
+
+from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Literal, Protocol
 
 import av
 import numpy as np
 
 from comem.errors import UserError
+
+Decoder = Literal["pyav", "torchcodec", "frames"]
+DECODERS: tuple[str, ...] = ("pyav", "torchcodec", "frames")
 
 
 class VideoDecodeError(UserError):
@@ -29,15 +40,77 @@ class VideoDecodeError(UserError):
         return type(self), (self.path, self.reason)
 
 
+class DecoderUnavailableError(UserError):
+    """A decoder backend was asked for whose package is not installed."""
+
+
+class ClipSource(Protocol):
+    """What datasets need from any backend: a frame count, frame times and indexed reads."""
+
+    path: str
+    num_frames: int
+    fps: float
+
+    def frame_times(self) -> np.ndarray: ...
+
+    def read(self, indices: np.ndarray) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ClipSource: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
 def _describe(error: Exception) -> str:
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
+def check_indices(path: str, indices: np.ndarray, num_frames: int) -> np.ndarray:
+    """``indices`` as an integer array inside ``[0, num_frames)``, or a ValueError naming the file."""
+    indices = np.asarray(indices)
+    if not np.issubdtype(indices.dtype, np.integer):
+        raise ValueError(f"{path}: frame indices must be integers, got dtype {indices.dtype}")
+    if indices.size:
+        lowest, highest = int(indices.min()), int(indices.max())
+        if lowest < 0 or highest >= num_frames:
+            raise ValueError(
+                f"{path}: frame indices must lie in [0, {num_frames - 1}], got [{lowest}, {highest}]"
+            )
+    return indices
+
+
+def gather(path: str, indices: np.ndarray, frames: dict[int, np.ndarray]) -> np.ndarray:
+    """Stack ``frames[i]`` for every index; an index that was never decoded (stream ended early,
+    damaged frame) takes the nearest decoded frame before it, or after it if there is none before."""
+    if not frames:
+        raise VideoDecodeError(path, "no frames decoded")
+    have = np.array(sorted(frames))
+    unique, inverse = np.unique(indices, return_inverse=True)
+    position = np.searchsorted(have, unique, side="right") - 1
+    chosen = have[np.maximum(position, 0)]
+    stacked = np.stack([frames[int(i)] for i in chosen])
+    return stacked[inverse.reshape(indices.shape)]
+
+
+# Decoders known to honour ``skip_frame=NONREF`` per packet without changing the other frames.
+_SKIP_NONREF_CODECS = frozenset({"h264", "hevc"})
+
+
+def _rotate(image: np.ndarray, degrees: float) -> np.ndarray:
+    """Apply a display-matrix rotation (counter-clockwise degrees, as FFmpeg reports it)."""
+    turns = round(degrees / 90) % 4
+    return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
+
+
 class VideoReader:
-    """One open video file; ``read`` returns RGB frames by index in a single decoding pass.
+    """One open video file (PyAV); ``read`` returns RGB frames by index in one decoding pass.
 
     ``threads=0`` keeps FFmpeg single-threaded, which is right inside DataLoader workers (they
     already use every core); ``threads > 0`` enables frame+slice threading with that many threads.
+    Frames are indexed in presentation order. ``num_frames`` counts the packets of the stream (exact
+    for variable-frame-rate files and files whose header lies); streams whose packets carry no
+    timestamps fall back to the header's count and a sequential decode.
     """
 
     def __init__(self, path: str | Path, *, threads: int = 0) -> None:
@@ -55,7 +128,8 @@ class VideoReader:
         self._open()
         self._cache: list[av.VideoFrame] | None = None
         try:
-            self.num_frames = self._count_frames()
+            self._pts = self._scan_packets()
+            self.num_frames = len(self._pts) if self._pts is not None else self._count_frames()
         except BaseException:
             self.close()
             raise
@@ -82,21 +156,64 @@ class VideoReader:
             raise VideoDecodeError(self.path, "unknown frame size in stream header")
         self._decoded = False
 
-    def _count_frames(self) -> int:
-        """Frame count from metadata when present; else decode once and keep the frames for ``read``."""
+    def _scan_packets(self) -> np.ndarray | None:
+        """Sorted presentation timestamps of every frame, and the keyframe positions among them.
+
+        A demux pass reads packet headers without decoding (a few ms for a 10 s clip). Returns None
+        when some packet has no timestamp (raw bitstreams); then frames are counted by decoding.
+        """
+        pts, keyframes = [], []
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.size == 0:
+                    continue
+                if packet.is_corrupt:  # cut short by the end of the file: the frames end here
+                    break
+                if packet.pts is None:
+                    return None
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keyframes.append(packet.pts)
+        except av.FFmpegError:
+            pass  # a damaged tail: index what came before it; decoding reports the damage
+        finally:
+            self._decoded = True  # the demuxer is at the end: the next pass must rewind
+        if not pts:
+            return None
+        order = np.unique(np.asarray(pts, dtype=np.int64))
+        self._index_of = {int(p): i for i, p in enumerate(order.tolist())}
+        key_positions = sorted({self._index_of[int(p)] for p in keyframes})
+        self._keyframes = np.asarray(key_positions or [0], dtype=np.int64)
+        if self._keyframes[0] != 0:
+            self._keyframes = np.concatenate([[0], self._keyframes])
+        return order
+
+    @property
+    def header_frames(self) -> int:
+        """The frame count the container header states or implies (0 if unknown); more than
+        ``num_frames`` means frames are missing from the file (truncated download)."""
         if self._stream.frames > 0:
             return self._stream.frames
         if self._stream.duration and self._stream.time_base:
             seconds = float(self._stream.duration * self._stream.time_base)
         else:
             seconds = (self._container.duration or 0) / av.time_base
-        estimate = round(seconds * self.fps)
-        if estimate > 0:
-            return estimate
+        return max(round(seconds * self.fps), 0)
+
+    def _count_frames(self) -> int:
+        """Frame count from metadata when present; else decode once and keep the frames for ``read``."""
+        if self.header_frames > 0:
+            return self.header_frames
         self._cache = list(self._frames())
         if not self._cache:
             raise VideoDecodeError(self.path, "no frames decoded")
         return len(self._cache)
+
+    def frame_times(self) -> np.ndarray:
+        """Presentation time of every frame in seconds from the first, float64 ``(num_frames,)``."""
+        if self._pts is not None and self._stream.time_base:
+            return (self._pts - self._pts[0]) * float(self._stream.time_base)
+        return np.arange(self.num_frames) / (self.fps or 30.0)
 
     def _rewind(self) -> None:
         """Return to the first frame; reopen if the container cannot seek (e.g. raw bitstreams)."""
@@ -122,46 +239,105 @@ class VideoReader:
             ) from error
 
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
-        return frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
+        image = frame.to_ndarray(format="rgb24", width=frame.width, height=frame.height)
+        return _rotate(image, frame.rotation or 0.0)
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """RGB frames at ``indices``: uint8 of shape ``indices.shape + (H, W, 3)``.
 
         ``indices`` may have any shape (typically ``(num_clips, clip_len)``), repeat and be unsorted.
-        Decoding stops after the largest index. If the stream ends early without an error (frame
-        counts in metadata are estimates), missing indices repeat the last decoded frame.
+        Frames of a rotated video come out upright (display-matrix rotation applied). If the
+        stream ends early without an error, missing indices repeat the last decoded frame.
         """
-        indices = np.asarray(indices)
-        if not np.issubdtype(indices.dtype, np.integer):
-            raise ValueError(f"{self.path}: frame indices must be integers, got dtype {indices.dtype}")
+        indices = check_indices(self.path, indices, self.num_frames)
         if indices.size == 0:
             return np.empty(indices.shape + (self.height, self.width, 3), dtype=np.uint8)
-        lowest, highest = int(indices.min()), int(indices.max())
-        if lowest < 0 or highest >= self.num_frames:
-            raise ValueError(
-                f"{self.path}: frame indices must lie in [0, {self.num_frames - 1}], "
-                f"got [{lowest}, {highest}]"
-            )
-        wanted = set(np.unique(indices).tolist())
-        rgb: dict[int, np.ndarray] = {}
+        wanted = np.unique(indices)
+        if self._pts is None:
+            frames = self._read_sequential(wanted)
+        else:
+            frames = {}
+            for keyframe, group in self.plan_segments(wanted):
+                self._decode_segment(keyframe, group, frames)
+        return gather(self.path, indices, frames)
+
+    def plan_segments(self, wanted: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Split sorted wanted indices into runs decoded from one keyframe each.
+
+        A new run starts where a keyframe lies after the previous wanted frame and at or before the
+        next one: seeking there skips the frames in between instead of decoding them.
+        """
+        keyframe_of = self._keyframes[np.searchsorted(self._keyframes, wanted, side="right") - 1]
+        segments: list[tuple[int, list[int]]] = []
+        for index, keyframe in zip(wanted.tolist(), keyframe_of.tolist(), strict=True):
+            if not segments or keyframe > segments[-1][1][-1]:
+                segments.append((keyframe, [index]))
+            else:
+                segments[-1][1].append(index)
+        return [(keyframe, np.asarray(group)) for keyframe, group in segments]
+
+    def _decode_segment(self, keyframe: int, wanted: np.ndarray, frames: dict[int, np.ndarray]) -> None:
+        """Seek to ``keyframe`` and decode forward until the last of ``wanted`` has come out."""
+        stream, context = self._stream, self._stream.codec_context
+        wanted_set, last = set(wanted.tolist()), int(wanted[-1])
+        if keyframe > 0 or self._decoded:
+            try:
+                self._container.seek(int(self._pts[keyframe]), stream=stream, backward=True)
+            except av.FFmpegError as error:
+                raise VideoDecodeError(self.path, f"cannot seek ({_describe(error)})") from error
+            context.flush_buffers()
+        self._decoded = True
+        skippable = context.name in _SKIP_NONREF_CODECS
+        count = 0
+        try:
+            for packet in self._container.demux(stream):
+                if packet.size == 0:  # the demuxer's end-of-stream marker: drain the decoder
+                    context.skip_frame = "DEFAULT"
+                    decoded = context.decode(None)
+                else:
+                    index = self._index_of.get(packet.pts) if packet.pts is not None else None
+                    # A frame no clip needs and no other frame references need not be decoded at all.
+                    skip = skippable and index is not None and index not in wanted_set
+                    context.skip_frame = "NONREF" if skip else "DEFAULT"
+                    decoded = packet.decode()
+                for frame in decoded:
+                    count += 1
+                    position = self._frame_index(frame)
+                    if position in wanted_set:
+                        frames[position] = self._to_rgb(frame)
+                    if position >= last:
+                        return
+        except av.FFmpegError as error:
+            raise VideoDecodeError(
+                self.path, f"truncated or corrupt at frame {keyframe + count} ({_describe(error)})"
+            ) from error
+        finally:
+            context.skip_frame = "DEFAULT"
+
+    def _frame_index(self, frame: av.VideoFrame) -> int:
+        index = self._index_of.get(frame.pts) if frame.pts is not None else None
+        if index is None and frame.pts is not None:  # timestamp rewritten by the decoder: nearest
+            index = int(np.clip(np.searchsorted(self._pts, frame.pts), 0, len(self._pts) - 1))
+        return -1 if index is None else index
+
+    def _read_sequential(self, wanted: np.ndarray) -> dict[int, np.ndarray]:
+        """Decode from the start, counting frames (streams whose packets have no timestamps)."""
+        wanted_set, highest = set(wanted.tolist()), int(wanted[-1])
+        frames: dict[int, np.ndarray] = {}
         last_index, last_frame = -1, None
         for last_index, last_frame in enumerate(self._cache if self._cache is not None else self._frames()):
-            if last_index in wanted:
-                rgb[last_index] = self._to_rgb(last_frame)
+            if last_index in wanted_set:
+                frames[last_index] = self._to_rgb(last_frame)
             if last_index >= highest:
                 break
-        if last_frame is None:
-            raise VideoDecodeError(self.path, "no frames decoded")
-        if last_index not in rgb:
-            rgb[last_index] = self._to_rgb(last_frame)
-        unique, inverse = np.unique(np.minimum(indices, last_index), return_inverse=True)
-        frames = np.stack([rgb[i] for i in unique.tolist()])
-        return frames[inverse.reshape(indices.shape)]
+        if last_frame is not None and last_index not in frames:
+            frames[last_index] = self._to_rgb(last_frame)
+        return frames
 
     def close(self) -> None:
         self._container.close()
 
-    def __enter__(self) -> "VideoReader":
+    def __enter__(self) -> VideoReader:
         return self
 
     def __exit__(
@@ -173,7 +349,29 @@ class VideoReader:
         self.close()
 
 
-def read_clips(path: str | Path, plan: Callable[[int], np.ndarray], *, threads: int = 0) -> np.ndarray:
+def open_video(
+    path: str | Path, *, decoder: str = "pyav", threads: int = 0, fps: float | None = None
+) -> ClipSource:
+    """The reader for ``path``: a directory is a folder of frames whatever ``decoder`` says.
+
+    ``fps`` is the frame rate of a frame folder (files carry their own).
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
+    if decoder == "frames" or Path(path).is_dir():
+        from comem.data.frame_folder import FrameFolderReader
+
+        return FrameFolderReader(path, fps=fps or 30.0)
+    if decoder == "torchcodec":
+        from comem.data.torchcodec_reader import TorchCodecReader
+
+        return TorchCodecReader(path, threads=threads)
+    return VideoReader(path, threads=threads)
+
+
+def read_clips(
+    path: str | Path, plan: Callable[[int], np.ndarray], *, threads: int = 0, decoder: str = "pyav"
+) -> np.ndarray:
     """Open ``path`` once, plan indices from its frame count, return ``reader.read(plan(num_frames))``."""
-    with VideoReader(path, threads=threads) as reader:
+    with open_video(path, decoder=decoder, threads=threads) as reader:
         return reader.read(plan(reader.num_frames))
