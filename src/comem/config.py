@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from comem.data.decode import DECODERS
+from comem.data.formats import DATA_FORMATS
 from comem.engine.modes import MODES
 from comem.errors import UserError
 from comem.memory import FUSION_KINDS, MEMORY_KINDS
@@ -66,6 +68,11 @@ class TrainConfig:
     eval_every: int = 1
     save_every: int = 200  # also checkpoint every this many steps inside an epoch (0 = epoch ends only)
     resume: bool = False
+    # dataset formats and decoding (see README, "Datasets")
+    data_format: str = "auto"  # auto | slowfast | kinetics | charades | charades-frames | ssv1 | ssv2
+    decoder: str = "pyav"  # pyav | torchcodec | frames (folders of frames are always read as frames)
+    target_fps: float | None = None  # sample clips on this frame-rate grid (default: the file's frames)
+    span_labels: bool = False  # multi-label: train on the actions whose time span overlaps the clips
 
     def validate(self) -> TrainConfig:
         choices = {
@@ -76,6 +83,8 @@ class TrainConfig:
             "memory_pass_bn": ("batch", "eval"),
             "device": ("auto", "cpu", "cuda"),
             "synthetic_task": ("distinct", "parity"),
+            "data_format": DATA_FORMATS,
+            "decoder": DECODERS,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -88,6 +97,8 @@ class TrainConfig:
             raise ConfigError(f"crops must be 1 or 3; got {self.crops}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
+        if self.target_fps is not None and self.target_fps <= 0:
+            raise ConfigError(f"target_fps must be > 0; got {self.target_fps}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0; got {self.workers}")
         return self

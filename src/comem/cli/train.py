@@ -61,6 +61,20 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
         str,
         "built-in data task when --data is not given: distinct | parity",
     ),
+    (
+        "--data-format",
+        "data_format",
+        str,
+        "auto | slowfast | kinetics | charades | charades-frames | ssv1 | ssv2 (auto: from the files)",
+    ),
+    ("--decoder", "decoder", str, "pyav | torchcodec | frames"),
+    ("--target-fps", "target_fps", float, "sample clips on this frame-rate grid (default: every frame)"),
+    (
+        "--span-labels",
+        "span_labels",
+        lambda s: s.lower() in ("1", "true", "yes", "on"),
+        "true: multi-label train targets only the actions overlapping the sampled clips",
+    ),
 ]
 
 

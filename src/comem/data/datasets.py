@@ -13,8 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from comem.data.decode import VideoDecodeError, VideoReader
-from comem.data.sampling import clip_frame_indices, clip_span, eval_clip_starts, train_clip_starts
+from comem.data.decode import VideoDecodeError, open_video
+from comem.data.sampling import (
+    clip_frame_indices,
+    clip_span,
+    eval_clip_starts,
+    resample_grid,
+    spans_overlapping,
+    train_clip_starts,
+)
 from comem.data.transforms import center_crop_views, train_crop
 from comem.errors import UserError
 
@@ -27,10 +34,17 @@ class DatasetFormatError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class VideoRecord:
-    """One video of a split; ``path`` is already resolved against the data directory."""
+    """One video of a split; ``path`` (a file, or a folder of frames) is already resolved.
+
+    ``label`` is a class index, or for multi-label data (Charades) the tuple of every class the video
+    shows (possibly empty). ``fps`` is the frame rate of a frame folder (video files carry their
+    own); ``spans`` are ``(class, start s, end s)`` of each action where the annotation has them.
+    """
 
     path: Path
-    label: int
+    label: int | tuple[int, ...]
+    fps: float | None = None
+    spans: tuple[tuple[int, float, float], ...] = ()
 
 
 def _parse_label(text: str, where: str) -> int:
@@ -92,13 +106,20 @@ def read_class_names(data_dir: Path) -> list[str] | None:
 
 @dataclass(frozen=True)
 class VideoSplits:
-    """Everything a data directory holds; ``test`` is None without ``test.csv``."""
+    """Everything a data directory holds; ``test`` is None without a (labelled) test split.
+
+    ``multi_label``: labels are tuples of classes (multi-hot targets, BCE, mAP). ``missing`` names
+    listed videos that were not found on disk and were left out (``"<annotation file>: <id>"``).
+    """
 
     train: list[VideoRecord]
     val: list[VideoRecord]
     test: list[VideoRecord] | None
     class_names: list[str]
     num_classes: int
+    multi_label: bool = False
+    missing: tuple[str, ...] = ()
+    data_format: str = "slowfast"
 
 
 def load_kinetics_csv_dir(data_dir: str | Path) -> VideoSplits:
@@ -157,8 +178,19 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         max_scale: int | None = None,
         eval_scale: int | None = None,
         num_crops: int = 1,
+        num_classes: int | None = None,
+        decoder: str = "pyav",
+        target_fps: float | None = None,
+        span_labels: bool = False,
     ) -> None:
         self.records = list(records)
+        self.multi_label = any(isinstance(record.label, tuple) for record in self.records)
+        if self.multi_label and num_classes is None:
+            raise ValueError("multi-label records need num_classes to build multi-hot targets")
+        self.num_classes = num_classes
+        self.decoder = decoder
+        self.target_fps = target_fps
+        self.span_labels = span_labels
         self.num_clips = num_clips
         self.clip_len = clip_len
         self.stride = stride
@@ -193,18 +225,17 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         """``{"video": uint8 (N * num_crops, C, T, crop, crop), "label", "video_index", "path"}``.
 
-        Eval views are clip-major: clip 0's crops, then clip 1's. On a decode failure the item is
-        ``{"error": message, "video_index", "path"}``.
+        ``label`` is an int, or float32 multi-hot ``(K,)`` for multi-label data; with
+        ``span_labels`` a training item's target holds only the actions whose time span overlaps one
+        of its clips. Eval views are clip-major: clip 0's crops, then clip 1's. On a decode failure
+        the item is ``{"error": message, "video_index", "path"}``.
         """
         record = self.records[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         try:
-            with VideoReader(record.path) as reader:
-                if self.train:
-                    starts = train_clip_starts(reader.num_frames, self.num_clips, self.span, rng)
-                else:
-                    starts = eval_clip_starts(reader.num_frames, self.num_clips, self.span)
-                indices = clip_frame_indices(starts, self.clip_len, self.stride, reader.num_frames)
+            with open_video(record.path, decoder=self.decoder, fps=record.fps) as reader:
+                times = reader.frame_times()
+                indices = self._plan(times, rng)
                 frames = reader.read(indices)
         except VideoDecodeError as error:
             return {"error": str(error), "video_index": index, "path": str(record.path)}
@@ -212,10 +243,29 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         views = [view.transpose(0, 1) for clip in clips for view in self._views(clip, rng)]
         return {
             "video": torch.stack(views),
-            "label": record.label,
+            "label": self._target(record, times[indices]),
             "video_index": index,
             "path": str(record.path),
         }
+
+    def _plan(self, times: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Frame indices ``(N, clip_len)``: on the native frame grid, or on a ``target_fps`` grid."""
+        grid = np.arange(len(times)) if self.target_fps is None else resample_grid(times, self.target_fps)
+        if self.train:
+            starts = train_clip_starts(len(grid), self.num_clips, self.span, rng)
+        else:
+            starts = eval_clip_starts(len(grid), self.num_clips, self.span)
+        return grid[clip_frame_indices(starts, self.clip_len, self.stride, len(grid))]
+
+    def _target(self, record: VideoRecord, clip_times: np.ndarray) -> int | torch.Tensor:
+        if not self.multi_label:
+            return record.label
+        target = torch.zeros(self.num_classes, dtype=torch.float32)
+        labels = record.label
+        if self.train and self.span_labels and record.spans:
+            labels = spans_overlapping(record.spans, clip_times[:, 0], clip_times[:, -1])
+        target[list(labels)] = 1.0
+        return target
 
     def _views(self, clip: torch.Tensor, rng: np.random.Generator) -> list[torch.Tensor]:
         """Spatial views ``(T, C, crop, crop)`` of one clip ``(T, C, H, W)``; each clip draws its own."""
@@ -231,8 +281,9 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
 def collate_clips(samples: list[dict]) -> dict:
     """Batch items of :class:`MultiClipVideoDataset`, dropping failed ones.
 
-    Returns ``{"video": uint8 (B, N, C, T, H, W), "label": int64 (B,), "video_index": int64 (B,),
-    "skipped": list of error messages}``; if every sample failed, ``video`` has shape ``(0,)``.
+    Returns ``{"video": uint8 (B, N, C, T, H, W), "label": int64 (B,) or float32 multi-hot (B, K),
+    "video_index": int64 (B,), "skipped": list of error messages}``; if every sample failed,
+    ``video`` has shape ``(0,)`` and ``label`` no elements.
     """
     good = [sample for sample in samples if "error" not in sample]
     skipped = [sample["error"] for sample in samples if "error" in sample]
@@ -240,9 +291,13 @@ def collate_clips(samples: list[dict]) -> dict:
         video = torch.stack([sample["video"] for sample in good])
     else:
         video = torch.empty((0,), dtype=torch.uint8)
+    if good and isinstance(good[0]["label"], torch.Tensor):
+        label = torch.stack([sample["label"] for sample in good])
+    else:
+        label = torch.tensor([sample["label"] for sample in good], dtype=torch.int64)
     return {
         "video": video,
-        "label": torch.tensor([sample["label"] for sample in good], dtype=torch.int64),
+        "label": label,
         "video_index": torch.tensor([sample["video_index"] for sample in good], dtype=torch.int64),
         "skipped": skipped,
     }

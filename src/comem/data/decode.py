@@ -349,6 +349,16 @@ class VideoReader:
         self.close()
 
 
+def check_decoder(decoder: str) -> None:
+    """Fail up front (one line) if ``decoder`` is unknown or its package is not installed."""
+    if decoder not in DECODERS:
+        raise DecoderUnavailableError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
+    if decoder == "torchcodec":
+        from comem.data.torchcodec_reader import video_decoder_class
+
+        video_decoder_class()
+
+
 def open_video(
     path: str | Path, *, decoder: str = "pyav", threads: int = 0, fps: float | None = None
 ) -> ClipSource:

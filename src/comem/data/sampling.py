@@ -61,3 +61,29 @@ def clip_frame_indices(starts: Sequence[int], clip_len: int, stride: int, num_fr
         raise ValueError(f"starts must be a flat sequence of non-negative ints, got {list(starts)}")
     indices = start_array[:, None] + stride * np.arange(clip_len, dtype=np.int64)[None, :]
     return np.clip(indices, 0, num_frames - 1)
+
+
+def resample_grid(frame_times: np.ndarray, target_fps: float) -> np.ndarray:
+    """Frame indices of a ``target_fps`` resampling of a video whose frame ``i`` shows at
+    ``frame_times[i]`` seconds: entry ``j`` is the frame on screen at time ``j / target_fps``.
+
+    Clip sampling then runs on this grid, so ``stride`` counts target-rate frames whatever the
+    file's rate, and variable-frame-rate files are sampled evenly in time.
+    """
+    if target_fps <= 0:
+        raise ValueError(f"target_fps must be > 0, got {target_fps}")
+    times = np.asarray(frame_times, dtype=np.float64) - float(frame_times[0])
+    count = max(int(np.floor(times[-1] * target_fps + 1e-6)) + 1, 1)
+    on_screen = np.searchsorted(times, np.arange(count) / target_fps + 1e-9, side="right") - 1
+    return np.clip(on_screen, 0, len(times) - 1).astype(np.int64)
+
+
+def spans_overlapping(
+    spans: Sequence[tuple[int, float, float]], starts: np.ndarray, ends: np.ndarray
+) -> tuple[int, ...]:
+    """Classes of the ``(class, start, end)`` spans that overlap any ``[starts[i], ends[i]]`` (seconds)."""
+    return tuple(
+        sorted(
+            {label for label, low, high in spans if any(low <= e and s <= high for s, e in zip(starts, ends))}
+        )
+    )

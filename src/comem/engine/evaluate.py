@@ -15,7 +15,8 @@ import torch
 from tqdm import tqdm
 
 from comem.config import TrainConfig
-from comem.data.datasets import DatasetFormatError, load_kinetics_csv_dir
+from comem.data.datasets import DatasetFormatError
+from comem.data.formats import load_splits
 from comem.data.transforms import normalize
 from comem.engine.checkpoint import load_checkpoint
 from comem.engine.loaders import make_dataset, make_loader, resolve_device
@@ -101,10 +102,10 @@ def evaluate_checkpoint(
     config = TrainConfig(**state["config"])
     spec = ModelSpec(**{**state["model_spec"], "memory_stages": tuple(state["model_spec"]["memory_stages"])})
     data_dir = Path(data) if data is not None else Path(state["data_dir"])
-    splits = load_kinetics_csv_dir(data_dir)
+    splits = load_splits(data_dir, config.data_format)
     records = splits.val if split == "val" else splits.test
     if records is None:
-        raise DatasetFormatError(f"{data_dir}: no test.csv")
+        raise DatasetFormatError(f"{data_dir}: no labelled test split")
     if splits.num_classes > spec.num_classes:
         raise DatasetFormatError(
             f"{data_dir}: has {splits.num_classes} classes but the checkpoint predicts {spec.num_classes}"
@@ -115,7 +116,9 @@ def evaluate_checkpoint(
     model.to(torch_device)
     overrides = {"views": views, "crops": crops, "batch_size": batch_size, "workers": workers}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None}).validate()
-    loader = make_loader(make_dataset(records, config, train=False), config, None, torch_device)
+    loader = make_loader(
+        make_dataset(records, config, train=False, num_classes=spec.num_classes), config, None, torch_device
+    )
     result = predict_scores(
         model, loader, torch_device, share_memory=config.shares_eval_memory, amp=config.amp
     )

@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from comem.config import TrainConfig
 from comem.data.datasets import MultiClipVideoDataset, collate_clips
+from comem.data.decode import check_decoder
 
 
 def resolve_device(name: str) -> torch.device:
@@ -17,7 +18,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_dataset(records: list, config: TrainConfig, *, train: bool) -> MultiClipVideoDataset:
+def make_dataset(
+    records: list, config: TrainConfig, *, train: bool, num_classes: int | None = None
+) -> MultiClipVideoDataset:
+    """``num_classes`` sizes the multi-hot targets of multi-label records."""
+    check_decoder(config.decoder)
     return MultiClipVideoDataset(
         records,
         num_clips=config.train_clips if train else config.eval_views,
@@ -30,6 +35,10 @@ def make_dataset(records: list, config: TrainConfig, *, train: bool) -> MultiCli
         max_scale=config.max_scale,
         eval_scale=config.eval_scale,
         num_crops=1 if train else config.crops,
+        num_classes=num_classes,
+        decoder=config.decoder,
+        target_fps=config.target_fps,
+        span_labels=config.span_labels,
     )
 
 

@@ -25,7 +25,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from comem.config import TrainConfig, comem_home
-from comem.data.datasets import VideoSplits, load_kinetics_csv_dir
+from comem.data.datasets import VideoSplits
+from comem.data.formats import load_splits
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.data.transforms import normalize
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -119,9 +120,17 @@ class Trainer:
         self.device = resolve_device(config.device)
         seed_everything(config.seed)
         self.data_dir = resolve_data(config)
-        self.splits: VideoSplits = load_kinetics_csv_dir(self.data_dir)
-        self.train_set = make_dataset(self.splits.train, config, train=True)
-        self.val_set = make_dataset(self.splits.val, config, train=False)
+        self.splits: VideoSplits = load_splits(self.data_dir, config.data_format)
+        if self.splits.missing:
+            print(
+                f"warning: {len(self.splits.missing)} listed videos not found, left out "
+                f"(first: {self.splits.missing[0]}); `comem check-data` lists them all"
+            )
+        # Multi-label data (Charades) is scored and checkpointed by mAP, single-label by top-1.
+        self.selection_metric = "val_mAP" if self.splits.multi_label else "val_top1"
+        classes = self.splits.num_classes
+        self.train_set = make_dataset(self.splits.train, config, train=True, num_classes=classes)
+        self.val_set = make_dataset(self.splits.val, config, train=False, num_classes=classes)
         self.model_spec = ModelSpec(
             backbone=config.backbone,
             num_classes=self.splits.num_classes,
@@ -239,6 +248,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "classes.txt").write_text("\n".join(self.splits.class_names) + "\n")
         if config.resume and self.resume():
             print(f"resumed from {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
         writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step)
@@ -302,6 +312,8 @@ class Trainer:
             "train_top1": 100.0 * self.epoch_correct / max(self.epoch_videos, 1),
             "lr": self.scheduler.get_last_lr()[0],
         }
+        if self.splits.multi_label:
+            del record["train_top1"]
         if (self.epoch + 1) % config.eval_every == 0 or self.epoch + 1 == config.epochs:
             record.update({f"val_{key}": value for key, value in self.evaluate().items()})
         for key, value in record.items():
@@ -314,9 +326,10 @@ class Trainer:
         self.epoch += 1
         self.step_in_epoch = 0
         self.epoch_loss_sum, self.epoch_correct, self.epoch_videos = 0.0, 0, 0
-        best = max((h.get("val_top1", -1.0) for h in self.history[:-1]), default=-1.0)
+        key = self.selection_metric
+        best = max((h.get(key, -1.0) for h in self.history[:-1]), default=-1.0)
         self.save()
-        if record.get("val_top1", -1.0) > best:
+        if record.get(key, -1.0) > best:
             self.save("best.pt")
         write_json(self.out / "metrics.json", self.metrics())
 
@@ -324,7 +337,11 @@ class Trainer:
         last_eval = next((h for h in reversed(self.history) if any(k.startswith("val_") for k in h)), {})
         return {
             **{key: value for key, value in last_eval.items() if key.startswith("val_")},
-            "best_val_top1": max((h["val_top1"] for h in self.history if "val_top1" in h), default=None),
+            f"best_{self.selection_metric}": max(
+                (h[self.selection_metric] for h in self.history if self.selection_metric in h), default=None
+            ),
+            "data_format": self.splits.data_format,
+            "multi_label": self.splits.multi_label,
             "mode": self.config.mode,
             "clips": self.config.clips,
             "train_clips_per_video": self.config.train_clips,

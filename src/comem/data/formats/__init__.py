@@ -1,0 +1,56 @@
+"""Dataset formats: detect which one a data directory holds and read it into :class:`VideoSplits`.
+
+One module per format family (``kinetics``, ``charades``, ``something``); PySlowFast's ``path label``
+CSV directory stays in :mod:`comem.data.datasets`. Every reader returns the same structure, so the
+engine never knows which format it trains on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from comem.data.datasets import DatasetFormatError, VideoSplits, load_kinetics_csv_dir
+from comem.data.formats import charades, kinetics, something
+from comem.data.formats.common import find_file
+
+READERS: dict[str, Callable[[Path], VideoSplits]] = {
+    "slowfast": load_kinetics_csv_dir,
+    "kinetics": kinetics.load_kinetics_official,
+    "charades": charades.load_charades,
+    "charades-frames": charades.load_charades_frame_lists,
+    "ssv1": something.load_ssv1,
+    "ssv2": something.load_ssv2,
+}
+DATA_FORMATS: tuple[str, ...] = ("auto", *READERS)
+
+
+def detect_format(data_dir: str | Path) -> str:
+    """The format of ``data_dir`` from the annotation files it holds (see README, "Datasets")."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DatasetFormatError(f"{data_dir}/: data directory not found")
+    if find_file(data_dir, [charades.OFFICIAL_FILES["train"]]):
+        return "charades"
+    if find_file(data_dir, [something.V2_FILES["train"][0]]) or (
+        find_file(data_dir, ["train.json"]) and find_file(data_dir, something.V2_LABELS)
+    ):
+        return "ssv2"
+    if find_file(data_dir, [something.V1_FILES["train"]]):
+        return "ssv1"
+    if "train" in kinetics.official_csvs(data_dir):
+        return "kinetics"
+    frame_list = find_file(data_dir, ["train.csv"])
+    if frame_list is not None and frame_list.parent != data_dir and charades.is_frame_list(frame_list):
+        return "charades-frames"
+    if (data_dir / "train.csv").is_file() and charades.is_frame_list(data_dir / "train.csv"):
+        return "charades-frames"
+    return "slowfast"
+
+
+def load_splits(data_dir: str | Path, data_format: str = "auto") -> VideoSplits:
+    """Read ``data_dir`` in ``data_format`` (``"auto"``: detected from its files)."""
+    if data_format not in DATA_FORMATS:
+        raise DatasetFormatError(f"data format must be one of {', '.join(DATA_FORMATS)}; got {data_format!r}")
+    name = detect_format(data_dir) if data_format == "auto" else data_format
+    return READERS[name](Path(data_dir))
