@@ -82,8 +82,7 @@ def spans_overlapping(
     spans: Sequence[tuple[int, float, float]], starts: np.ndarray, ends: np.ndarray
 ) -> tuple[int, ...]:
     """Classes of the ``(class, start, end)`` spans that overlap any ``[starts[i], ends[i]]`` (seconds)."""
+    windows = list(zip(starts.tolist(), ends.tolist(), strict=True))
     return tuple(
-        sorted(
-            {label for label, low, high in spans if any(low <= e and s <= high for s, e in zip(starts, ends))}
-        )
+        sorted({label for label, low, high in spans if any(low <= e and s <= high for s, e in windows)})
     )

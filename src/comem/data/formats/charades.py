@@ -22,6 +22,7 @@ NUM_CLASSES = 157
 OFFICIAL_FILES = {"train": "Charades_v1_train.csv", "val": "Charades_v1_test.csv"}
 CLASSES_FILE = "Charades_v1_classes.txt"
 FRAME_LIST_HEADER = "original_vido_id"
+FRAME_LIST_COLUMNS = "original_vido_id video_id frame_id path labels"
 FRAMES_FPS = 24.0  # Charades_v1_rgb frames, which PySlowFast's frame lists point at
 
 
@@ -117,9 +118,7 @@ def _read_frame_list(path: Path, data_dir: Path, num_classes: int) -> list[Video
             continue
         where = f"{path}:{number}"
         if len(row) != 5:
-            raise DatasetFormatError(
-                f"{where}: expected 5 columns 'original_vido_id video_id frame_id path labels', got {len(row)}"
-            )
+            raise DatasetFormatError(f"{where}: expected 5 columns '{FRAME_LIST_COLUMNS}', got {len(row)}")
         name, frame, text = row[0], Path(row[3]), row[4].replace('"', "")
         if not folders and not (data_dir / frame).exists() and (data_dir / "frames" / frame).exists():
             prefix = data_dir / "frames"
