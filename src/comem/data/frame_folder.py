@@ -10,8 +10,7 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
-import torch
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image
 
 from comem.data.decode import VideoDecodeError, check_indices, gather
 
@@ -40,11 +39,10 @@ class FrameFolderReader:
     def _decode(self, index: int) -> np.ndarray:
         file = self.files[index]
         try:
-            data = torch.frombuffer(bytearray(file.read_bytes()), dtype=torch.uint8)
-            image = decode_image(data, mode=ImageReadMode.RGB)
-        except (OSError, RuntimeError) as error:
+            with Image.open(file) as image:
+                return np.asarray(image.convert("RGB"))
+        except (OSError, ValueError) as error:
             raise VideoDecodeError(file, f"cannot decode frame ({' '.join(str(error).split())})") from error
-        return image.permute(1, 2, 0).numpy()
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         """RGB frames at ``indices``: uint8 ``indices.shape + (H, W, 3)``; each file decoded once."""
