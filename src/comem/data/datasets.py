@@ -6,14 +6,14 @@ line separated by whitespace, paths relative to the directory or absolute, and o
 the file and line up front, before any training starts.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from comem.data.decode import VideoDecodeError, open_video
+from comem.data.decode import ClipSource, VideoDecodeError, open_video
 from comem.data.sampling import (
     clip_frame_indices,
     clip_span,
@@ -182,6 +182,7 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         decoder: str = "pyav",
         target_fps: float | None = None,
         span_labels: bool = False,
+        opener: Callable[..., ClipSource] = open_video,
     ) -> None:
         self.records = list(records)
         self.multi_label = any(isinstance(record.label, tuple) for record in self.records)
@@ -191,6 +192,7 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         self.decoder = decoder
         self.target_fps = target_fps
         self.span_labels = span_labels
+        self.opener = opener  # how a record is opened; the data benchmark swaps in a naive reader
         self.num_clips = num_clips
         self.clip_len = clip_len
         self.stride = stride
@@ -233,7 +235,7 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         record = self.records[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         try:
-            with open_video(record.path, decoder=self.decoder, fps=record.fps) as reader:
+            with self.opener(record.path, decoder=self.decoder, fps=record.fps) as reader:
                 times = reader.frame_times()
                 indices = self._plan(times, rng)
                 frames = reader.read(indices)
