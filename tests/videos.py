@@ -125,6 +125,8 @@ def write_corrupt_corpus(root: str | Path, good: Path) -> dict[str, str]:
     write_test_video(root / "one_frame.mp4", 1, 32, 32)
     write_vfr_video(root / "variable_rate.mp4", [0.0, 0.05, 0.3, 0.32, 0.6, 0.61, 0.9, 1.0], 32)
     write_test_video(root / "rotated.mp4", 12, 32, 48, pattern="gradient", rotation=90)
+    faststart = write_test_video(root / "cut_faststart.mp4", 60, 32, 32, faststart=True).read_bytes()
+    (root / "cut_faststart.mp4").write_bytes(faststart[: len(faststart) // 2])
     return {
         "truncated.mp4": "unreadable",
         "zero_bytes.mp4": "unreadable",
@@ -135,4 +137,5 @@ def write_corrupt_corpus(root: str | Path, good: Path) -> dict[str, str]:
         "one_frame.mp4": "readable",
         "variable_rate.mp4": "readable",
         "rotated.mp4": "readable",
+        "cut_faststart.mp4": "readable",  # the frames before the cut decode; check-data says "cut off"
     }

@@ -284,7 +284,8 @@ class Trainer:
         started, clips_seen = time.perf_counter(), 0
         for batch in bar:
             self.note_skipped(batch["skipped"], bar)
-            if batch["label"].numel() > 0:
+            # A batch left with one video by unreadable ones would break train-mode BatchNorm: skip it.
+            if batch["label"].shape[0] >= min(2, config.batch_size):
                 loss, correct = self.train_step(batch)
                 videos = int(batch["label"].shape[0])
                 clips_seen += videos * batch["video"].shape[1]
@@ -296,7 +297,7 @@ class Trainer:
                 writer.add_scalar("train/loss", loss, self.global_step)
                 writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
                 writer.add_scalar("train/clips_per_s", clips_per_s, self.global_step)
-            else:  # every video of the batch was unreadable: keep the schedule on time
+            else:  # (almost) every video of the batch was unreadable: keep the schedule on time
                 self.scheduler.step()
             self.step_in_epoch += 1
             self.global_step += 1
