@@ -259,3 +259,22 @@ def test_missing_torchcodec_is_a_one_line_error(tiny_dataset: Path, tmp_path: Pa
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--decoder torchcodec needs the torchcodec package" in err[0]
+
+
+def test_target_fps_samples_clips_in_time(index_video: Path) -> None:
+    # index_video: 36 frames at 24 fps. At 12 fps a stride of 1 steps two source frames.
+    data = MultiClipVideoDataset(
+        [VideoRecord(index_video, 0)],
+        num_clips=2,
+        clip_len=4,
+        stride=1,
+        crop_size=32,
+        train=False,
+        target_fps=12,
+    )
+    video = data[0]["video"]  # (V, C, T, H, W)
+    ids = np.array(
+        [[frame_index_of(video[v, :, t].permute(1, 2, 0).numpy()) for t in range(4)] for v in range(2)]
+    )
+    assert (np.diff(ids, axis=1) == 2).all()
+    assert ids[0, 0] < ids[1, 0] and ids.max() < 36
