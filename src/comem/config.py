@@ -66,6 +66,11 @@ class TrainConfig:
     eval_every: int = 1
     save_every: int = 200  # also checkpoint every this many steps inside an epoch (0 = epoch ends only)
     resume: bool = False
+    # speed and multi-GPU (README "Multi-GPU and multi-node", benchmarks/RESULTS.md)
+    memory_chunk: int = 1  # comem: clips of each video per no-grad memory-pass forward
+    channels_last: bool = True  # channels-last-3d layout on CUDA (faster cuDNN 3-D convolutions)
+    compile: bool = False  # torch.compile every backbone stage
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes (GPUs only)
 
     def validate(self) -> TrainConfig:
         choices = {
@@ -81,7 +86,17 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in allowed and not (name == "device" and str(value).startswith("cuda:")):
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-        for name in ("clips", "clip_len", "stride", "crop_size", "epochs", "batch_size", "eval_every"):
+        positive = (
+            "clips",
+            "clip_len",
+            "stride",
+            "crop_size",
+            "epochs",
+            "batch_size",
+            "eval_every",
+            "memory_chunk",
+        )
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.crops not in (1, 3):
