@@ -35,9 +35,9 @@ def prepare_video(
     batch are then channels-last-3d without another copy.
     """
     on_cuda = device.type == "cuda"
-    video = normalize(video.to(device, non_blocking=True))
-    if amp and on_cuda:
-        video = video.to(torch.bfloat16)
-    if channels_last and on_cuda:
+    video = video.to(device, non_blocking=True)
+    if channels_last and on_cuda:  # re-laid out as uint8 (a quarter of the bytes); the
+        # element-wise normalisation below keeps the layout of its input
         video = video.permute(0, 1, 3, 4, 5, 2).contiguous().permute(0, 1, 5, 2, 3, 4)
-    return video
+    video = normalize(video)
+    return video.to(torch.bfloat16) if amp and on_cuda else video
