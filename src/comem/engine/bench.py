@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import platform
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -102,7 +103,7 @@ class BenchRow:
     clips: int
     batch_size: int
     clips_per_s: float | None = None
-    step_ms: float | None = None
+    step_ms: float | None = None  # median over the timed steps, loader wait included
     loader_wait_ms: float | None = None
     peak_memory_gib: float | None = None
     step_tflop: float | None = None
@@ -273,15 +274,14 @@ def measure(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) ->
         synchronize(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        waited = 0.0
-        started = time.perf_counter()
+        waited, step_times = 0.0, []
         for _ in range(spec.steps):
             fetch = time.perf_counter()
             batch = next(source)
             waited += time.perf_counter() - fetch
             step(batch)
-        synchronize(device)
-        elapsed = time.perf_counter() - started
+            synchronize(device)  # as a training loop reading the loss each step does
+            step_times.append(time.perf_counter() - fetch)
     except torch.cuda.OutOfMemoryError:
         row.error = "out of memory"
         return row
@@ -289,7 +289,7 @@ def measure(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) ->
         del model, step, source  # frees the GPU memory and stops the loader's workers
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    step_s = elapsed / spec.steps
+    step_s = statistics.median(step_times)  # robust to a step slowed down by another process
     row.step_ms = 1000.0 * step_s
     row.clips_per_s = spec.batch_size * num_clips / step_s
     row.loader_wait_ms = 1000.0 * waited / spec.steps
@@ -360,7 +360,7 @@ def describe(report: BenchReport) -> str:
     data = spec.data or "random uint8"
     return (
         f"{env['device_name']} ({env['device']}), {versions}, {env['date']}; {spec.backbone}, "
-        f"{spec.clip_len}×{spec.crop_size}², B={spec.batch_size}, {data} data, {spec.steps} timed steps "
-        f"after {spec.warmup} warm-up; memory stages {','.join(spec.memory_stages)}, "
+        f"{spec.clip_len}×{spec.crop_size}², B={spec.batch_size}, {data} data, median of {spec.steps} "
+        f"timed steps after {spec.warmup} warm-up; memory stages {','.join(spec.memory_stages)}, "
         f"memory chunk {spec.memory_chunk}{', torch.compile' if spec.compile else ''}"
     )

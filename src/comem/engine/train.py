@@ -341,7 +341,9 @@ class Trainer:
             disable=not self.dist.is_main,
         )
         started, clips_seen = time.perf_counter(), 0
+        waiting_since = started
         for batch in bar:
+            loader_wait = time.perf_counter() - waiting_since  # > 0: the loader starves the model
             self.note_skipped(batch["skipped"], bar)
             if batch["label"].numel() > 0:
                 loss, correct = self.train_step(batch)
@@ -355,12 +357,14 @@ class Trainer:
                 writer.add_scalar("train/loss", loss, self.global_step)
                 writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
                 writer.add_scalar("train/clips_per_s", clips_per_s, self.global_step)
+                writer.add_scalar("train/loader_wait_ms", 1000.0 * loader_wait, self.global_step)
             else:  # every video of the batch was unreadable: keep the schedule on time
                 self.scheduler.step()
             self.step_in_epoch += 1
             self.global_step += 1
             if config.save_every and self.global_step % config.save_every == 0:
                 self.save()
+            waiting_since = time.perf_counter()
         bar.close()
 
     def finish_epoch(self, writer: SummaryWriter) -> None:
