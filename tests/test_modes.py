@@ -103,3 +103,23 @@ def test_comem_updates_batchnorm_once_per_clip() -> None:
 def test_single_mode_rejects_several_clips() -> None:
     with pytest.raises(ValueError, match="one clip per video"):
         single_step(make_model(), video(), torch.tensor([0, 1]), NO_AUTOCAST)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_memory_bank_equals_the_summaries_of_a_joint_forward(chunk: int) -> None:
+    """One pass over the stages gives every bank the joint graph computes (eval-mode BN, so batch
+    composition does not matter), whatever the number of clips per no-grad forward."""
+    model = make_model(("layer2", "layer3", "layer4"))
+    model.eval()
+    clips = video(batch=2, clips=3)
+    seen: dict[str, torch.Tensor] = {}
+    for name in model.memory_stage_names:
+        model.memories[name].register_forward_pre_hook(
+            lambda module, inputs, name=name: seen.update({name: module.summarize(inputs[0]).view(2, 3, -1)})
+        )
+    with torch.no_grad():
+        model(clips)
+        banks = model.memory_bank(clips, chunk=chunk)
+    assert banks.keys() == seen.keys() == {"layer2", "layer3", "layer4"}
+    for name, bank in banks.items():
+        torch.testing.assert_close(bank, seen[name], rtol=1e-4, atol=1e-5, msg=name)

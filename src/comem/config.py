@@ -73,6 +73,11 @@ class TrainConfig:
     decoder: str = "pyav"  # pyav | torchcodec | frames (folders of frames are always read as frames)
     target_fps: float | None = None  # sample clips on this frame-rate grid (default: the file's frames)
     span_labels: bool = False  # multi-label: train on the actions whose time span overlaps the clips
+    # speed and multi-GPU (README "Multi-GPU and multi-node", benchmarks/RESULTS.md)
+    memory_chunk: int = 1  # comem: clips of each video per no-grad memory-pass forward
+    channels_last: bool = True  # channels-last-3d layout on CUDA (faster cuDNN 3-D convolutions)
+    compile: bool = False  # torch.compile every backbone stage
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes (GPUs only)
 
     def validate(self) -> TrainConfig:
         choices = {
@@ -90,7 +95,17 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in allowed and not (name == "device" and str(value).startswith("cuda:")):
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-        for name in ("clips", "clip_len", "stride", "crop_size", "epochs", "batch_size", "eval_every"):
+        positive = (
+            "clips",
+            "clip_len",
+            "stride",
+            "crop_size",
+            "epochs",
+            "batch_size",
+            "eval_every",
+            "memory_chunk",
+        )
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.crops not in (1, 3):

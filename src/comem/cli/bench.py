@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
-from comem.cli import bench_data
+from comem.cli import bench_data, bench_train
 
 NAME = "bench"
 
-BENCHMARKS: dict[str, ModuleType] = {"data": bench_data}
+BENCHMARKS: dict[str, ModuleType] = {"data": bench_data, "train": bench_train}
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

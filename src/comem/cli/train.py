@@ -75,6 +75,14 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
         lambda s: s.lower() in ("1", "true", "yes", "on"),
         "true: multi-label train targets only the actions overlapping the sampled clips",
     ),
+    ("--memory-chunk", "memory_chunk", int, "comem: clips of each video per no-grad memory-pass forward"),
+]
+
+# On/off flags: (flag, config field, value the flag sets, help).
+TRAIN_SWITCHES: list[tuple[str, str, bool, str]] = [
+    ("--compile", "compile", True, "torch.compile every backbone stage"),
+    ("--no-channels-last", "channels_last", False, "keep the default memory layout on CUDA"),
+    ("--sync-bn", "sync_bn", True, "under torchrun: BatchNorm statistics over all processes (GPUs only)"),
 ]
 
 
@@ -86,6 +94,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default = fields[name].default
         shown = "" if default is None or default is dataclasses.MISSING else f" [{default}]"
         train.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=text + shown)
+    for flag, name, value, text in TRAIN_SWITCHES:
+        action = "store_true" if value else "store_false"
+        train.add_argument(flag, dest=name, action=action, default=argparse.SUPPRESS, help=text)
     train.add_argument(
         "--resume",
         dest="resume",
@@ -103,11 +114,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from comem.engine.distributed import is_main_process
     from comem.engine.train import train
 
     overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
     config = load_config(args.config, overrides)
     metrics = train(config)
+    if not is_main_process():  # under torchrun, rank 0 reports
+        return 0
     summary = {
         k: v
         for k, v in metrics.items()

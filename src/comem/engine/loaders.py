@@ -48,13 +48,22 @@ def drops_last(dataset_size: int, config: TrainConfig) -> bool:
 
 
 def make_loader(
-    dataset: MultiClipVideoDataset, config: TrainConfig, sampler: Sampler | None, device: torch.device
+    dataset: MultiClipVideoDataset,
+    config: TrainConfig,
+    sampler: Sampler | None,
+    device: torch.device,
+    *,
+    drop_last: bool | None = None,
 ) -> DataLoader:
+    """A loader over ``dataset``; by default a loader with a sampler is a training loader and drops
+    a last partial batch (``drops_last``), one without keeps every video."""
+    if drop_last is None:
+        drop_last = sampler is not None and drops_last(len(dataset), config)
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
         sampler=sampler,
-        drop_last=sampler is not None and drops_last(len(dataset), config),
+        drop_last=drop_last,
         shuffle=False,
         num_workers=config.workers,
         collate_fn=collate_clips,

@@ -73,9 +73,15 @@ def eval_batchnorm(model: nn.Module) -> Iterator[None]:
 
 
 def joint_step(
-    model: VideoModel, video: torch.Tensor, targets: torch.Tensor, autocast: Callable
+    model: Callable[[torch.Tensor], torch.Tensor],
+    video: torch.Tensor,
+    targets: torch.Tensor,
+    autocast: Callable,
 ) -> StepOutput:
-    """All N clips in one graph. ``video`` is (B, N, C, T, H, W)."""
+    """All N clips in one graph. ``video`` is (B, N, C, T, H, W).
+
+    ``model`` is a :class:`VideoModel` or anything that forwards like one (its DDP wrapper).
+    """
     num_clips = video.shape[1]
     with autocast():
         logits = model(video)
@@ -85,7 +91,10 @@ def joint_step(
 
 
 def single_step(
-    model: VideoModel, video: torch.Tensor, targets: torch.Tensor, autocast: Callable
+    model: Callable[[torch.Tensor], torch.Tensor],
+    video: torch.Tensor,
+    targets: torch.Tensor,
+    autocast: Callable,
 ) -> StepOutput:
     """The one-clip baseline: ``video`` is (B, 1, C, T, H, W); the memory sees that clip only."""
     if video.shape[1] != 1:
@@ -100,16 +109,22 @@ def comem_step(
     autocast: Callable,
     *,
     memory_pass_bn: MemoryPassBN = "batch",
+    memory_chunk: int = 1,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+    forward_clip: Callable[[torch.Tensor, int, dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> StepOutput:
     """The two-pass, memory-flat scheme. ``video`` is (B, N, C, T, H, W).
 
-    ``no_sync`` (DDP's ``model.no_sync``) suppresses gradient all-reduce for every clip but the last.
+    ``memory_chunk`` clips of each video run per no-grad forward (see ``VideoModel.memory_bank``).
+    Under DDP, ``forward_clip`` is the DDP-wrapped ``model.forward_clip`` (gradients are only
+    all-reduced for forwards that go through DDP) and ``no_sync`` its ``no_sync``, which suppresses
+    the all-reduce for every clip but the last.
     """
     num_clips = video.shape[1]
+    forward_clip = forward_clip or model.forward_clip
     guard = preserved_batchnorm_stats(model) if memory_pass_bn == "batch" else eval_batchnorm(model)
     with guard, autocast():
-        banks = model.memory_bank(video)
+        banks = model.memory_bank(video, chunk=memory_chunk)
     total = torch.zeros((), device=video.device)
     clip_logits = []
     for index in range(num_clips):
@@ -117,7 +132,7 @@ def comem_step(
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             with autocast():
-                logits = model.forward_clip(video[:, index], index, banks)
+                logits = forward_clip(video[:, index], index, banks)
             loss = clip_loss(logits, targets) / num_clips
             loss.backward()
         total += loss.detach()

@@ -28,11 +28,23 @@ from comem.config import TrainConfig, comem_home
 from comem.data.datasets import VideoSplits
 from comem.data.formats import load_splits
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
-from comem.data.transforms import normalize
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
+from comem.engine.distributed import (
+    DistContext,
+    NullWriter,
+    ShardSampler,
+    gather_objects,
+    gather_video_scores,
+    init_distributed,
+    shutdown_distributed,
+    step_hooks,
+    sum_over_ranks,
+    wrap_for_training,
+)
 from comem.engine.evaluate import autocast_for, predict_scores, video_scores
 from comem.engine.loaders import drops_last, make_dataset, make_loader, resolve_device
 from comem.engine.modes import comem_step, joint_step, single_step
+from comem.engine.performance import prepare_video, tune_model
 from comem.metrics import classification_metrics
 from comem.models.build import ModelSpec, VideoModel, build_model, load_pretrained
 
@@ -59,11 +71,17 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 class EpochSampler(Sampler[int]):
-    """A random order of the videos seeded by (seed, epoch), optionally skipping its first items."""
+    """A random order of the videos seeded by (seed, epoch), optionally skipping its first items.
 
-    def __init__(self, size: int, *, seed: int, epoch: int, skip: int = 0) -> None:
+    Under DDP each rank takes its strided share of the same order (``DistContext.shard``), and
+    ``skip`` counts items of that share.
+    """
+
+    def __init__(
+        self, size: int, *, seed: int, epoch: int, skip: int = 0, context: DistContext | None = None
+    ) -> None:
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        self.order = torch.randperm(size, generator=generator)[skip:]
+        self.order = (context or DistContext()).shard(torch.randperm(size, generator=generator))[skip:]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order.tolist())
@@ -117,7 +135,7 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config.validate()
         self.out = Path(config.out)
-        self.device = resolve_device(config.device)
+        self.dist, self.device = init_distributed(resolve_device(config.device))
         seed_everything(config.seed)
         self.data_dir = resolve_data(config)
         self.splits: VideoSplits = load_splits(self.data_dir, config.data_format)
@@ -144,9 +162,20 @@ class Trainer:
         if config.pretrained:
             load_pretrained(self.model, config.pretrained, strict=config.pretrained_strict)
         self.model.to(self.device)
+        tune_model(self.model, self.device, channels_last=config.channels_last, compile=config.compile)
+        self.train_model = wrap_for_training(
+            self.model,
+            self.dist,
+            self.device,
+            sync_bn=config.sync_bn,
+            find_unused_parameters=config.memory == "average",  # its query/key are never used
+        )
+        if self.dist.enabled:  # different dropout on every rank; the weights were broadcast from rank 0
+            torch.manual_seed(config.seed + self.dist.rank)
         self.optimizer = build_optimizer(self.model, config)
-        rounding = math.floor if drops_last(len(self.train_set), config) else math.ceil
-        self.steps_per_epoch = rounding(len(self.train_set) / config.batch_size)
+        shard_size = self.dist.shard_size(len(self.train_set))  # batch_size is per process
+        rounding = math.floor if drops_last(shard_size, config) else math.ceil
+        self.steps_per_epoch = rounding(shard_size / config.batch_size)
         total = self.steps_per_epoch * config.epochs
         warmup = min(round(config.warmup_epochs * self.steps_per_epoch), total)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -179,10 +208,23 @@ class Trainer:
             "skipped": self.skipped,
             "epoch_running": [self.epoch_loss_sum, self.epoch_correct, self.epoch_videos],
             "rng": rng_state(),
+            **self.rank_states(),
         }
 
+    def rank_states(self) -> dict[str, Any]:
+        """Under DDP, what differs between ranks (RNG, epoch sums so far), gathered from all of them."""
+        if not self.dist.enabled:
+            return {}
+        own = {
+            "rng": rng_state(),
+            "epoch_running": [self.epoch_loss_sum, self.epoch_correct, self.epoch_videos],
+        }
+        return {"rank_states": gather_objects(own, self.dist)}
+
     def save(self, name: str = "last.pt") -> None:
-        save_checkpoint(self.state(), self.out / name)
+        state = self.state()  # under DDP every rank takes part (gathering rank states), rank 0 writes
+        if self.dist.is_main:
+            save_checkpoint(state, self.out / name)
 
     def resume(self) -> bool:
         """Continue from ``out/last.pt`` if it exists; returns whether it did."""
@@ -201,6 +243,12 @@ class Trainer:
         )
         self.epoch_loss_sum, self.epoch_correct, self.epoch_videos = state["epoch_running"]
         restore_rng_state(state["rng"])
+        ranks = state.get("rank_states")
+        if ranks and len(ranks) == self.dist.world_size:
+            self.epoch_loss_sum, self.epoch_correct, self.epoch_videos = ranks[self.dist.rank][
+                "epoch_running"
+            ]
+            restore_rng_state(ranks[self.dist.rank]["rng"])
         return True
 
     # --- the loop ----------------------------------------------------------------------------
@@ -212,18 +260,25 @@ class Trainer:
                 (bar.write if bar else print)(f"warning: skipping unreadable video {message}")
 
     def train_step(self, batch: dict[str, Any]) -> tuple[float, int]:
-        video = normalize(batch["video"].to(self.device, non_blocking=True))
+        config = self.config
+        video = prepare_video(batch["video"], self.device, amp=config.amp, channels_last=config.channels_last)
         targets = batch["label"].to(self.device, non_blocking=True)
-        self.model.train()
+        self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
         if self.config.mode == "comem":
             output = comem_step(
-                self.model, video, targets, self.autocast, memory_pass_bn=self.config.memory_pass_bn
+                self.model,
+                video,
+                targets,
+                self.autocast,
+                memory_pass_bn=config.memory_pass_bn,
+                memory_chunk=config.memory_chunk,
+                **step_hooks(self.train_model),
             )
         elif self.config.mode == "joint":
-            output = joint_step(self.model, video, targets, self.autocast)
+            output = joint_step(self.train_model, video, targets, self.autocast)
         else:
-            output = single_step(self.model, video, targets, self.autocast)
+            output = single_step(self.train_model, video, targets, self.autocast)
         if self.config.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
         self.optimizer.step()
@@ -234,31 +289,41 @@ class Trainer:
         return float(output.loss), correct
 
     def evaluate(self) -> dict[str, float]:
-        loader = make_loader(self.val_set, self.config, None, self.device)
+        sampler = ShardSampler(len(self.val_set), self.dist) if self.dist.enabled else None
+        loader = make_loader(self.val_set, self.config, sampler, self.device, drop_last=False)
         result = predict_scores(
             self.model,
             loader,
             self.device,
             share_memory=self.config.shares_eval_memory,
             amp=self.config.amp,
+            progress=self.dist.is_main,
         )
+        result = gather_video_scores(result, self.dist)
         self.note_skipped(result.skipped)
         return classification_metrics(result.scores, result.targets)
 
     def run(self) -> dict[str, Any]:
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "classes.txt").write_text("\n".join(self.splits.class_names) + "\n")
-        if config.resume and self.resume():
+        if self.dist.is_main:
+            (self.out / "classes.txt").write_text("\n".join(self.splits.class_names) + "\n")
+        if config.resume and self.resume() and self.dist.is_main:
             print(f"resumed from {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
-        writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step)
+        main = self.dist.is_main
+        writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step) if main else NullWriter()
         try:
             while self.epoch < config.epochs:
                 self.train_epoch(writer)
                 self.finish_epoch(writer)
         except KeyboardInterrupt:
-            self.save()
-            print(f"interrupted: saved {self.out / 'last.pt'}; continue with --resume")
+            if not self.dist.enabled:  # under DDP the ranks stop at different points: no collective save
+                self.save()
+                print(f"interrupted: saved {self.out / 'last.pt'}; continue with --resume")
+            elif main:
+                print(
+                    f"interrupted: {self.out / 'last.pt'} holds the last periodic checkpoint (--save-every)"
+                )
             raise
         finally:
             writer.close()
@@ -272,17 +337,24 @@ class Trainer:
             seed=config.seed,
             epoch=self.epoch,
             skip=self.step_in_epoch * config.batch_size,
+            context=self.dist,
         )
-        loader = make_loader(self.train_set, config, sampler, self.device)
+        shard_size = self.dist.shard_size(len(self.train_set))
+        loader = make_loader(
+            self.train_set, config, sampler, self.device, drop_last=drops_last(shard_size, config)
+        )
         bar = tqdm(
             loader,
             desc=f"epoch {self.epoch + 1}/{config.epochs} [{config.mode}]",
             initial=self.step_in_epoch,
             total=self.steps_per_epoch,
             dynamic_ncols=True,
+            disable=not self.dist.is_main,
         )
         started, clips_seen = time.perf_counter(), 0
+        waiting_since = started
         for batch in bar:
+            loader_wait = time.perf_counter() - waiting_since  # > 0: the loader starves the model
             self.note_skipped(batch["skipped"], bar)
             # A batch left with one video by unreadable ones would break train-mode BatchNorm: skip it.
             if batch["label"].shape[0] >= min(2, config.batch_size):
@@ -297,16 +369,23 @@ class Trainer:
                 writer.add_scalar("train/loss", loss, self.global_step)
                 writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
                 writer.add_scalar("train/clips_per_s", clips_per_s, self.global_step)
+                writer.add_scalar("train/loader_wait_ms", 1000.0 * loader_wait, self.global_step)
             else:  # (almost) every video of the batch was unreadable: keep the schedule on time
                 self.scheduler.step()
             self.step_in_epoch += 1
             self.global_step += 1
             if config.save_every and self.global_step % config.save_every == 0:
                 self.save()
+            waiting_since = time.perf_counter()
         bar.close()
 
     def finish_epoch(self, writer: SummaryWriter) -> None:
         config = self.config
+        if self.dist.enabled:
+            running = [self.epoch_loss_sum, self.epoch_correct, self.epoch_videos]
+            self.epoch_loss_sum, self.epoch_correct, self.epoch_videos = sum_over_ranks(running, self.dist)
+            for skipped in gather_objects(self.skipped, self.dist):
+                self.skipped.update(skipped)
         record: dict[str, Any] = {
             "epoch": self.epoch + 1,
             "train_loss": self.epoch_loss_sum / max(self.epoch_videos, 1),
@@ -323,7 +402,8 @@ class Trainer:
                 writer.add_scalar(tag, value, self.epoch + 1)
         self.history.append(record)
         summary = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
-        print(f"epoch {self.epoch + 1}/{config.epochs}: {summary}")
+        if self.dist.is_main:
+            print(f"epoch {self.epoch + 1}/{config.epochs}: {summary}")
         self.epoch += 1
         self.step_in_epoch = 0
         self.epoch_loss_sum, self.epoch_correct, self.epoch_videos = 0.0, 0, 0
@@ -332,7 +412,8 @@ class Trainer:
         self.save()
         if record.get(key, -1.0) > best:
             self.save("best.pt")
-        write_json(self.out / "metrics.json", self.metrics())
+        if self.dist.is_main:
+            write_json(self.out / "metrics.json", self.metrics())
 
     def metrics(self) -> dict[str, Any]:
         last_eval = next((h for h in reversed(self.history) if any(k.startswith("val_") for k in h)), {})
@@ -360,4 +441,7 @@ class Trainer:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    return Trainer(config).run()
+    try:
+        return Trainer(config).run()
+    finally:
+        shutdown_distributed()

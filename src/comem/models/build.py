@@ -4,7 +4,8 @@
 
 - ``forward(video)``: all N clips of each video in one graph (joint training, inference).
 - ``memory_bank(video)``: the two-pass scheme's first pass; summaries of every clip at every
-  memory stage, built clip by clip under ``no_grad`` so peak memory is that of one clip.
+  memory stage, built clip by clip under ``no_grad`` so peak memory is that of one clip, at the
+  cost of one forward pass.
 - ``forward_clip(clip, i, banks)``: the second pass for clip i, reading the banks.
 """
 
@@ -101,27 +102,46 @@ class VideoModel(nn.Module):
         return features
 
     @torch.no_grad()
-    def memory_bank(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+    def memory_bank(self, video: torch.Tensor, *, chunk: int = 1) -> dict[str, torch.Tensor]:
         """Summaries (B, N, C) of every clip at every memory stage, without gradients.
 
-        Clips run one at a time (all B videos together, so BatchNorm sees the same batches as in
-        the second pass). With several memory stages, a later stage's bank needs the earlier
-        stages' gating, so each clip is re-run from the input for each bank: compute grows with the
-        number of memory stages, memory stays that of one clip.
+        A later stage's bank needs the earlier stages' gating, which needs the earlier banks of all
+        clips, so the banks are built stage by stage. Each clip's raw output at the latest memory
+        stage is kept (a few MB per clip, far smaller than the activations of a training pass) and
+        the next bank continues from it, so every backbone stage runs once per clip: the whole
+        pass costs one forward, whatever the number of memory stages. The kept maps are freed on
+        return, before the gradient pass allocates its activations.
+
+        ``chunk`` clips of each video run per forward (all B videos together). ``chunk=1`` gives
+        BatchNorm the same batches as the per-clip second pass; larger chunks fill a GPU better
+        (in train-mode BatchNorm they normalise over B·chunk clips instead of B).
         """
+        batch, num_clips = video.shape[:2]
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        names = self.backbone.stage_names
+        spans = [slice(start, min(start + chunk, num_clips)) for start in range(0, num_clips, chunk)]
+        carried: list[torch.Tensor | None] = [None] * len(spans)  # raw maps at the last bank's stage
         banks: dict[str, torch.Tensor] = {}
+        begin, previous = 0, None
         for target in self.memory_stage_names:
+            end = names.index(target) + 1
             summaries = []
-            for index in range(video.shape[1]):
-                features = video[:, index]
-                for name, stage in self.backbone.stages.items():
-                    features = stage(features)
-                    if name == target:
-                        break
-                    if name in banks:
-                        features = self.memories[name].forward_one(features, banks[name], index)
-                summaries.append(CollaborativeMemory.summarize(features).float())
-            banks[target] = torch.stack(summaries, dim=1)
+            for position, span in enumerate(spans):
+                if previous is None:
+                    features = video[:, span].flatten(0, 1)
+                else:
+                    bank = banks[previous]
+                    clip_memory = self.memories[previous].read(bank[:, span], bank).flatten(0, 1)
+                    features = self.memories[previous].fuse(carried[position], clip_memory)
+                for name in names[begin:end]:
+                    features = self.backbone.stages[name](features)
+                carried[position] = features
+                summaries.append(
+                    CollaborativeMemory.summarize(features).float().view(batch, -1, features.shape[1])
+                )
+            banks[target] = torch.cat(summaries, dim=1)
+            begin, previous = end, target
         return banks
 
     def forward_clip(

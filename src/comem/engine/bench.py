@@ -1,0 +1,366 @@
+"""``comem bench train``: real training steps of every mode side by side, timed.
+
+Per mode and clip count N: clips/s, step time, time the step waited for the loader, peak GPU
+memory (``torch.cuda.max_memory_allocated``), FLOPs of one step (``FlopCounterMode``, forward
+and backward, comem's no-grad pass included), the TFLOP/s they make at the measured step time
+and MFU against the device's dense peak. Modes:
+
+- ``plain``: the usual single-clip loop with no speed settings (float32, default layout).
+- ``single``: single-clip with the speed settings (bf16 autocast, channels-last-3d, cuDNN autotune).
+- ``joint`` / ``comem``: N clips per video, same settings.
+
+Data is random uint8 video from a small pool (so generating it costs nothing) or a real data dir,
+through the same pinned-memory DataLoader and non-blocking copy as training.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from comem.config import TrainConfig
+from comem.data.datasets import collate_clips, load_kinetics_csv_dir
+from comem.engine.evaluate import autocast_for
+from comem.engine.loaders import make_dataset, make_loader, resolve_device
+from comem.engine.modes import comem_step, joint_step, single_step
+from comem.engine.performance import prepare_video, tune_model
+from comem.engine.train import EpochSampler, build_optimizer
+from comem.errors import UserError
+from comem.models.backbones import BACKBONES
+from comem.models.build import ModelSpec, VideoModel, build_model
+
+BENCH_MODES: tuple[str, ...] = ("plain", "single", "joint", "comem")
+
+# Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendors' datasheets: (bf16, tf32).
+# float32 convolutions run as TF32 on these GPUs by default (torch.backends.cudnn.allow_tf32).
+# Matched in order against torch.cuda.get_device_name().
+PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
+    ("H100 PCIe", 756.0, 378.0),
+    ("H100 NVL", 835.0, 417.5),
+    ("H100", 989.4, 494.7),
+    ("H200", 989.4, 494.7),
+    ("A100", 312.0, 156.0),
+    ("L40S", 362.1, 183.0),
+    ("A10G", 70.0, 35.0),
+    ("L4", 121.0, 60.0),
+)
+
+
+class BenchError(UserError, ValueError):
+    """A bad ``comem bench train`` option (one-line message)."""
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    backbone: str = "r2plus1d_18"
+    clips: tuple[int, ...] = (2, 4, 8, 16)
+    batch_size: int = 16
+    clip_len: int = 16
+    crop_size: int = 112
+    modes: tuple[str, ...] = BENCH_MODES
+    steps: int = 10
+    warmup: int = 3
+    compile: bool = False
+    memory_chunk: int = 1
+    memory_stages: tuple[str, ...] = ("last-2", "last-1", "last")
+    num_classes: int = 400
+    device: str = "auto"
+    data: str | None = None
+    workers: int = 4
+    peak_tflops: float | None = None  # overrides the table (e.g. for a CPU or an unlisted GPU)
+
+    def validate(self) -> BenchSpec:
+        if self.backbone not in BACKBONES:
+            raise BenchError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        unknown = [mode for mode in self.modes if mode not in BENCH_MODES]
+        if unknown or not self.modes:
+            raise BenchError(f"--modes must be a comma-separated subset of {','.join(BENCH_MODES)}")
+        for name in ("batch_size", "clip_len", "crop_size", "steps", "memory_chunk"):
+            if getattr(self, name) < 1:
+                raise BenchError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
+        if not self.clips or min(self.clips) < 1:
+            raise BenchError(f"--clips must be positive integers; got {self.clips}")
+        if self.warmup < 0 or self.workers < 0:
+            raise BenchError("--warmup and --workers must be >= 0")
+        return self
+
+
+@dataclass
+class BenchRow:
+    """One measured (mode, N). ``clips_per_s`` counts every clip trained on (B·N per step)."""
+
+    mode: str
+    clips: int
+    batch_size: int
+    clips_per_s: float | None = None
+    step_ms: float | None = None  # median over the timed steps, loader wait included
+    loader_wait_ms: float | None = None
+    peak_memory_gib: float | None = None
+    step_tflop: float | None = None
+    achieved_tflops: float | None = None
+    mfu: float | None = None
+    speed_vs_single: float | None = None
+    memory_vs_single: float | None = None
+    error: str | None = None  # e.g. out of memory
+
+
+@dataclass
+class BenchReport:
+    spec: BenchSpec
+    environment: dict[str, Any]
+    rows: list[BenchRow] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "spec": asdict(self.spec),
+            "environment": self.environment,
+            "rows": [asdict(r) for r in self.rows],
+        }
+
+
+def device_peak_tflops(device: torch.device, *, amp: bool, override: float | None) -> float | None:
+    """The dense peak TFLOP/s MFU is measured against: bf16 with autocast, else TF32."""
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, bf16, tf32 in PEAK_TFLOPS:
+        if key in name:
+            return bf16 if amp else tf32
+    return None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info.update(
+            device_name=torch.cuda.get_device_name(device),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
+    else:
+        info["device_name"] = platform.processor() or platform.machine()
+    return info
+
+
+class RandomVideos(Dataset):
+    """Random uint8 videos, items shaped like ``MultiClipVideoDataset``'s, drawn from a pool of
+    four so that producing them costs nothing: the bench measures the model, not a generator."""
+
+    def __init__(self, size: int, num_clips: int, clip_len: int, crop_size: int, num_classes: int) -> None:
+        generator = torch.Generator().manual_seed(0)
+        shape = (4, num_clips, 3, clip_len, crop_size, crop_size)
+        self.pool = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+        self.size, self.num_classes = size, num_classes
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        return {"video": self.pool[index % 4], "label": index % self.num_classes, "video_index": index}
+
+
+def batches(spec: BenchSpec, num_clips: int, device: torch.device) -> Iterator[dict]:
+    """Endless training batches of ``num_clips`` clips per video."""
+    if spec.data is None:
+        dataset = RandomVideos(
+            spec.batch_size * 8, num_clips, spec.clip_len, spec.crop_size, spec.num_classes
+        )
+        loader: DataLoader = DataLoader(
+            dataset,
+            batch_size=spec.batch_size,
+            num_workers=spec.workers,
+            collate_fn=collate_clips,
+            pin_memory=device.type == "cuda",
+            persistent_workers=spec.workers > 0,
+        )
+        return itertools.cycle(loader) if spec.workers == 0 else _repeat(loader)
+    splits = load_kinetics_csv_dir(spec.data)
+    config = TrainConfig(
+        data=spec.data,
+        mode="single" if num_clips == 1 else "comem",
+        clips=num_clips,
+        clip_len=spec.clip_len,
+        crop_size=spec.crop_size,
+        batch_size=spec.batch_size,
+        workers=spec.workers,
+    ).validate()
+    dataset = make_dataset(splits.train, config, train=True)
+
+    def epochs() -> Iterator[dict]:
+        for epoch in itertools.count():
+            dataset.set_epoch(epoch)
+            sampler = EpochSampler(len(dataset), seed=0, epoch=epoch)
+            yield from make_loader(dataset, config, sampler, device)
+
+    return epochs()
+
+
+def _repeat(loader: DataLoader) -> Iterator[dict]:
+    while True:
+        yield from loader
+
+
+def make_step(mode: str, model: VideoModel, device: torch.device, spec: BenchSpec) -> Callable[[dict], None]:
+    """One training step of ``mode`` on a loader batch, optimizer included."""
+    amp = mode != "plain"
+    autocast = autocast_for(device, amp)
+    optimizer = build_optimizer(model, TrainConfig())
+
+    def step(batch: dict) -> None:
+        video = prepare_video(batch["video"], device, amp=amp, channels_last=amp)
+        targets = batch["label"].to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        if mode == "comem":
+            comem_step(model, video, targets, autocast, memory_chunk=spec.memory_chunk)
+        elif mode == "joint":
+            joint_step(model, video, targets, autocast)
+        else:
+            single_step(model, video, targets, autocast)
+        optimizer.step()
+
+    return step
+
+
+def count_step_flops(step: Callable[[dict], None], batch: dict) -> int:
+    """FLOPs of one step as executed (forward, backward, comem's no-grad pass)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step(batch)
+    return counter.get_total_flops()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) -> BenchRow:
+    row = BenchRow(mode=mode, clips=num_clips, batch_size=spec.batch_size)
+    torch.manual_seed(0)
+    model = build_model(
+        ModelSpec(backbone=spec.backbone, num_classes=spec.num_classes, memory_stages=spec.memory_stages)
+    ).to(device)
+    model.train()
+    fast = mode != "plain"
+    torch.backends.cudnn.benchmark = False  # ``plain`` is the loop without any speed setting
+    if fast:
+        tune_model(model, device, channels_last=True, compile=False)
+    step = make_step(mode, model, device, spec)
+    source = batches(spec, num_clips, device)
+    try:
+        flops = count_step_flops(step, next(source))  # eager, before compiling: also a warm-up step
+        if spec.compile and fast:
+            tune_model(model, device, channels_last=False, compile=True)
+        for _ in range(spec.warmup):
+            step(next(source))
+        synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        waited, step_times = 0.0, []
+        for _ in range(spec.steps):
+            fetch = time.perf_counter()
+            batch = next(source)
+            waited += time.perf_counter() - fetch
+            step(batch)
+            synchronize(device)  # as a training loop reading the loss each step does
+            step_times.append(time.perf_counter() - fetch)
+    except torch.cuda.OutOfMemoryError:
+        row.error = "out of memory"
+        return row
+    finally:
+        del model, step, source  # frees the GPU memory and stops the loader's workers
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    step_s = statistics.median(step_times)  # robust to a step slowed down by another process
+    row.step_ms = 1000.0 * step_s
+    row.clips_per_s = spec.batch_size * num_clips / step_s
+    row.loader_wait_ms = 1000.0 * waited / spec.steps
+    row.step_tflop = flops / 1e12
+    row.achieved_tflops = flops / step_s / 1e12
+    peak = device_peak_tflops(device, amp=fast, override=spec.peak_tflops)
+    row.mfu = row.achieved_tflops / peak if peak else None
+    if device.type == "cuda":
+        row.peak_memory_gib = torch.cuda.max_memory_allocated(device) / 2**30
+    return row
+
+
+def run_bench(spec: BenchSpec, progress: Callable[[BenchRow], None] | None = None) -> BenchReport:
+    spec = spec.validate()
+    device = resolve_device(spec.device)
+    report = BenchReport(spec=spec, environment=environment(device))
+    plan = [(mode, 1) for mode in spec.modes if mode in ("plain", "single")]
+    plan += [(mode, n) for n in spec.clips for mode in spec.modes if mode in ("joint", "comem")]
+    for mode, num_clips in plan:
+        row = measure(spec, mode, num_clips, device)
+        report.rows.append(row)
+        if progress:
+            progress(row)
+    single = next((r for r in report.rows if r.mode == "single" and r.error is None), None)
+    for row in report.rows:
+        if single and row.clips_per_s is not None:
+            row.speed_vs_single = row.clips_per_s / single.clips_per_s
+            if row.peak_memory_gib is not None and single.peak_memory_gib:
+                row.memory_vs_single = row.peak_memory_gib / single.peak_memory_gib
+    return report
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def format_table(report: BenchReport) -> str:
+    """A Markdown table (what benchmarks/RESULTS.md holds)."""
+    columns = [
+        ("clips/s", "clips_per_s", ".1f"),
+        ("× single", "speed_vs_single", ".2f"),
+        ("step ms", "step_ms", ".0f"),
+        ("loader wait ms", "loader_wait_ms", ".1f"),
+        ("peak GiB", "peak_memory_gib", ".2f"),
+        ("mem × single", "memory_vs_single", ".2f"),
+        ("TFLOP/step", "step_tflop", ".3g"),
+        ("TFLOP/s", "achieved_tflops", ".3g"),
+        ("MFU", "mfu", ".1%"),
+    ]
+    lines = [
+        "| mode | N | " + " | ".join(title for title, _, _ in columns) + " |",
+        "|---" * (len(columns) + 2) + "|",
+    ]
+    for row in report.rows:
+        if row.error:
+            cells = [row.error] + [""] * (len(columns) - 1)
+        else:
+            cells = [_cell(getattr(row, name), fmt) for _, name, fmt in columns]
+        lines.append(f"| {row.mode} | {row.clips} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def describe(report: BenchReport) -> str:
+    env, spec = report.environment, report.spec
+    versions = f"torch {env['torch']}" + (
+        f", CUDA {env['cuda']}, cuDNN {env['cudnn']}" if "cuda" in env else ""
+    )
+    data = spec.data or "random uint8"
+    return (
+        f"{env['device_name']} ({env['device']}), {versions}, {env['date']}; {spec.backbone}, "
+        f"{spec.clip_len}×{spec.crop_size}², B={spec.batch_size}, {data} data, median of {spec.steps} "
+        f"timed steps after {spec.warmup} warm-up; memory stages {','.join(spec.memory_stages)}, "
+        f"memory chunk {spec.memory_chunk}{', torch.compile' if spec.compile else ''}"
+    )

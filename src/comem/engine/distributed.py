@@ -1,0 +1,229 @@
+"""Data-parallel training over the processes torchrun starts (one per GPU, on one node or many).
+
+``torchrun --nproc_per_node G -m comem train …`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
+every process builds the same model and trainer, takes its own slice of every epoch's video order,
+and DDP averages the gradients, so a step over G processes of B videos each is a step over the
+union batch of G·B videos. Rank 0 alone writes logs, checkpoints and metrics; evaluation scores of
+all ranks are gathered before metrics are computed.
+
+Without these variables (or with ``WORLD_SIZE=1``) everything here is a no-op and the trainer is
+the single-process one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Sampler
+
+from comem.engine.evaluate import VideoScores
+from comem.errors import UserError
+from comem.models.build import VideoModel
+
+
+class DistributedSetupError(UserError, RuntimeError):
+    """A multi-process setting that cannot work (one-line message)."""
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard_size(self, size: int) -> int:
+        """How many of ``size`` items each rank gets (see :meth:`shard`)."""
+        return math.ceil(size / self.world_size)
+
+    def shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's strided slice of ``order``, wrapped around at the end so that every rank
+        gets :meth:`shard_size` items: ranks then run the same number of batches and no collective
+        waits on a rank that ran out (DistributedSampler pads the same way)."""
+        if not self.enabled or len(order) == 0:
+            return order
+        total = self.shard_size(len(order)) * self.world_size
+        padded = order.repeat(math.ceil(total / len(order)))[:total]
+        return padded[self.rank :: self.world_size]
+
+
+def context_from_env() -> DistContext:
+    """The torchrun variables, or a single process when they are absent."""
+    return DistContext(
+        rank=int(os.environ.get("RANK", 0)),
+        world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def is_main_process() -> bool:
+    return context_from_env().is_main
+
+
+def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
+    """Join the process group torchrun set up (NCCL on GPUs, gloo on CPUs); on CUDA each process
+    takes the GPU of its local rank. Returns the context and this process's device."""
+    context = context_from_env()
+    if not context.enabled:
+        return context, device
+    if device.type == "cuda":
+        if context.local_rank >= torch.cuda.device_count():
+            raise DistributedSetupError(
+                f"LOCAL_RANK {context.local_rank} but this node has {torch.cuda.device_count()} GPU(s); "
+                "use --nproc_per_node <= the number of GPUs"
+            )
+        device = torch.device("cuda", context.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return context, device
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class TrainingForward(nn.Module):
+    """The module DDP wraps: one ``forward`` for both gradient-carrying paths of a training step.
+
+    DDP only all-reduces gradients of forwards that go through its own ``forward``; the two-pass
+    comem step calls ``VideoModel.forward_clip``, not ``VideoModel.forward``, so both are routed
+    here: ``forward(video)`` is the joint/single path, ``forward(clip, clip_index, banks)`` comem's.
+    """
+
+    def __init__(self, model: VideoModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        clip_index: int | None = None,
+        banks: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if clip_index is None:
+            return self.model(inputs)
+        return self.model.forward_clip(inputs, clip_index, banks)
+
+
+def wrap_for_training(
+    model: VideoModel,
+    context: DistContext,
+    device: torch.device,
+    *,
+    sync_bn: bool = False,
+    find_unused_parameters: bool = False,
+) -> VideoModel | DistributedDataParallel:
+    """What a training step calls: the model itself in one process, else its DDP wrapper.
+
+    ``sync_bn`` turns the model's BatchNorms into SyncBatchNorms in place (batch statistics over
+    all ranks; PyTorch runs them on GPUs only). Call before building the optimizer.
+    """
+    if not context.enabled:
+        return model
+    if sync_bn:
+        if device.type != "cuda":
+            raise DistributedSetupError(
+                "--sync-bn needs CUDA devices: torch's SyncBatchNorm runs on GPUs only"
+            )
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place: the root is not a BatchNorm
+    return DistributedDataParallel(
+        TrainingForward(model),
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
+    )
+
+
+def step_hooks(train_model: VideoModel | DistributedDataParallel) -> dict[str, Any]:
+    """Keyword arguments that make ``comem_step`` run its per-clip forwards through DDP and
+    all-reduce once, after the last clip."""
+    if isinstance(train_model, DistributedDataParallel):
+        return {"forward_clip": train_model, "no_sync": train_model.no_sync}
+    return {}
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation order for one rank: its strided share of ``range(size)`` (see ``DistContext.shard``)."""
+
+    def __init__(self, size: int, context: DistContext) -> None:
+        self.indices = context.shard(torch.arange(size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices.tolist())
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def gather_objects(value: Any, context: DistContext) -> list[Any]:
+    """``value`` of every rank, in rank order (``[value]`` in one process)."""
+    if not context.enabled:
+        return [value]
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def gather_video_scores(result: VideoScores, context: DistContext) -> VideoScores:
+    """Every rank's scores together, one row per video in dataset order.
+
+    Ranks padded their share by wrapping around (:meth:`DistContext.shard`), so a video may come
+    twice; duplicates are dropped by video index.
+    """
+    if not context.enabled:
+        return result
+    parts = gather_objects((result.scores, result.targets, result.video_indices, result.skipped), context)
+    skipped = sorted({message for part in parts for message in part[3]})
+    parts = [part for part in parts if len(part[2]) > 0]
+    if not parts:
+        return VideoScores(result.scores, result.targets, result.video_indices, skipped)
+    indices = torch.cat([part[2] for part in parts])
+    unique, first = _first_occurrences(indices)
+    return VideoScores(
+        torch.cat([part[0] for part in parts])[first],
+        torch.cat([part[1] for part in parts])[first],
+        unique,
+        skipped,
+    )
+
+
+def _first_occurrences(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted unique values and, for each, the position of its first occurrence in ``values``."""
+    unique, inverse = torch.unique(values, sorted=True, return_inverse=True)
+    positions = torch.arange(len(values))
+    first = torch.full((len(unique),), len(values), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, positions, reduce="amin")
+    return unique, first
+
+
+def sum_over_ranks(values: list[float], context: DistContext) -> list[float]:
+    """Element-wise sum of ``values`` over ranks (e.g. per-epoch loss sums and counts)."""
+    return [sum(column) for column in zip(*gather_objects(list(values), context), strict=True)]
+
+
+class NullWriter:
+    """Stands in for TensorBoard's SummaryWriter on ranks other than 0."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

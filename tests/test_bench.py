@@ -1,0 +1,44 @@
+"""``comem bench train`` runs real steps of every mode and reports what they cost."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from comem.cli import main
+
+TINY = ["--backbone", "tiny", "--batch-size", "2", "--clip-len", "4", "--crop-size", "32"]
+TINY += ["--steps", "1", "--warmup", "0", "--workers", "0", "--device", "cpu"]
+
+
+def test_bench_train_reports_every_mode_and_the_comem_flop_overhead(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "train", *TINY, "--clips", "2,3", "--json", str(out), "--peak-tflops", "1"]) == 0
+    report = json.loads(out.read_text())
+    rows = {(row["mode"], row["clips"]): row for row in report["rows"]}
+    assert list(rows) == [("plain", 1), ("single", 1), ("joint", 2), ("comem", 2), ("joint", 3), ("comem", 3)]
+    for row in rows.values():
+        assert row["error"] is None
+        assert row["clips_per_s"] == pytest.approx(2 * row["clips"] / (row["step_ms"] / 1000))
+        assert row["achieved_tflops"] == pytest.approx(row["step_tflop"] / (row["step_ms"] / 1000))
+        assert row["mfu"] == pytest.approx(row["achieved_tflops"])  # peak given as 1 TFLOP/s
+        assert row["peak_memory_gib"] is None  # CPU: no allocator statistics
+    assert rows[("single", 1)]["speed_vs_single"] == 1.0
+    # Same clips: joint and comem do the same forward+backward; comem adds ONE no-grad forward
+    # (about a third more), whatever the number of memory stages (3 here).
+    for clips in (2, 3):
+        ratio = rows[("comem", clips)]["step_tflop"] / rows[("joint", clips)]["step_tflop"]
+        assert 1.25 < ratio < 1.45, ratio
+    assert rows[("joint", 2)]["step_tflop"] == pytest.approx(2 * rows[("single", 1)]["step_tflop"], rel=0.01)
+    table = capsys.readouterr().out
+    assert "| comem | 3 |" in table and "tiny, 4×32², B=2" in table
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--modes", "single,fast"], "--modes must be"), (["--backbone", "r9"], "unknown backbone 'r9'")],
+)
+def test_bench_train_rejects_bad_options_in_one_line(flags: list[str], message: str, capsys) -> None:
+    assert main(["bench", "train", *TINY, *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("comem bench: error:") and message in err and "\n" not in err

@@ -1,0 +1,113 @@
+"""DDP on CPU (gloo, 2 processes under torchrun): gradients equal a single-process step on the
+union batch, evaluation scores are gathered without duplicates, and ``torchrun -m comem train``
+writes the metrics file a single process writes, and resumes.
+
+BatchNorm: torch's SyncBatchNorm runs on GPUs only, and with per-rank batch statistics the union
+batch's gradient is a different function (each half normalised by its own mean), so the gradient
+test runs BatchNorm on running statistics. What it checks is everything else: that every
+gradient-carrying forward of both steps goes through DDP and the averaged gradient is the union's.
+"""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from ddp_worker import gradients, make_model, union_batch
+from tinydata import TINY_TRAIN_FLAGS
+
+from comem.config import TrainConfig
+from comem.engine.distributed import DistContext
+from comem.engine.modes import comem_step, joint_step
+from comem.engine.train import EpochSampler, Trainer
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TESTS = Path(__file__).resolve().parent
+
+
+def torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "TQDM_DISABLE": "1",
+        "COMEM_HOME": str(tmp_path / "home"),
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_ranks_share_an_epoch_order_exactly() -> None:
+    whole = EpochSampler(5, seed=3, epoch=1).order
+    shares = [EpochSampler(5, seed=3, epoch=1, context=DistContext(rank, 2)).order for rank in (0, 1)]
+    assert shares[0].tolist() == whole[0::2].tolist()
+    assert shares[1].tolist() == [*whole[1::2].tolist(), whole[0].item()]  # wrapped: equal lengths
+    resumed = EpochSampler(5, seed=3, epoch=1, skip=2, context=DistContext(1, 2)).order
+    assert resumed.tolist() == shares[1][2:].tolist()
+
+
+def test_ddp_step_gradients_equal_single_process_on_the_union_batch(tmp_path: Path) -> None:
+    torchrun([str(TESTS / "ddp_worker.py"), str(tmp_path)], tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+
+    model = make_model()
+    video, targets = union_batch()
+    comem_step(model, video, targets, contextlib.nullcontext)
+    want = {"comem": gradients(model)}
+    model.zero_grad(set_to_none=True)
+    joint_step(model, video, targets, contextlib.nullcontext)
+    want["joint"] = gradients(model)
+
+    for mode in ("comem", "joint"):
+        assert len(want[mode]) > 20
+        for rank in ranks:
+            assert rank[mode].keys() == want[mode].keys()
+            for name, gradient in want[mode].items():
+                torch.testing.assert_close(rank[mode][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+    # The halves alone give other gradients: the match above is the all-reduce's doing.
+    half = make_model()
+    comem_step(half, video[:2], targets[:2], contextlib.nullcontext)
+    assert not torch.allclose(gradients(half)["head.fc.weight"], want["comem"]["head.fc.weight"])
+
+    for rank in ranks:
+        gathered = rank["gathered"]
+        assert gathered.video_indices.tolist() == [0, 1, 2, 3, 4]
+        assert gathered.scores[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert gathered.targets.tolist() == [0, 1, 0, 1, 0]
+        assert gathered.skipped == ["bad0", "bad1"]
+
+
+def test_torchrun_training_writes_the_single_process_metrics_and_resumes(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    flags = [*TINY_TRAIN_FLAGS, "--data", str(tiny_dataset), "--batch-size", "2", "--save-every", "0"]
+    out = tmp_path / "ddp"
+    done = torchrun(["-m", "comem", "train", *flags, "--epochs", "1", "--out", str(out)], tmp_path)
+    assert done.stdout.count("epoch 1/1:") == 1  # rank 0 alone reports
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+    assert len(list((out / "tb").iterdir())) == 1  # one event file: rank 0's
+
+    single = TrainConfig(
+        data=str(tiny_dataset), out=str(tmp_path / "single"), backbone="tiny", crop_size=32, clip_len=4,
+        stride=2, clips=2, batch_size=2, workers=0, device="cpu", epochs=1, save_every=0,
+    )  # fmt: skip
+    expected = Trainer(single).run()
+    assert metrics.keys() == expected.keys()
+    assert metrics["history"][0].keys() == expected["history"][0].keys()
+    assert metrics["val_videos"] == 4 and metrics["epochs"] == 1
+    # 4 val videos in 2 clean shares of 2: the gathered metrics are over all 4 (multiples of 25%)
+    assert metrics["val_top1"] in (0.0, 25.0, 50.0, 75.0, 100.0)
+
+    done = torchrun(
+        ["-m", "comem", "train", *flags, "--epochs", "2", "--out", str(out), "--resume"], tmp_path
+    )
+    assert "resumed from" in done.stdout and done.stdout.count("epoch 2/2:") == 1
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert resumed["history"][0] == metrics["history"][0]
