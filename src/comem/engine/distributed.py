@@ -219,6 +219,11 @@ def sum_over_ranks(values: list[float], context: DistContext) -> list[float]:
     return [sum(column) for column in zip(*gather_objects(list(values), context), strict=True)]
 
 
+def all_ranks(flag: bool, context: DistContext) -> bool:
+    """Whether ``flag`` holds on every rank: a collective step must be taken by all ranks or none."""
+    return all(gather_objects(bool(flag), context))
+
+
 class NullWriter:
     """Stands in for TensorBoard's SummaryWriter on ranks other than 0."""
 

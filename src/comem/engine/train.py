@@ -33,6 +33,7 @@ from comem.engine.distributed import (
     DistContext,
     NullWriter,
     ShardSampler,
+    all_ranks,
     gather_objects,
     gather_video_scores,
     init_distributed,
@@ -356,8 +357,9 @@ class Trainer:
         for batch in bar:
             loader_wait = time.perf_counter() - waiting_since  # > 0: the loader starves the model
             self.note_skipped(batch["skipped"], bar)
-            # A batch left with one video by unreadable ones would break train-mode BatchNorm: skip it.
-            if batch["label"].shape[0] >= min(2, config.batch_size):
+            # A batch left with one video by unreadable ones would break train-mode BatchNorm: skip it
+            # (on every rank together, or DDP's gradient all-reduce would wait forever).
+            if all_ranks(batch["label"].shape[0] >= min(2, config.batch_size), self.dist):
                 loss, correct = self.train_step(batch)
                 videos = int(batch["label"].shape[0])
                 clips_seen += videos * batch["video"].shape[1]
