@@ -53,6 +53,16 @@ def test_format_is_detected(datasets: dict[str, Path], name: str) -> None:
     assert load_splits(datasets[name]).data_format == name
 
 
+def test_top_level_slowfast_csv_wins_over_annotation_folders(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    data = write_kinetics_official(tmp_path / "both", num_train=2, num_val=2, missing=0)
+    assert detect_format(data) == "kinetics"
+    (data / "train.csv").write_text("train/trId0000-x_000000_000010.mp4 0\n")
+    (data / "val.csv").write_text("val/vaId0000-x_000000_000010.mp4 0\n")
+    assert detect_format(data) == "slowfast"
+
+
 def test_kinetics_official_csv(datasets: dict[str, Path], tmp_path: Path) -> None:
     splits = load_splits(datasets["kinetics"])
     assert splits.class_names == ["gray", "ramp"] and not splits.multi_label  # alphabetical
