@@ -6,7 +6,7 @@ import pytest
 from conftest import HEIGHT, NUM_FRAMES, WIDTH
 from videos import frame_index_of, write_audio_only, write_test_video, write_vfr_video
 
-from comem.data.decode import VideoDecodeError, VideoReader, read_clips
+from comem.data.decode import VideoDecodeError, VideoReader, open_video, read_clips
 
 
 def decoded_indices(frames: np.ndarray) -> np.ndarray:
@@ -173,3 +173,16 @@ def test_error_survives_pickling() -> None:
 
     error = pickle.loads(pickle.dumps(VideoDecodeError("a.mp4", "file not found")))
     assert (str(error), error.reason) == ("a.mp4: file not found", "file not found")
+
+
+def test_torchcodec_gives_the_same_frames_as_pyav(index_video: Path) -> None:
+    pytest.importorskip("torchcodec")
+    indices = np.array([[5, 3, 3, 30], [35, 0, 7, 7]])
+    with open_video(index_video, decoder="torchcodec") as codec, VideoReader(index_video) as pyav:
+        assert codec.num_frames == pyav.num_frames
+        np.testing.assert_array_equal(codec.read(indices), pyav.read(indices))
+
+
+def test_frames_decoder_refuses_a_file(index_video: Path) -> None:
+    with pytest.raises(VideoDecodeError, match="not a folder of frames"):
+        open_video(index_video, decoder="frames")

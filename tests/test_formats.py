@@ -1,5 +1,6 @@
 """Every dataset format on small files written here: detection, labels, decoding, errors, training."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -52,6 +53,16 @@ def test_format_is_detected(datasets: dict[str, Path], name: str) -> None:
     assert load_splits(datasets[name]).data_format == name
 
 
+def test_top_level_slowfast_csv_wins_over_annotation_folders(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    data = write_kinetics_official(tmp_path / "both", num_train=2, num_val=2, missing=0)
+    assert detect_format(data) == "kinetics"
+    (data / "train.csv").write_text("train/trId0000-x_000000_000010.mp4 0\n")
+    (data / "val.csv").write_text("val/vaId0000-x_000000_000010.mp4 0\n")
+    assert detect_format(data) == "slowfast"
+
+
 def test_kinetics_official_csv(datasets: dict[str, Path], tmp_path: Path) -> None:
     splits = load_splits(datasets["kinetics"])
     assert splits.class_names == ["gray", "ramp"] and not splits.multi_label  # alphabetical
@@ -92,24 +103,37 @@ def test_charades_official_is_multi_label_with_spans(datasets: dict[str, Path]) 
     np.testing.assert_array_equal(item["label"].numpy(), multi_hot((0, 2), 3))
 
 
-def test_span_labels_keep_the_actions_the_clip_overlaps(datasets: dict[str, Path]) -> None:
+def test_span_labels_give_each_clip_the_actions_it_overlaps(datasets: dict[str, Path]) -> None:
     assert spans_overlapping(
         ((0, 0.0, 1.0), (2, 0.0, 0.4), (5, 2.0, 3.0)), np.array([0.5]), np.array([0.9])
     ) == (0,)
     assert spans_overlapping(((2, 0.0, 0.4),), np.array([0.5, 0.1]), np.array([0.9, 0.2])) == (2,)
-    record = load_splits(datasets["charades"]).train[0]  # c000 over 0-1 s, c002 over 0-0.4 s, 24 fps
-    data = MultiClipVideoDataset(
-        [record], num_clips=1, clip_len=1, stride=1, crop_size=32, train=True, num_classes=3, span_labels=True
+    records = load_splits(datasets["charades"]).train  # 0: c000 over 0-1 s, c002 over 0-0.4 s; 24 fps
+    options = dict(
+        num_clips=3, clip_len=2, stride=2, crop_size=32, train=True, num_classes=3, span_labels=True
     )
+    data = MultiClipVideoDataset([records[0], dataclasses.replace(records[1], spans=())], **options)
     seen = set()
-    for epoch in range(12):
+    for epoch in range(6):
         data.set_epoch(epoch)
         item = data[0]
-        seconds = frame_index_of(item["video"][0, :, 0].permute(1, 2, 0).numpy()) / 24
-        expected = (0, 2) if seconds <= 0.4 else (0,)
-        np.testing.assert_array_equal(item["label"].numpy(), multi_hot(expected, 3))
-        seen.add(expected)
+        assert item["label"].shape == (3, 3)
+        for clip, target in zip(item["video"], item["label"], strict=True):
+            first, last = (frame_index_of(clip[:, t].permute(1, 2, 0).numpy()) / 24 for t in (0, -1))
+            expected = (0, 2) if first <= 0.4 else (0,)
+            np.testing.assert_array_equal(target.numpy(), multi_hot(expected, 3))
+            seen.add(expected)
+        no_spans = data[1]["label"]  # no spans known: every clip gets the video's labels
+        np.testing.assert_array_equal(no_spans.numpy(), np.tile(multi_hot((1,), 3), (3, 1)))
     assert seen == {(0, 2), (0,)}
+
+
+def test_span_label_training_runs(datasets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    flags = ["--data", str(datasets["charades"]), "--out", str(out), "--epochs", "1", *TINY_TRAIN_FLAGS]
+    for mode in ("comem", "joint"):
+        assert main(["train", *flags, "--span-labels", "true", "--mode", mode]) == 0
+        assert json.loads((out / "metrics.json").read_text())["val_mAP"] >= 0
 
 
 def test_charades_frame_lists_union_frame_labels(datasets: dict[str, Path]) -> None:

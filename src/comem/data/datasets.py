@@ -228,8 +228,8 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         """``{"video": uint8 (N * num_crops, C, T, crop, crop), "label", "video_index", "path"}``.
 
         ``label`` is an int, or float32 multi-hot ``(K,)`` for multi-label data; with
-        ``span_labels`` a training item's target holds only the actions whose time span overlaps one
-        of its clips. Eval views are clip-major: clip 0's crops, then clip 1's. On a decode failure
+        ``span_labels`` a training item has per-clip targets ``(N, K)``: the actions whose time span
+        overlaps that clip. Eval views are clip-major: clip 0's crops, then clip 1's. On a decode failure
         the item is ``{"error": message, "video_index", "path"}``.
         """
         record = self.records[index]
@@ -260,12 +260,19 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         return grid[clip_frame_indices(starts, self.clip_len, self.stride, len(grid))]
 
     def _target(self, record: VideoRecord, clip_times: np.ndarray) -> int | torch.Tensor:
+        """Class index, multi-hot ``(K,)``, or with ``span_labels`` per-clip multi-hot ``(N, K)``."""
         if not self.multi_label:
             return record.label
+        if not (self.train and self.span_labels):
+            return self._multi_hot(record.label)
+        if not record.spans:  # no time spans known: every clip gets the video's labels
+            return self._multi_hot(record.label).expand(len(clip_times), -1).clone()
+        return torch.stack(
+            [self._multi_hot(spans_overlapping(record.spans, times[:1], times[-1:])) for times in clip_times]
+        )
+
+    def _multi_hot(self, labels: tuple[int, ...]) -> torch.Tensor:
         target = torch.zeros(self.num_classes, dtype=torch.float32)
-        labels = record.label
-        if self.train and self.span_labels and record.spans:
-            labels = spans_overlapping(record.spans, clip_times[:, 0], clip_times[:, -1])
         target[list(labels)] = 1.0
         return target
 
@@ -283,7 +290,8 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
 def collate_clips(samples: list[dict]) -> dict:
     """Batch items of :class:`MultiClipVideoDataset`, dropping failed ones.
 
-    Returns ``{"video": uint8 (B, N, C, T, H, W), "label": int64 (B,) or float32 multi-hot (B, K),
+    Returns ``{"video": uint8 (B, N, C, T, H, W), "label": int64 (B,) or float32 multi-hot (B, K)
+    (per-clip (B, N, K) with span labels),
     "video_index": int64 (B,), "skipped": list of error messages}``; if every sample failed,
     ``video`` has shape ``(0,)`` and ``label`` no elements.
     """

@@ -39,6 +39,13 @@ def clip_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets)
 
 
+def clip_targets(targets: torch.Tensor, num_clips: int) -> torch.Tensor:
+    """Targets of the B·N clips: per-clip targets (B, N, K) flattened, else each video's repeated."""
+    if targets.ndim == 3:
+        return targets.flatten(0, 1)
+    return targets.repeat_interleave(num_clips, dim=0)
+
+
 @contextlib.contextmanager
 def preserved_batchnorm_stats(model: nn.Module) -> Iterator[None]:
     """Run train-mode BatchNorm (batch statistics) without keeping its running-stat updates.
@@ -85,7 +92,7 @@ def joint_step(
     num_clips = video.shape[1]
     with autocast():
         logits = model(video)
-    loss = clip_loss(logits.flatten(0, 1), targets.repeat_interleave(num_clips, dim=0))
+    loss = clip_loss(logits.flatten(0, 1), clip_targets(targets, num_clips))
     loss.backward()
     return StepOutput(loss.detach(), logits.detach())
 
@@ -133,7 +140,7 @@ def comem_step(
         with sync:
             with autocast():
                 logits = forward_clip(video[:, index], index, banks)
-            loss = clip_loss(logits, targets) / num_clips
+            loss = clip_loss(logits, targets[:, index] if targets.ndim == 3 else targets) / num_clips
             loss.backward()
         total += loss.detach()
         clip_logits.append(logits.detach())

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -373,7 +374,9 @@ class Trainer:
                 writer.add_scalar("train/clips_per_s", clips_per_s, self.global_step)
                 writer.add_scalar("train/loader_wait_ms", 1000.0 * loader_wait, self.global_step)
             else:  # (almost) every video of the batch was unreadable: keep the schedule on time
-                self.scheduler.step()
+                with warnings.catch_warnings():  # PyTorch warns when no optimizer step came first
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    self.scheduler.step()
             self.step_in_epoch += 1
             self.global_step += 1
             if config.save_every and self.global_step % config.save_every == 0:

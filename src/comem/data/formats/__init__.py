@@ -38,12 +38,15 @@ def detect_format(data_dir: str | Path) -> str:
         return "ssv2"
     if find_file(data_dir, [something.V1_FILES["train"]]):
         return "ssv1"
+    top = data_dir / "train.csv"
+    if top.is_file():  # a top-level train.csv decides, so extra annotation folders do not switch formats
+        if charades.is_frame_list(top):
+            return "charades-frames"
+        return "kinetics" if kinetics.is_official_csv(top) else "slowfast"
     if "train" in kinetics.official_csvs(data_dir):
         return "kinetics"
     frame_list = find_file(data_dir, ["train.csv"])
-    if frame_list is not None and frame_list.parent != data_dir and charades.is_frame_list(frame_list):
-        return "charades-frames"
-    if (data_dir / "train.csv").is_file() and charades.is_frame_list(data_dir / "train.csv"):
+    if frame_list is not None and charades.is_frame_list(frame_list):
         return "charades-frames"
     return "slowfast"
 
