@@ -62,6 +62,24 @@ class ClipSource(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+class ClosingReader:
+    """``with reader:`` closes it; readers holding no open resource need not define ``close``."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> ClosingReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 def _describe(error: Exception) -> str:
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
@@ -103,7 +121,7 @@ def _rotate(image: np.ndarray, degrees: float) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
 
 
-class VideoReader:
+class VideoReader(ClosingReader):
     """One open video file (PyAV); ``read`` returns RGB frames by index in one decoding pass.
 
     ``threads=0`` keeps FFmpeg single-threaded, which is right inside DataLoader workers (they
@@ -336,17 +354,6 @@ class VideoReader:
 
     def close(self) -> None:
         self._container.close()
-
-    def __enter__(self) -> VideoReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def check_decoder(decoder: str) -> None:

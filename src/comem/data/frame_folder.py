@@ -7,17 +7,16 @@ frame ``i`` is the ``i``-th file. Only the frames asked for are read and decoded
 from __future__ import annotations
 
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 from PIL import Image
 
-from comem.data.decode import VideoDecodeError, check_indices, gather
+from comem.data.decode import ClosingReader, VideoDecodeError, check_indices, gather
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 
 
-class FrameFolderReader:
+class FrameFolderReader(ClosingReader):
     """Same interface as :class:`comem.data.decode.VideoReader`; ``fps`` is given, not stored."""
 
     def __init__(self, path: str | Path, *, fps: float = 30.0) -> None:
@@ -54,17 +53,3 @@ class FrameFolderReader:
         if len(shapes) > 1:
             raise VideoDecodeError(self.path, f"frames differ in size: {sorted(shapes)}")
         return gather(self.path, indices, frames)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> FrameFolderReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -11,19 +11,18 @@ from __future__ import annotations
 import time
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
 
 import av
 import numpy as np
 import torch
 
 from comem.data.datasets import MultiClipVideoDataset, VideoRecord
-from comem.data.decode import ClipSource, VideoDecodeError, check_indices, gather, open_video
+from comem.data.decode import ClipSource, ClosingReader, VideoDecodeError, check_indices, gather, open_video
 from comem.data.formats import load_splits
 from comem.data.formats.common import index_videos
 
 
-class IndependentClipReader:
+class IndependentClipReader(ClosingReader):
     """The naive baseline: ``read`` decodes each clip (row of ``indices``) on its own.
 
     Frame count and rate come from the container header, as PySlowFast reads them; a decoded
@@ -70,20 +69,6 @@ class IndependentClipReader:
         for clip in indices.reshape(-1, indices.shape[-1]):
             frames.update(self._read_clip(clip))
         return gather(self.path, indices, frames)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> IndependentClipReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def open_independent(path: str | Path, *, decoder: str = "pyav", fps: float | None = None) -> ClipSource:

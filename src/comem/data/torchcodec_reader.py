@@ -7,11 +7,10 @@ indices in one pass, which is the decode-once plan comem uses with PyAV.
 from __future__ import annotations
 
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 
-from comem.data.decode import DecoderUnavailableError, VideoDecodeError, check_indices
+from comem.data.decode import ClosingReader, DecoderUnavailableError, VideoDecodeError, check_indices
 
 
 def video_decoder_class() -> type:
@@ -25,7 +24,7 @@ def video_decoder_class() -> type:
     return VideoDecoder
 
 
-class TorchCodecReader:
+class TorchCodecReader(ClosingReader):
     """Same interface as :class:`comem.data.decode.VideoReader`, decoding with torchcodec."""
 
     def __init__(self, path: str | Path, *, threads: int = 0) -> None:
@@ -66,14 +65,3 @@ class TorchCodecReader:
 
     def close(self) -> None:
         self._decoder = None
-
-    def __enter__(self) -> TorchCodecReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
