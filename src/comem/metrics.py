@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score
+from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 
 
 def topk_accuracy(
@@ -29,15 +30,47 @@ def mean_class_accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * float(np.mean(per_class)) if per_class else float("nan")
 
 
+def per_class_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
+    """AP in percent of every class (K,), as scikit-learn's ``average_precision_score``; NaN for a
+    class without positives (its AP is undefined, so it must not count as 0)."""
+    scores_np, targets_np = scores.float().cpu().numpy(), targets.cpu().numpy() > 0
+    per_class = np.full(scores_np.shape[1], np.nan)
+    present = targets_np.any(axis=0)
+    if present.any():
+        per_class[present] = 100.0 * np.atleast_1d(
+            average_precision_score(targets_np[:, present], scores_np[:, present], average=None)
+        )
+    return per_class
+
+
 def mean_average_precision(scores: torch.Tensor, targets: torch.Tensor) -> float:
     """Charades-protocol mAP in percent: classes without positives are dropped, AP per class as
     scikit-learn's ``average_precision_score``, then the mean."""
-    scores_np, targets_np = scores.float().cpu().numpy(), targets.cpu().numpy() > 0
-    present = targets_np.any(axis=0)
-    if not present.any():
+    per_class = per_class_average_precision(scores, targets)
+    if np.isnan(per_class).all():
         return float("nan")
-    per_class = average_precision_score(targets_np[:, present], scores_np[:, present], average=None)
-    return 100.0 * float(np.mean(per_class))
+    return float(np.nanmean(per_class))
+
+
+def confusion_matrix(scores: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Counts (K, K) of videos of true class ``i`` (row) predicted (top-1) as class ``j`` (column)."""
+    num_classes = scores.shape[1]
+    return sklearn_confusion_matrix(
+        labels.cpu().numpy(), scores.argmax(dim=1).cpu().numpy(), labels=np.arange(num_classes)
+    )
+
+
+def top_confused_pairs(matrix: np.ndarray, limit: int = 10) -> list[tuple[int, int, int]]:
+    """The off-diagonal cells with most videos, as ``(true, predicted, count)``, most first;
+    ties broken by class index so the list is deterministic."""
+    off_diagonal = matrix.copy()
+    np.fill_diagonal(off_diagonal, 0)
+    true, predicted = np.nonzero(off_diagonal)
+    pairs = sorted(
+        zip(true.tolist(), predicted.tolist(), off_diagonal[true, predicted].tolist(), strict=True),
+        key=lambda pair: (-pair[2], pair[0], pair[1]),
+    )
+    return pairs[:limit]
 
 
 def classification_metrics(scores: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:

@@ -121,15 +121,23 @@ class VideoReader:
                 self.path, f"truncated or corrupt at frame {count} ({_describe(error)})"
             ) from error
 
-    def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
-        return frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
+    def _to_rgb(
+        self, frame: av.VideoFrame, transform: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> np.ndarray:
+        rgb = frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
+        return rgb if transform is None else transform(rgb)
 
-    def read(self, indices: np.ndarray) -> np.ndarray:
+    def read(
+        self, indices: np.ndarray, transform: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> np.ndarray:
         """RGB frames at ``indices``: uint8 of shape ``indices.shape + (H, W, 3)``.
 
         ``indices`` may have any shape (typically ``(num_clips, clip_len)``), repeat and be unsorted.
         Decoding stops after the largest index. If the stream ends early without an error (frame
         counts in metadata are estimates), missing indices repeat the last decoded frame.
+        ``transform`` maps each kept RGB frame ``(H, W, 3)`` to what is stored for it (e.g. a
+        downscaled copy, so many clips of a long high-resolution video fit in memory); the result
+        is then ``indices.shape + transform's output shape``.
         """
         indices = np.asarray(indices)
         if not np.issubdtype(indices.dtype, np.integer):
@@ -147,13 +155,13 @@ class VideoReader:
         last_index, last_frame = -1, None
         for last_index, last_frame in enumerate(self._cache if self._cache is not None else self._frames()):
             if last_index in wanted:
-                rgb[last_index] = self._to_rgb(last_frame)
+                rgb[last_index] = self._to_rgb(last_frame, transform)
             if last_index >= highest:
                 break
         if last_frame is None:
             raise VideoDecodeError(self.path, "no frames decoded")
         if last_index not in rgb:
-            rgb[last_index] = self._to_rgb(last_frame)
+            rgb[last_index] = self._to_rgb(last_frame, transform)
         unique, inverse = np.unique(np.minimum(indices, last_index), return_inverse=True)
         frames = np.stack([rgb[i] for i in unique.tolist()])
         return frames[inverse.reshape(indices.shape)]

@@ -32,6 +32,7 @@ from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.evaluate import autocast_for, predict_scores, video_scores
 from comem.engine.loaders import drops_last, make_dataset, make_loader, resolve_device
 from comem.engine.modes import comem_step, joint_step, single_step
+from comem.engine.reports import plot_training_curves
 from comem.metrics import classification_metrics
 from comem.models.build import ModelSpec, VideoModel, build_model, load_pretrained
 
@@ -152,6 +153,7 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         self.epoch_correct = 0
         self.epoch_videos = 0
+        self.multi_label = False  # multi-hot labels seen: predict scores with sigmoids, not a softmax
 
     # --- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -162,6 +164,7 @@ class Trainer:
             "model_spec": dataclasses.asdict(self.model_spec),
             "config": dataclasses.asdict(self.config),
             "class_names": self.splits.class_names,
+            "multi_label": self.multi_label,
             "data_dir": str(self.data_dir.resolve()),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
@@ -191,6 +194,7 @@ class Trainer:
             state["skipped"],
         )
         self.epoch_loss_sum, self.epoch_correct, self.epoch_videos = state["epoch_running"]
+        self.multi_label = state.get("multi_label", False)
         restore_rng_state(state["rng"])
         return True
 
@@ -205,6 +209,7 @@ class Trainer:
     def train_step(self, batch: dict[str, Any]) -> tuple[float, int]:
         video = normalize(batch["video"].to(self.device, non_blocking=True))
         targets = batch["label"].to(self.device, non_blocking=True)
+        self.multi_label = targets.is_floating_point()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         if self.config.mode == "comem":
@@ -319,6 +324,7 @@ class Trainer:
         if record.get("val_top1", -1.0) > best:
             self.save("best.pt")
         write_json(self.out / "metrics.json", self.metrics())
+        plot_training_curves(self.out / "curves.png", self.history)
 
     def metrics(self) -> dict[str, Any]:
         last_eval = next((h for h in reversed(self.history) if any(k.startswith("val_") for k in h)), {})
