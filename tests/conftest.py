@@ -38,3 +38,28 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Shared by the whole session: tests must not write into it (copy it first).
     """
     return write_dataset(tmp_path_factory.mktemp("tiny_dataset"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint of one real ``comem train`` epoch on ``tiny_dataset`` whose memory weights are
+    then randomised, so every view's score depends on the other views (after one step the memory
+    is still nearly the identity). Shared by the session: tests must not write beside it."""
+    from tinydata import TINY_TRAIN_FLAGS
+
+    from comem.cli import main
+    from comem.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny_checkpoint")
+    assert (
+        main(["train", "--data", str(tiny_dataset), "--out", str(out), "--epochs", "1", *TINY_TRAIN_FLAGS])
+        == 0
+    )
+    state = load_checkpoint(out / "last.pt")
+    generator = torch.Generator().manual_seed(0)
+    for key, value in state["model"].items():
+        if key.startswith("memories.") and value.is_floating_point():
+            state["model"][key] = torch.randn(value.shape, generator=generator)
+    path = out / "random_memory.pt"
+    save_checkpoint(state, path)
+    return path
