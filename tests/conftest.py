@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from tinydata import write_dataset
-from videos import write_test_video
+from videos import write_test_video, write_textured_video
 
 NUM_FRAMES = 36
 HEIGHT, WIDTH = 48, 64
@@ -63,3 +63,17 @@ def tiny_checkpoint(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory
     path = out / "random_memory.pt"
     save_checkpoint(state, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def portrait_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir of two portrait (48x32) 24-frame textured videos, one per class (train = val):
+    three test crops per clip run top, centre, bottom and all differ."""
+    from tinydata import CLASS_NAMES
+
+    root = tmp_path_factory.mktemp("portrait")
+    rows = [f"{write_textured_video(root / f'v{i}.mp4', 24, 48, 32, seed=i).name} {i}" for i in (0, 1)]
+    for split in ("train", "val"):
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    (root / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    return root

@@ -10,7 +10,6 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-import av
 import matplotlib.image
 import numpy as np
 import pytest
@@ -27,32 +26,6 @@ from comem.engine.reports import write_eval_report
 from comem.engine.trained import load_trained
 
 FRAMES, CLIP_LEN, STRIDE, SPAN, CROP = 24, 4, 2, 7, 32  # as TINY_TRAIN_FLAGS and tinydata
-
-
-def write_textured_video(path: Path, num_frames: int, height: int, width: int, seed: int) -> Path:
-    """A video whose content changes along both axes and over time, so every crop differs."""
-    y, x = np.mgrid[0:height, 0:width]
-    offsets = np.random.default_rng(seed).integers(0, 255, 3)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=24)
-        stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
-        stream.options = {"crf": "10", "preset": "ultrafast"}
-        for i in range(num_frames):
-            image = np.stack([(5 * y + 2 * x + 9 * i + o) % 256 for o in offsets], axis=-1)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image.astype(np.uint8), format="rgb24")))
-        container.mux(stream.encode(None))
-    return path
-
-
-@pytest.fixture(scope="module")
-def portrait_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two portrait (48x32) videos, one per class: three crops per clip run top, centre, bottom."""
-    root = tmp_path_factory.mktemp("portrait")
-    rows = [f"{write_textured_video(root / f'v{i}.mp4', FRAMES, 48, 32, seed=i).name} {i}" for i in (0, 1)]
-    for split in ("train", "val"):
-        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
-    (root / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    return root
 
 
 def read_predictions(path: Path) -> dict[str, dict[str, float]]:
