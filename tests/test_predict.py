@@ -30,20 +30,38 @@ def odd_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def test_predict_scores_equal_eval_scores(tiny_checkpoint: Path, portrait_data: Path, tmp_path: Path) -> None:
-    """Predict runs views one at a time reading the memory bank; eval runs them in one graph."""
+def data_dir_of(videos: list[Path], root: Path) -> Path:
+    """A data dir listing ``videos`` (absolute paths) under class 0 as train and val."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        (root / f"{split}.csv").write_text("".join(f"{video} 0\n" for video in videos))
+    (root / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    return root
+
+
+def assert_predict_equals_eval(checkpoint: Path, videos: list[Path], tmp_path: Path, clips: int) -> None:
+    """Predict runs views one at a time reading the memory bank and cuts crops frame by frame while
+    decoding; eval runs all views in one graph on crops of whole clips: the scores must agree."""
+    data = data_dir_of(videos, tmp_path / "data")
     _, out = evaluate_checkpoint(
-        tiny_checkpoint, data=portrait_data, views=3, crops=3, workers=0, device="cpu", out=tmp_path
+        checkpoint, data=data, views=clips, crops=3, workers=0, device="cpu", out=tmp_path / "eval"
     )
     with (out / "predictions.csv").open() as stream:
         rows = list(csv.DictReader(stream))
-    trained = load_trained(tiny_checkpoint, torch.device("cpu"))
+    assert [row["video"] for row in rows] == [str(video) for video in videos]
+    trained = load_trained(checkpoint, torch.device("cpu"))
     for row in rows:
-        prediction = predict_video(trained, row["video"], clips=3, crops=3)
-        assert prediction.clip_probabilities.shape == (3, 2)
+        prediction = predict_video(trained, row["video"], clips=clips, crops=3)
+        assert prediction.clip_probabilities.shape == (clips, 2)
         for k in (1, 2):
             index = CLASS_NAMES.index(row[f"pred{k}"])
-            assert prediction.scores[index] == pytest.approx(float(row[f"score{k}"]), abs=5e-6)
+            assert prediction.scores[index] == pytest.approx(float(row[f"score{k}"]), abs=5e-6), row["video"]
+
+
+def test_predict_scores_equal_eval_scores(tiny_checkpoint: Path, odd_videos: dict, tmp_path: Path) -> None:
+    # 180x320 and 72x40 frames are scaled to the eval scale (32) before 3 crops along the long side
+    videos = [odd_videos["large"], odd_videos["portrait"]]
+    assert_predict_equals_eval(tiny_checkpoint, videos, tmp_path, clips=3)
 
 
 def test_prediction_timeline_places_clips_and_thumbnails(tiny_checkpoint: Path, odd_videos: dict) -> None:
@@ -157,3 +175,4 @@ def test_predict_real_world_videos(
     for result in results:
         assert result["clips"] >= 2 and result["top"][0]["class"] in CLASS_NAMES
         assert matplotlib.image.imread(result["plot"]).shape[1] > 1000
+    assert_predict_equals_eval(tiny_checkpoint, [Path(video) for video in videos], tmp_path, clips=4)

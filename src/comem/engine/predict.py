@@ -1,7 +1,8 @@
 """Predict the classes of any video file with a trained checkpoint, clip by clip along its timeline.
 
 The video is decoded once: K clips uniformly spread over its whole length (the eval convention),
-every kept frame downscaled on the fly so long high-resolution videos fit in memory. The
+each kept frame reduced on the fly to its test crops and a thumbnail, so long high-resolution videos
+fit in memory and the crops equal those ``comem eval`` scores. The
 collaborative memory is built from all K clips, each clip is scored reading it, and the clip
 probabilities give both the video's score (their mean or max) and a timeline of where the evidence
 lies. Videos shorter than a clip repeat their last frame, as in training.
@@ -25,8 +26,8 @@ from comem.engine.evaluate import autocast_for, clip_probabilities, video_scores
 from comem.engine.trained import TrainedModel
 from comem.models.build import VideoModel
 
-# Frames are kept at this short side (or the eval scale if larger), enough for legible thumbnails.
-KEEP_SHORT_SIDE = 160
+# Thumbnails (each clip's middle frame) are kept at most this short side: legible in a timeline.
+THUMBNAIL_SHORT_SIDE = 160
 
 
 @dataclass
@@ -70,17 +71,26 @@ def number_of_clips(
     return max(1, min(clips, max_clips))
 
 
-def keep_frame(short_side: int) -> Callable[[np.ndarray], np.ndarray]:
-    """A per-frame transform for :meth:`VideoReader.read`: scale (H, W, 3) so its short side is at
-    most ``short_side``; smaller frames are kept as they are (no upscaling before the crop)."""
+def views_and_thumbnail(
+    height: int, width: int, *, crop_size: int, eval_scale: int, crops: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A per-frame transform for :meth:`VideoReader.read` keeping only what prediction needs of a
+    (H, W, 3) frame: its test crops, cut exactly as the eval dataset cuts them, and a thumbnail
+    (short side at most ``THUMBNAIL_SHORT_SIDE``), as one record of fields ``views`` (crops, crop,
+    crop, 3) and ``thumbnail``. A long high-resolution video so costs little memory per frame."""
+    thumbnail_size = short_side_scale_size(height, width, min(THUMBNAIL_SHORT_SIDE, height, width))
+    record = np.dtype(
+        [("views", np.uint8, (crops, crop_size, crop_size, 3)), ("thumbnail", np.uint8, (*thumbnail_size, 3))]
+    )
 
     def transform(rgb: np.ndarray) -> np.ndarray:
-        height, width = rgb.shape[:2]
-        if min(height, width) <= short_side:
-            return rgb
-        size = list(short_side_scale_size(height, width, short_side))
-        frame = torch.from_numpy(rgb).permute(2, 0, 1)
-        return F.resize(frame, size, antialias=True).permute(1, 2, 0).numpy()
+        frame = torch.from_numpy(rgb).permute(2, 0, 1)[None]  # (1, C, H, W)
+        views = center_crop_views(frame, crop_size=crop_size, short_side=eval_scale, num_crops=crops)
+        thumbnail = F.resize(frame, list(thumbnail_size), antialias=True)
+        kept = np.empty((), dtype=record)
+        kept["views"] = torch.cat(views).permute(0, 2, 3, 1).numpy()
+        kept["thumbnail"] = thumbnail[0].permute(1, 2, 0).numpy()
+        return kept
 
     return transform
 
@@ -124,17 +134,14 @@ def predict_video(
         )
         starts = eval_clip_starts(reader.num_frames, count, span)
         indices = clip_frame_indices(starts, config.clip_len, config.stride, reader.num_frames)
-        frames = reader.read(indices, keep_frame(max(eval_scale, KEEP_SHORT_SIDE)))
-        num_frames, fps, height, width = reader.num_frames, reader.fps, reader.height, reader.width
-    clip_tensors = torch.from_numpy(frames).permute(0, 1, 4, 2, 3)  # (N, T, C, H, W)
-    views = [
-        view.transpose(0, 1)  # (C, T, crop, crop)
-        for clip in clip_tensors
-        for view in center_crop_views(
-            clip, crop_size=config.crop_size, short_side=eval_scale, num_crops=crops
+        transform = views_and_thumbnail(
+            reader.height, reader.width, crop_size=config.crop_size, eval_scale=eval_scale, crops=crops
         )
-    ]
-    video = normalize(torch.stack(views)[None].to(device))
+        kept = reader.read(indices, transform)  # (N, T) records
+        num_frames, fps, height, width = reader.num_frames, reader.fps, reader.height, reader.width
+    # (N, T, crops, crop, crop, C) -> views (N * crops, C, T, crop, crop), clip-major as in eval
+    views = torch.from_numpy(kept["views"]).permute(0, 2, 5, 1, 3, 4).flatten(0, 1)
+    video = normalize(views[None].to(device))
     with autocast_for(device, config.amp)():
         logits = view_logits(trained.model, video, share_memory=config.shares_eval_memory)
     logits = logits.view(1, count * crops, -1).float().cpu()
@@ -149,6 +156,6 @@ def predict_video(
         clip_frames=np.stack([indices[:, 0], indices[:, -1]], axis=1),
         clip_probabilities=per_clip.numpy(),
         scores=scores.numpy(),
-        thumbnails=[clip[len(clip) // 2] for clip in frames],
+        thumbnails=list(kept["thumbnail"][:, config.clip_len // 2]),
         multi_label=trained.multi_label,
     )
