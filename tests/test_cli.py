@@ -58,6 +58,7 @@ def test_train_writes_metrics_checkpoints_and_tensorboard(trained: Path, tiny_da
     assert last["epoch"] == EPOCHS and last["global_step"] == EPOCHS  # 4 videos, batch 4: 1 step/epoch
     assert best["epoch"] in (1, 2)
     assert Path(last["data_dir"]) == tiny_dataset.resolve()
+    assert last["multi_label"] is False and last["class_names"] == ["gray", "ramp"]
 
     curves = matplotlib.image.imread(trained / "curves.png")  # a real PNG, not an empty file
     assert curves.ndim == 3 and curves.shape[0] > 200 and curves.shape[1] > 400

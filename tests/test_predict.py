@@ -16,7 +16,7 @@ from comem.cli import main
 from comem.engine.evaluate import evaluate_checkpoint
 from comem.engine.predict import number_of_clips, predict_video
 from comem.engine.timeline import thumbnail_clips
-from comem.engine.trained import load_trained
+from comem.engine.trained import is_multi_label, load_trained
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +176,23 @@ def test_predict_real_world_videos(
         assert result["clips"] >= 2 and result["top"][0]["class"] in CLASS_NAMES
         assert matplotlib.image.imread(result["plot"]).shape[1] > 1000
     assert_predict_equals_eval(tiny_checkpoint, [Path(video) for video in videos], tmp_path, clips=4)
+
+
+def test_multi_label_checkpoint_scores_clips_with_sigmoids(tiny_checkpoint: Path, odd_videos: dict) -> None:
+    trained = load_trained(tiny_checkpoint, torch.device("cpu"))
+    single = predict_video(trained, odd_videos["large"], clips=3)
+    trained.multi_label = True  # as a checkpoint of a run on multi-hot labels records
+    multi = predict_video(trained, odd_videos["large"], clips=3)
+    assert not np.allclose(multi.clip_probabilities.sum(axis=1), 1.0)
+    # two classes: softmax p0 = sigmoid(l0 - l1), and each sigmoid s_k gives back l_k = logit(s_k)
+    logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731
+    differences = logit(multi.clip_probabilities[:, 0]) - logit(multi.clip_probabilities[:, 1])
+    np.testing.assert_allclose(logit(single.clip_probabilities[:, 0]), differences, atol=1e-4)
+    np.testing.assert_allclose(multi.scores, multi.clip_probabilities.mean(axis=0), atol=1e-6)
+
+
+def test_checkpoint_says_whether_labels_were_multi_hot() -> None:
+    assert is_multi_label({"multi_label": True, "history": []})
+    assert not is_multi_label({"multi_label": False, "history": [{"val_mAP": 10.0}]})
+    assert is_multi_label({"history": [{"epoch": 1}, {"epoch": 2, "val_mAP": 10.0}]})  # older checkpoints
+    assert not is_multi_label({"history": [{"epoch": 1, "val_top1": 50.0}]})

@@ -59,11 +59,11 @@ def plot_timeline(path: Path, prediction: VideoPrediction, class_names: list[str
     for clip in shown:
         plot.axvline(times[clip], color="0.4", linestyle=":", linewidth=0.8)
         plot.annotate(
-            f"#{clip + 1}", (times[clip], 1.0), xytext=(0, 3), textcoords="offset points",
+            f"#{clip + 1}", (times[clip], 1.05), xytext=(0, 3), textcoords="offset points",
             ha="center", va="bottom", fontsize=8, color="0.3", annotation_clip=False,
         )  # fmt: skip
     plot.set_xlim(0, prediction.duration_s)
-    plot.set_ylim(0, 1.0)
+    plot.set_ylim(-0.03, 1.05)  # room for markers at 0 and 1
     plot.set_xlabel("time (s)" if seconds else "frame")
     plot.set_ylabel("clip probability (sigmoid)" if prediction.multi_label else "clip probability")
     plot.grid(alpha=0.3)
