@@ -132,3 +132,19 @@ def test_error_survives_pickling() -> None:
 
     error = pickle.loads(pickle.dumps(VideoDecodeError("a.mp4", "file not found")))
     assert (str(error), error.reason) == ("a.mp4: file not found", "file not found")
+
+
+def test_read_applies_a_per_frame_transform_once_per_distinct_frame(index_video: Path) -> None:
+    calls = []
+
+    def corner(rgb: np.ndarray) -> np.ndarray:
+        calls.append(rgb.shape)
+        return rgb[:8, :4].copy()
+
+    indices = np.array([[5, 1, 5], [9, 1, 1]])
+    with VideoReader(index_video) as reader:
+        full = reader.read(indices)
+        kept = reader.read(indices, corner)
+    assert kept.shape == (2, 3, 8, 4, 3)
+    np.testing.assert_array_equal(kept, full[:, :, :8, :4])
+    assert calls == [(HEIGHT, WIDTH, 3)] * 3  # frames 1, 5, 9: once each

@@ -121,11 +121,8 @@ class VideoReader:
                 self.path, f"truncated or corrupt at frame {count} ({_describe(error)})"
             ) from error
 
-    def _to_rgb(
-        self, frame: av.VideoFrame, transform: Callable[[np.ndarray], np.ndarray] | None = None
-    ) -> np.ndarray:
-        rgb = frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
-        return rgb if transform is None else transform(rgb)
+    def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        return frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
 
     def read(
         self, indices: np.ndarray, transform: Callable[[np.ndarray], np.ndarray] | None = None
@@ -151,17 +148,18 @@ class VideoReader:
                 f"got [{lowest}, {highest}]"
             )
         wanted = set(np.unique(indices).tolist())
+        keep = self._to_rgb if transform is None else lambda frame: transform(self._to_rgb(frame))
         rgb: dict[int, np.ndarray] = {}
         last_index, last_frame = -1, None
         for last_index, last_frame in enumerate(self._cache if self._cache is not None else self._frames()):
             if last_index in wanted:
-                rgb[last_index] = self._to_rgb(last_frame, transform)
+                rgb[last_index] = keep(last_frame)
             if last_index >= highest:
                 break
         if last_frame is None:
             raise VideoDecodeError(self.path, "no frames decoded")
         if last_index not in rgb:
-            rgb[last_index] = self._to_rgb(last_frame, transform)
+            rgb[last_index] = keep(last_frame)
         unique, inverse = np.unique(np.minimum(indices, last_index), return_inverse=True)
         frames = np.stack([rgb[i] for i in unique.tolist()])
         return frames[inverse.reshape(indices.shape)]
