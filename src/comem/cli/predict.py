@@ -21,7 +21,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--plot", metavar="OUT.png", help="timeline PNG (several videos: OUT-<video name>.png each)"
     )
     predict.add_argument(
-        "--clips", type=int, help="clips uniformly spread over each video (default: the checkpoint's views)"
+        "--views",
+        "--clips",
+        dest="clips",
+        type=int,
+        help="clips uniformly spread over each video (default: the checkpoint's eval views)",
     )
     predict.add_argument(
         "--clips-per-second", type=float, help="more clips for long videos: at least this many per second"
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from comem.engine.timeline import plot_timeline
     from comem.engine.trained import load_trained
 
-    for flag, value in (("--top", args.top), ("--clips", args.clips), ("--max-clips", args.max_clips)):
+    for flag, value in (("--top", args.top), ("--views", args.clips), ("--max-clips", args.max_clips)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1; got {value}")
     if args.clips_per_second is not None and args.clips_per_second <= 0:

@@ -64,10 +64,15 @@ def write_predictions_csv(
 def plot_confusion_matrix(path: Path, matrix: np.ndarray, class_names: Sequence[str]) -> None:
     """Rows are true classes, columns predicted ones; colour is the fraction of the true class, so
     rare classes stay visible. Cell counts are written when there are few classes, names when
-    they still fit."""
+    they still fit; the most confused pairs are listed underneath."""
     num_classes = len(class_names)
     side = min(max(0.45 * num_classes + 2.5, 4.5), 22.0)
-    figure = Figure(figsize=(side + 1.2, side))
+    pairs = [
+        f"{count} x  {class_names[true]}  ->  {class_names[predicted]}"
+        for true, predicted, count in top_confused_pairs(matrix, limit=5)
+    ]
+    footer = 0.3 + 0.2 * len(pairs)  # inches
+    figure = Figure(figsize=(side + 1.2, side + footer))
     axes = figure.add_subplot()
     totals = matrix.sum(axis=1, keepdims=True)
     fraction = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
@@ -86,7 +91,9 @@ def plot_confusion_matrix(path: Path, matrix: np.ndarray, class_names: Sequence[
     axes.set_ylabel("true class")
     accuracy = 100.0 * np.trace(matrix) / max(matrix.sum(), 1)
     axes.set_title(f"Confusion matrix: {int(matrix.sum())} videos, top-1 {accuracy:.1f}%")
-    figure.tight_layout()
+    summary = "most confused (videos x true -> predicted):\n" + "\n".join(pairs) if pairs else "no confusions"
+    figure.text(0.02, 0.01, summary, ha="left", va="bottom", fontsize=9, family="monospace")
+    figure.tight_layout(rect=(0, footer / figure.get_figheight(), 1, 1))
     save_figure(figure, path)
 
 
@@ -105,7 +112,7 @@ def plot_per_class_ap(path: Path, per_class_ap: np.ndarray, class_names: Sequenc
     axes.set_xlim(0, 100)
     axes.set_xlabel("average precision (%)")
     dropped = len(per_class_ap) - len(present)
-    note = f"; {dropped} classes without positives left out" if dropped else ""
+    note = f"; {dropped} without positives left out" if dropped else ""
     axes.set_title(f"Per-class AP ({len(present)} classes{note})", fontsize=10)
     axes.legend(loc="lower right")
     figure.tight_layout()
