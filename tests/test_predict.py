@@ -21,12 +21,15 @@ from comem.engine.trained import is_multi_label, load_trained
 
 @pytest.fixture(scope="module")
 def odd_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Videos unlike the training data: shorter than a clip, landscape and large, portrait."""
+    """Videos unlike the training data: shorter than a clip, landscape and large, portrait, and
+    other containers and codecs (VP9 WebM, MPEG-4 Part 2 AVI)."""
     root = tmp_path_factory.mktemp("odd_videos")
     return {
         "short": write_test_video(root / "short.mp4", 5, 32, 32),  # 5 frames < the clip span of 7
         "large": write_test_video(root / "large.mp4", 60, 180, 320),  # 2.5 s at 24 fps
         "portrait": write_test_video(root / "portrait.mp4", 30, 72, 40, pattern="gradient"),
+        "webm": write_test_video(root / "vp9.webm", 20, 40, 56, codec="libvpx-vp9"),
+        "avi": write_test_video(root / "mpeg4.avi", 20, 40, 56, codec="mpeg4", pattern="gradient"),
     }
 
 
@@ -81,15 +84,15 @@ def test_prediction_timeline_places_clips_and_thumbnails(tiny_checkpoint: Path, 
 def test_predict_cli_json_and_timeline_png_on_any_size_and_length(
     tiny_checkpoint: Path, odd_videos: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    videos = [str(odd_videos[name]) for name in ("short", "large", "portrait")]
+    videos = [str(odd_videos[name]) for name in ("short", "large", "portrait", "webm", "avi")]
     plot = tmp_path / "timeline.png"
     argv = ["predict", *videos, "--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
     assert main([*argv, "--json", "--clips-per-second", "4", "--plot", str(plot)]) == 0
     results = json.loads(capsys.readouterr().out)
     assert [result["video"] for result in results] == videos
     # the checkpoint's 2 views, or 4 per second: 2.5 s -> 10 clips, 30 frames at 24 fps -> 5 clips
-    assert [result["clips"] for result in results] == [2, 10, 5]
-    assert [result["size"] for result in results] == [[32, 32], [320, 180], [40, 72]]
+    assert [result["clips"] for result in results] == [2, 10, 5, 4, 4]
+    assert [result["size"] for result in results] == [[32, 32], [320, 180], [40, 72], [56, 40], [56, 40]]
     for result in results:
         top = result["top"]
         assert {item["class"] for item in top} == set(CLASS_NAMES)
