@@ -14,7 +14,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--data", help="data dir (default: the one the checkpoint was trained on)")
     evaluate.add_argument("--split", default="val", choices=["val", "test"])
     evaluate.add_argument(
-        "--views", type=int, help="clips per video, uniformly spaced (default: the training setting)"
+        "--views", type=int, metavar="K", help="clips per video, uniformly spaced (default: training's)"
     )
     evaluate.add_argument(
         "--crops", type=int, choices=[1, 3], help="spatial crops per clip (3: along the long side)"

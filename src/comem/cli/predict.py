@@ -15,7 +15,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser(NAME, help="predict the classes of video files with a checkpoint")
     predict.add_argument("videos", nargs="+", metavar="VIDEO", help="any file PyAV reads (mp4, webm, ...)")
     predict.add_argument("--checkpoint", required=True, help="a last.pt/best.pt written by comem train")
-    predict.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
+    predict.add_argument("--top", type=int, default=5, metavar="K", help="classes to print (default 5)")
     predict.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     predict.add_argument(
         "--plot", metavar="OUT.png", help="timeline PNG (several videos: OUT-<video name>.png each)"
@@ -25,12 +25,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--clips",
         dest="clips",
         type=int,
+        metavar="K",
         help="clips uniformly spread over each video (default: the checkpoint's eval views)",
     )
     predict.add_argument(
-        "--clips-per-second", type=float, help="more clips for long videos: at least this many per second"
+        "--clips-per-second", type=float, metavar="R", help="more clips on long videos: R per second"
     )
-    predict.add_argument("--max-clips", type=int, default=64, help="upper bound on clips per video")
+    predict.add_argument(
+        "--max-clips", type=int, default=64, metavar="N", help="at most N clips (default 64)"
+    )
     predict.add_argument("--crops", type=int, choices=[1, 3], help="spatial crops per clip")
     predict.add_argument("--aggregate", default="mean", choices=["mean", "max"], help="clip scores to video")
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda")
