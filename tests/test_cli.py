@@ -79,7 +79,7 @@ def test_eval_reproduces_training_validation(trained: Path, capsys: pytest.Captu
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(trained / "last.pt"), "--workers", "0", "--device", "cpu"]) == 0
     printed = json.loads(capsys.readouterr().out.splitlines()[0])
-    written = json.loads((trained / "eval_val" / "metrics.json").read_text())
+    written = json.loads((trained / "eval_val_last" / "metrics.json").read_text())
     assert printed == {key: value for key, value in written.items() if not isinstance(value, list | dict)}
     metrics = json.loads((trained / "metrics.json").read_text())
     for key in ("val_top1", "val_top5", "val_mean_class_acc"):

@@ -25,7 +25,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=int, help="videos per batch")
     evaluate.add_argument("--workers", type=int, help="data loading processes")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    evaluate.add_argument("--out", help="report directory (default: eval_<split>/ beside the checkpoint)")
+    evaluate.add_argument(
+        "--out", help="report directory (default: eval_<split>_<checkpoint name>/ beside the checkpoint)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -109,8 +109,9 @@ def evaluate_checkpoint(
     out: str | Path | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a training checkpoint on a split with multi-view testing; returns the metrics and
-    the report directory (default ``eval_<split>/`` beside the checkpoint) holding ``metrics.json``,
-    ``predictions.csv``, ``per_class.csv`` and a confusion matrix or per-class AP chart.
+    the report directory (default ``eval_<split>_<checkpoint name>/`` beside the checkpoint, e.g.
+    ``eval_val_best/``) holding ``metrics.json``, ``predictions.csv``, ``per_class.csv`` and a
+    confusion matrix or per-class AP chart.
 
     Everything else (model, transform settings, class names, mode) comes from the checkpoint.
     """
@@ -163,7 +164,7 @@ def evaluate_checkpoint(
             "data": str(data_dir),
         }
     )
-    out_dir = Path(out) if out is not None else checkpoint.with_name(f"eval_{split}")
+    out_dir = Path(out) if out is not None else checkpoint.with_name(f"eval_{split}_{checkpoint.stem}")
     videos = [str(records[index].path) for index in result.video_indices.tolist()]
     metrics.update(write_eval_report(out_dir, result.scores, result.targets, videos, trained.class_names))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
