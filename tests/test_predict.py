@@ -13,6 +13,7 @@ from tinydata import CLASS_NAMES
 from videos import frame_index_of, write_test_video
 
 from comem.cli import main
+from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.evaluate import evaluate_checkpoint
 from comem.engine.predict import number_of_clips, predict_video
 from comem.engine.timeline import thumbnail_clips
@@ -61,10 +62,20 @@ def assert_predict_equals_eval(checkpoint: Path, videos: list[Path], tmp_path: P
             assert prediction.scores[index] == pytest.approx(float(row[f"score{k}"]), abs=5e-6), row["video"]
 
 
-def test_predict_scores_equal_eval_scores(tiny_checkpoint: Path, odd_videos: dict, tmp_path: Path) -> None:
-    # 180x320 and 72x40 frames are scaled to the eval scale (32) before 3 crops along the long side
+@pytest.mark.parametrize("mode", ["comem", "single"])
+def test_predict_scores_equal_eval_scores(
+    mode: str, tiny_checkpoint: Path, odd_videos: dict, tmp_path: Path
+) -> None:
+    """180x320 and 72x40 frames are scaled to the eval scale (32) before 3 crops along the long
+    side; a ``single`` checkpoint scores each view alone, in eval and in predict."""
+    checkpoint = tiny_checkpoint
+    if mode != "comem":
+        state = load_checkpoint(tiny_checkpoint)
+        state["config"]["mode"] = mode
+        checkpoint = tmp_path / f"{mode}.pt"
+        save_checkpoint(state, checkpoint)
     videos = [odd_videos["large"], odd_videos["portrait"]]
-    assert_predict_equals_eval(tiny_checkpoint, videos, tmp_path, clips=3)
+    assert_predict_equals_eval(checkpoint, videos, tmp_path, clips=3)
 
 
 def test_prediction_timeline_places_clips_and_thumbnails(tiny_checkpoint: Path, odd_videos: dict) -> None:
