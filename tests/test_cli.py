@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import av
+import matplotlib.image
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -57,6 +58,10 @@ def test_train_writes_metrics_checkpoints_and_tensorboard(trained: Path, tiny_da
     assert last["epoch"] == EPOCHS and last["global_step"] == EPOCHS  # 4 videos, batch 4: 1 step/epoch
     assert best["epoch"] in (1, 2)
     assert Path(last["data_dir"]) == tiny_dataset.resolve()
+    assert last["multi_label"] is False and last["class_names"] == ["gray", "ramp"]
+
+    curves = matplotlib.image.imread(trained / "curves.png")  # a real PNG, not an empty file
+    assert curves.ndim == 3 and curves.shape[0] > 200 and curves.shape[1] > 400
 
     events = sorted((trained / "tb").glob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file under OUT/tb"
@@ -74,8 +79,8 @@ def test_eval_reproduces_training_validation(trained: Path, capsys: pytest.Captu
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(trained / "last.pt"), "--workers", "0", "--device", "cpu"]) == 0
     printed = json.loads(capsys.readouterr().out.splitlines()[0])
-    written = json.loads((trained / "eval_val.json").read_text())
-    assert printed == written
+    written = json.loads((trained / "eval_val_last" / "metrics.json").read_text())
+    assert printed == {key: value for key, value in written.items() if not isinstance(value, list | dict)}
     metrics = json.loads((trained / "metrics.json").read_text())
     for key in ("val_top1", "val_top5", "val_mean_class_acc"):
         assert written[key] == pytest.approx(metrics[key], abs=1e-9), key

@@ -45,9 +45,9 @@ def test_read_decodes_once_and_stops_after_the_largest_index(index_video: Path, 
     segments, converted = [], []
     decode_segment, to_rgb = reader._decode_segment, reader._to_rgb
 
-    def counting_segment(keyframe, wanted, frames):
+    def counting_segment(keyframe, wanted, frames, keep):
         segments.append((keyframe, wanted.tolist()))
-        return decode_segment(keyframe, wanted, frames)
+        return decode_segment(keyframe, wanted, frames, keep)
 
     def counting_to_rgb(frame):
         converted.append(frame.pts)
@@ -186,3 +186,19 @@ def test_torchcodec_gives_the_same_frames_as_pyav(index_video: Path) -> None:
 def test_frames_decoder_refuses_a_file(index_video: Path) -> None:
     with pytest.raises(VideoDecodeError, match="not a folder of frames"):
         open_video(index_video, decoder="frames")
+
+
+def test_read_applies_a_per_frame_transform_once_per_distinct_frame(index_video: Path) -> None:
+    calls = []
+
+    def corner(rgb: np.ndarray) -> np.ndarray:
+        calls.append(rgb.shape)
+        return rgb[:8, :4].copy()
+
+    indices = np.array([[5, 1, 5], [9, 1, 1]])
+    with VideoReader(index_video) as reader:
+        full = reader.read(indices)
+        kept = reader.read(indices, corner)
+    assert kept.shape == (2, 3, 8, 4, 3)
+    np.testing.assert_array_equal(kept, full[:, :, :8, :4])
+    assert calls == [(HEIGHT, WIDTH, 3)] * 3  # frames 1, 5, 9: once each

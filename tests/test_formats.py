@@ -234,7 +234,7 @@ def test_train_runs_end_to_end_on_each_format(
     assert (out / "classes.txt").read_text().splitlines() == classes
     if name == "charades":
         assert main(["eval", "--checkpoint", str(out / "best.pt"), "--workers", "0", "--device", "cpu"]) == 0
-        report = json.loads((out / "eval_val.json").read_text())
+        report = json.loads((out / "eval_val_best" / "metrics.json").read_text())
         assert report["val_mAP"] == pytest.approx(metrics["val_mAP"], abs=1e-4)
 
 

@@ -7,7 +7,15 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, top_k_accuracy_score
 
-from comem.metrics import classification_metrics, mean_average_precision, mean_class_accuracy, topk_accuracy
+from comem.metrics import (
+    classification_metrics,
+    confusion_matrix,
+    mean_average_precision,
+    mean_class_accuracy,
+    per_class_average_precision,
+    top_confused_pairs,
+    topk_accuracy,
+)
 
 
 def random_single_label(seed: int, videos: int = 50, classes: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,3 +100,40 @@ def test_mean_average_precision_hand_worked() -> None:
 
 def test_mean_average_precision_without_any_positive_is_nan() -> None:
     assert np.isnan(mean_average_precision(torch.rand(4, 3), torch.zeros(4, 3)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_per_class_ap_matches_sklearn_with_nan_for_classes_without_positives(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores, targets = rng.random((25, 6)), (rng.random((25, 6)) < 0.3).astype(np.float32)
+    targets[:, 1] = 0
+    targets[0, 0] = 1
+    got = per_class_average_precision(torch.from_numpy(scores), torch.from_numpy(targets))
+    assert np.isnan(got[1])
+    for c in [0, 2, 3, 4, 5]:
+        if targets[:, c].any():
+            want = 100.0 * average_precision_score(targets[:, c], scores[:, c])
+            assert got[c] == pytest.approx(want, abs=1e-6)
+        else:
+            assert np.isnan(got[c])
+
+
+def test_mean_average_precision_with_one_class_having_positives() -> None:
+    scores = torch.tensor([[0.2, 0.9], [0.8, 0.1], [0.4, 0.5]])
+    targets = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # class 0's positive is ranked first
+    assert mean_average_precision(scores, targets) == pytest.approx(100.0)
+    assert per_class_average_precision(scores, targets)[0] == pytest.approx(100.0)
+
+
+def test_confusion_matrix_and_top_confused_pairs_hand_worked() -> None:
+    # predicted (argmax): 0, 1, 1, 2, 1, 1; true: 0, 0, 0, 2, 2, 2
+    scores = torch.tensor(
+        [[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.0, 0.1, 0.9], [0.3, 0.6, 0.1], [0.2, 0.5, 0.3]]
+    )
+    labels = torch.tensor([0, 0, 0, 2, 2, 2])
+    matrix = confusion_matrix(scores, labels)
+    assert matrix.tolist() == [[1, 2, 0], [0, 0, 0], [0, 2, 1]]
+    # two pairs with 2 videos each: ties broken by the true class, then the predicted one
+    assert top_confused_pairs(matrix) == [(0, 1, 2), (2, 1, 2)]
+    assert top_confused_pairs(matrix, limit=1) == [(0, 1, 2)]
+    assert top_confused_pairs(np.eye(3, dtype=int)) == []

@@ -74,6 +74,21 @@ def write_test_video(
     return path
 
 
+def write_textured_video(path: str | Path, num_frames: int, height: int, width: int, seed: int) -> Path:
+    """A colour texture that changes along both axes and over time, so every crop of it differs."""
+    y, x = np.mgrid[0:height, 0:width]
+    offsets = np.random.default_rng(seed).integers(0, 255, 3)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
+        stream.options = {"crf": "10", "preset": "ultrafast"}
+        for i in range(num_frames):
+            image = np.stack([(5 * y + 2 * x + 9 * i + o) % 256 for o in offsets], axis=-1).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
 def write_audio_only(path: str | Path, codec: str = "aac", seconds: float = 0.5) -> Path:
     """Encode a short sine tone with no video stream, to check the "no video stream" error."""
     path = Path(path)

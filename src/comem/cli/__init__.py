@@ -11,10 +11,10 @@ import os
 import sys
 from types import ModuleType
 
-from comem.cli import bench, check_data, evaluate, synthetic, train
+from comem.cli import bench, check_data, evaluate, predict, synthetic, train
 from comem.errors import UserError
 
-COMMANDS: list[ModuleType] = [train, evaluate, synthetic, bench, check_data]
+COMMANDS: list[ModuleType] = [train, evaluate, predict, synthetic, check_data, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,26 +13,40 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--checkpoint", required=True, help="a last.pt/best.pt written by comem train")
     evaluate.add_argument("--data", help="data dir (default: the one the checkpoint was trained on)")
     evaluate.add_argument("--split", default="val", choices=["val", "test"])
-    evaluate.add_argument("--views", type=int, help="clips per video (default: the training setting)")
-    evaluate.add_argument("--crops", type=int, choices=[1, 3], help="spatial crops per clip")
+    evaluate.add_argument(
+        "--views", type=int, metavar="K", help="clips per video, uniformly spaced (default: training's)"
+    )
+    evaluate.add_argument(
+        "--crops", type=int, choices=[1, 3], help="spatial crops per clip (3: along the long side)"
+    )
+    evaluate.add_argument(
+        "--aggregate", default="mean", choices=["mean", "max"], help="how view scores become a video score"
+    )
     evaluate.add_argument("--batch-size", type=int, help="videos per batch")
     evaluate.add_argument("--workers", type=int, help="data loading processes")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    evaluate.add_argument(
+        "--out", help="report directory (default: eval_<split>_<checkpoint name>/ beside the checkpoint)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from comem.engine.evaluate import evaluate_checkpoint
 
-    metrics, path = evaluate_checkpoint(
+    metrics, out_dir = evaluate_checkpoint(
         args.checkpoint,
         data=args.data,
         split=args.split,
         views=args.views,
         crops=args.crops,
+        aggregate=args.aggregate,
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
+        out=args.out,
     )
-    print(json.dumps(metrics))
-    print(f"wrote {path}")
+    print(json.dumps({key: value for key, value in metrics.items() if not isinstance(value, list | dict)}))
+    for pair in metrics.get("top_confused", [])[:5]:
+        print(f"confused: {pair['videos']} x {pair['true']} -> {pair['predicted']}")
+    print(f"wrote {', '.join(sorted(path.name for path in out_dir.iterdir()))} to {out_dir}")
     return 0

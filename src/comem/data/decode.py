@@ -260,23 +260,29 @@ class VideoReader(ClosingReader):
         image = frame.to_ndarray(format="rgb24", width=frame.width, height=frame.height)
         return _rotate(image, frame.rotation or 0.0)
 
-    def read(self, indices: np.ndarray) -> np.ndarray:
+    def read(
+        self, indices: np.ndarray, transform: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> np.ndarray:
         """RGB frames at ``indices``: uint8 of shape ``indices.shape + (H, W, 3)``.
 
         ``indices`` may have any shape (typically ``(num_clips, clip_len)``), repeat and be unsorted.
         Frames of a rotated video come out upright (display-matrix rotation applied). If the
         stream ends early without an error, missing indices repeat the last decoded frame.
+        ``transform`` maps each kept RGB frame ``(H, W, 3)`` to what is stored for it (e.g. a
+        downscaled copy, so many clips of a long high-resolution video fit in memory); the result
+        is then ``indices.shape + transform's output shape``.
         """
         indices = check_indices(self.path, indices, self.num_frames)
         if indices.size == 0:
             return np.empty(indices.shape + (self.height, self.width, 3), dtype=np.uint8)
+        keep = self._to_rgb if transform is None else lambda frame: transform(self._to_rgb(frame))
         wanted = np.unique(indices)
         if self._pts is None:
-            frames = self._read_sequential(wanted)
+            frames = self._read_sequential(wanted, keep)
         else:
             frames = {}
             for keyframe, group in self.plan_segments(wanted):
-                self._decode_segment(keyframe, group, frames)
+                self._decode_segment(keyframe, group, frames, keep)
         return gather(self.path, indices, frames)
 
     def plan_segments(self, wanted: np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -294,7 +300,13 @@ class VideoReader(ClosingReader):
                 segments[-1][1].append(index)
         return [(keyframe, np.asarray(group)) for keyframe, group in segments]
 
-    def _decode_segment(self, keyframe: int, wanted: np.ndarray, frames: dict[int, np.ndarray]) -> None:
+    def _decode_segment(
+        self,
+        keyframe: int,
+        wanted: np.ndarray,
+        frames: dict[int, np.ndarray],
+        keep: Callable[[av.VideoFrame], np.ndarray],
+    ) -> None:
         """Seek to ``keyframe`` and decode forward until the last of ``wanted`` has come out."""
         stream, context = self._stream, self._stream.codec_context
         wanted_set, last = set(wanted.tolist()), int(wanted[-1])
@@ -322,7 +334,7 @@ class VideoReader(ClosingReader):
                     count += 1
                     position = self._frame_index(frame)
                     if position in wanted_set:
-                        frames[position] = self._to_rgb(frame)
+                        frames[position] = keep(frame)
                     if position >= last:
                         return
         except av.FFmpegError as error:
@@ -338,18 +350,20 @@ class VideoReader(ClosingReader):
             index = int(np.clip(np.searchsorted(self._pts, frame.pts), 0, len(self._pts) - 1))
         return -1 if index is None else index
 
-    def _read_sequential(self, wanted: np.ndarray) -> dict[int, np.ndarray]:
+    def _read_sequential(
+        self, wanted: np.ndarray, keep: Callable[[av.VideoFrame], np.ndarray]
+    ) -> dict[int, np.ndarray]:
         """Decode from the start, counting frames (streams whose packets have no timestamps)."""
         wanted_set, highest = set(wanted.tolist()), int(wanted[-1])
         frames: dict[int, np.ndarray] = {}
         last_index, last_frame = -1, None
         for last_index, last_frame in enumerate(self._cache if self._cache is not None else self._frames()):
             if last_index in wanted_set:
-                frames[last_index] = self._to_rgb(last_frame)
+                frames[last_index] = keep(last_frame)
             if last_index >= highest:
                 break
         if last_frame is not None and last_index not in frames:
-            frames[last_index] = self._to_rgb(last_frame)
+            frames[last_index] = keep(last_frame)
         return frames
 
     def close(self) -> None:

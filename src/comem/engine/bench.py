@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from comem.config import TrainConfig
-from comem.data.datasets import collate_clips, load_kinetics_csv_dir
+from comem.data.datasets import collate_clips
+from comem.data.formats import load_splits
 from comem.engine.evaluate import autocast_for
 from comem.engine.loaders import make_dataset, make_loader, resolve_device
 from comem.engine.modes import comem_step, joint_step, single_step
@@ -192,7 +193,7 @@ def batches(spec: BenchSpec, num_clips: int, device: torch.device) -> Iterator[d
             persistent_workers=spec.workers > 0,
         )
         return itertools.cycle(loader) if spec.workers == 0 else _repeat(loader)
-    splits = load_kinetics_csv_dir(spec.data)
+    splits = load_splits(spec.data)
     config = TrainConfig(
         data=spec.data,
         mode="single" if num_clips == 1 else "comem",
@@ -202,7 +203,7 @@ def batches(spec: BenchSpec, num_clips: int, device: torch.device) -> Iterator[d
         batch_size=spec.batch_size,
         workers=spec.workers,
     ).validate()
-    dataset = make_dataset(splits.train, config, train=True)
+    dataset = make_dataset(splits.train, config, train=True, num_classes=splits.num_classes)
 
     def epochs() -> Iterator[dict]:
         for epoch in itertools.count():

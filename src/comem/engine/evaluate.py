@@ -14,14 +14,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from comem.config import TrainConfig
 from comem.data.datasets import DatasetFormatError
 from comem.data.formats import load_splits
 from comem.data.transforms import normalize
-from comem.engine.checkpoint import load_checkpoint
 from comem.engine.loaders import make_dataset, make_loader, resolve_device
+from comem.engine.reports import write_eval_report
+from comem.engine.trained import load_trained
 from comem.metrics import classification_metrics
-from comem.models.build import ModelSpec, VideoModel, build_model
+from comem.models.build import VideoModel
 
 
 @dataclass
@@ -41,12 +41,22 @@ def autocast_for(device: torch.device, enabled: bool) -> Callable[[], contextlib
     return contextlib.nullcontext
 
 
-def video_scores(clip_logits: torch.Tensor, *, multi_label: bool) -> torch.Tensor:
-    """Video-level scores (B, K) from clip logits (B, N, K): the mean of the clip probabilities
-    (softmax, or sigmoid for multi-label targets), as training accuracy and evaluation both report."""
+AGGREGATES: tuple[str, ...] = ("mean", "max")
+
+
+def clip_probabilities(clip_logits: torch.Tensor, *, multi_label: bool) -> torch.Tensor:
+    """Per-clip class probabilities (..., K): softmax, or sigmoid for multi-label targets."""
     logits = clip_logits.float()
-    probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
-    return probabilities.mean(dim=1)
+    return logits.sigmoid() if multi_label else logits.softmax(dim=-1)
+
+
+def video_scores(clip_logits: torch.Tensor, *, multi_label: bool, aggregate: str = "mean") -> torch.Tensor:
+    """Video-level scores (B, K) from clip logits (B, N, K): the mean (or per-class max) over the
+    N views of the clip probabilities, as training accuracy and evaluation both report."""
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
+    probabilities = clip_probabilities(clip_logits, multi_label=multi_label)
+    return probabilities.mean(dim=1) if aggregate == "mean" else probabilities.amax(dim=1)
 
 
 @torch.no_grad()
@@ -58,11 +68,14 @@ def predict_scores(
     share_memory: bool = True,
     amp: bool = True,
     progress: bool = True,
+    aggregate: str = "mean",
 ) -> VideoScores:
     """Run every batch (``video`` uint8 (B, V, C, T, H, W)) and aggregate clip probabilities per video.
 
-    ``share_memory=False`` evaluates a single-clip model: each view only sees itself. Multi-hot
-    (float) labels are scored with sigmoids, class indices with a softmax.
+    All V views of a video (K clips x crops) go through the model together, so its collaborative
+    memory is built from all of them; ``share_memory=False`` evaluates a single-clip model: each
+    view only sees itself. Multi-hot (float) labels are scored with sigmoids, class indices with a
+    softmax; ``aggregate`` is ``mean`` or ``max`` over the views.
     """
     model.eval()
     autocast = autocast_for(device, amp)
@@ -74,7 +87,8 @@ def predict_scores(
         video = normalize(batch["video"].to(device, non_blocking=True))
         with autocast():
             logits = model(video, share_memory=share_memory)
-        scores.append(video_scores(logits, multi_label=batch["label"].is_floating_point()).cpu())
+        multi_label = batch["label"].is_floating_point()
+        scores.append(video_scores(logits, multi_label=multi_label, aggregate=aggregate).cpu())
         targets.append(batch["label"])
         indices.append(batch["video_index"])
     if not scores:
@@ -89,38 +103,53 @@ def evaluate_checkpoint(
     split: str = "val",
     views: int | None = None,
     crops: int | None = None,
+    aggregate: str = "mean",
     batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
+    out: str | Path | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Evaluate a training checkpoint on a split; writes ``eval_<split>.json`` beside it.
+    """Evaluate a training checkpoint on a split with multi-view testing; returns the metrics and
+    the report directory (default ``eval_<split>_<checkpoint name>/`` beside the checkpoint, e.g.
+    ``eval_val_best/``) holding ``metrics.json``, ``predictions.csv``, ``per_class.csv`` and a
+    confusion matrix or per-class AP chart.
 
     Everything else (model, transform settings, class names, mode) comes from the checkpoint.
     """
     checkpoint = Path(checkpoint)
-    state = load_checkpoint(checkpoint)
-    config = TrainConfig(**state["config"])
-    spec = ModelSpec(**{**state["model_spec"], "memory_stages": tuple(state["model_spec"]["memory_stages"])})
-    data_dir = Path(data) if data is not None else Path(state["data_dir"])
-    splits = load_splits(data_dir, config.data_format)
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
+    torch_device = resolve_device(device)
+    trained = load_trained(checkpoint, torch_device)
+    if data is None and trained.data_dir is None:
+        raise DatasetFormatError(f"{checkpoint}: records no data dir; pass --data")
+    data_dir = Path(data) if data is not None else trained.data_dir
+    splits = load_splits(data_dir, trained.config.data_format)
     records = splits.val if split == "val" else splits.test
     if records is None:
         raise DatasetFormatError(f"{data_dir}: no labelled test split")
-    if splits.num_classes > spec.num_classes:
+    if splits.num_classes > trained.spec.num_classes:
         raise DatasetFormatError(
-            f"{data_dir}: has {splits.num_classes} classes but the checkpoint predicts {spec.num_classes}"
+            f"{data_dir}: has {splits.num_classes} classes "
+            f"but the checkpoint predicts {trained.spec.num_classes}"
         )
-    torch_device = resolve_device(device)
-    model = build_model(spec)
-    model.load_state_dict(state["model"])
-    model.to(torch_device)
     overrides = {"views": views, "crops": crops, "batch_size": batch_size, "workers": workers}
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None}).validate()
+    config = dataclasses.replace(
+        trained.config, **{k: v for k, v in overrides.items() if v is not None}
+    ).validate()
     loader = make_loader(
-        make_dataset(records, config, train=False, num_classes=spec.num_classes), config, None, torch_device
+        make_dataset(records, config, train=False, num_classes=trained.spec.num_classes),
+        config,
+        None,
+        torch_device,
     )
     result = predict_scores(
-        model, loader, torch_device, share_memory=config.shares_eval_memory, amp=config.amp
+        trained.model,
+        loader,
+        torch_device,
+        share_memory=config.shares_eval_memory,
+        amp=config.amp,
+        aggregate=aggregate,
     )
     metrics: dict[str, Any] = {
         f"{split}_{key}": value
@@ -131,6 +160,9 @@ def evaluate_checkpoint(
             "split": split,
             "mode": config.mode,
             "views": config.eval_views * config.crops,
+            "clips": config.eval_views,
+            "crops": config.crops,
+            "aggregate": aggregate,
             "videos": int(result.scores.shape[0]),
             "skipped_videos": len(result.skipped),
             "skipped": result.skipped,
@@ -138,6 +170,8 @@ def evaluate_checkpoint(
             "data": str(data_dir),
         }
     )
-    out = checkpoint.with_name(f"eval_{split}.json")
-    out.write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics, out
+    out_dir = Path(out) if out is not None else checkpoint.with_name(f"eval_{split}_{checkpoint.stem}")
+    videos = [str(records[index].path) for index in result.video_indices.tolist()]
+    metrics.update(write_eval_report(out_dir, result.scores, result.targets, videos, trained.class_names))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics, out_dir

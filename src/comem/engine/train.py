@@ -47,6 +47,7 @@ from comem.engine.evaluate import autocast_for, predict_scores, video_scores
 from comem.engine.loaders import drops_last, make_dataset, make_loader, resolve_device
 from comem.engine.modes import comem_step, joint_step, single_step
 from comem.engine.performance import prepare_video, tune_model
+from comem.engine.reports import plot_training_curves
 from comem.metrics import classification_metrics
 from comem.models.build import ModelSpec, VideoModel, build_model, load_pretrained
 
@@ -202,6 +203,7 @@ class Trainer:
             "model_spec": dataclasses.asdict(self.model_spec),
             "config": dataclasses.asdict(self.config),
             "class_names": self.splits.class_names,
+            "multi_label": self.splits.multi_label,
             "data_dir": str(self.data_dir.resolve()),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
@@ -419,6 +421,7 @@ class Trainer:
             self.save("best.pt")
         if self.dist.is_main:
             write_json(self.out / "metrics.json", self.metrics())
+            plot_training_curves(self.out / "curves.png", self.history)
 
     def metrics(self) -> dict[str, Any]:
         last_eval = next((h for h in reversed(self.history) if any(k.startswith("val_") for k in h)), {})

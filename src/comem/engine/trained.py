@@ -1,0 +1,60 @@
+"""A trained model restored from a ``comem train`` checkpoint with everything inference needs.
+
+A checkpoint carries the model spec, the training config (clip length, stride, crop size, eval
+scale, views, crops, mode), the class names and whether the labels were multi-hot, so
+``comem eval`` and ``comem predict`` need nothing but its path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from comem.config import TrainConfig, config_fields
+from comem.engine.checkpoint import CheckpointError, load_checkpoint
+from comem.models.build import ModelSpec, VideoModel, build_model
+
+
+@dataclass
+class TrainedModel:
+    """The model in eval mode on its device, and the settings it was trained with."""
+
+    model: VideoModel
+    spec: ModelSpec
+    config: TrainConfig
+    class_names: list[str]
+    multi_label: bool
+    data_dir: Path | None
+    path: Path
+
+
+def is_multi_label(state: dict) -> bool:
+    """Whether the run had multi-hot labels: recorded by the trainer, or (older checkpoints) seen
+    from its validation history, which reports mAP only for multi-label data."""
+    if "multi_label" in state:
+        return bool(state["multi_label"])
+    return any("val_mAP" in record for record in state.get("history", []))
+
+
+def load_trained(checkpoint: str | Path, device: torch.device) -> TrainedModel:
+    """Rebuild the model of a training checkpoint and load its weights onto ``device``."""
+    path = Path(checkpoint)
+    state = load_checkpoint(path)
+    missing = [key for key in ("model_spec", "config", "class_names") if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a comem training checkpoint (no {', '.join(missing)})")
+    known = config_fields()  # a checkpoint from another comem version may have other fields
+    config = TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
+    spec = ModelSpec(**{**state["model_spec"], "memory_stages": tuple(state["model_spec"]["memory_stages"])})
+    model = build_model(spec)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    class_names = list(state["class_names"])
+    if len(class_names) != spec.num_classes:
+        raise CheckpointError(
+            f"{path}: has {len(class_names)} class names for a model of {spec.num_classes} classes"
+        )
+    data_dir = Path(state["data_dir"]) if state.get("data_dir") else None
+    return TrainedModel(model, spec, config, class_names, is_multi_label(state), data_dir, path)
