@@ -175,7 +175,11 @@ def load_pretrained(model: nn.Module, path: str | Path, *, strict: bool = True) 
                 f"{mine} is {tuple(target.shape)} in the model ({fmt} format)"
             )
         loaded[mine] = value
-    expected = [k for k in ours if not k.startswith("memories.") and not k.startswith("head.fc.")]
+    expected = [  # memories are new; the classifier is optional; BN batch counters do not matter
+        key
+        for key in ours
+        if not key.startswith(("memories.", "head.fc.")) and not key.endswith("num_batches_tracked")
+    ]
     missing = [key for key in expected if key not in loaded]
     unexpected = [key for key in state if key not in mapping]
     if strict and (missing or unexpected):

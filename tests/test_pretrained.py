@@ -1,0 +1,219 @@
+"""Pretrained weights in torchvision's, PySlowFast's and PyTorchVideo's naming load into comem's backbones.
+
+The PySlowFast / PyTorchVideo files are made by renaming a comem model's own state dict with the
+hand-written tables below (written from those projects' module names, independently of the
+renaming rules in ``comem.models.pretrained``), so a load that dropped, swapped or misplaced any
+tensor would show.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import video as tv_video
+
+from comem.cli import build_parser
+from comem.models.build import ModelSpec, PretrainedLoadError, VideoModel, build_model, load_pretrained
+
+
+def randomise_norms(model: torch.nn.Module) -> None:
+    """Non-default BatchNorm parameters and statistics, so a load that skipped them would show."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+
+
+def test_torchvision_r2plus1d_predicts_as_torchvision_behind_identity_memories(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    reference = tv_video.r2plus1d_18(weights=None)
+    randomise_norms(reference)
+    reference.eval()
+    path = tmp_path / "r2plus1d_18.pth"
+    torch.save(reference.state_dict(), path)
+
+    torch.manual_seed(2)
+    model = build_model(ModelSpec(backbone="r2plus1d_18", num_classes=400))  # memories after 3 stages
+    assert model.memory_stage_names == ["layer2", "layer3", "layer4"]
+    assert load_pretrained(model, path) == []
+    model.eval()
+    video = torch.randn(1, 3, 3, 4, 32, 32)
+    with torch.no_grad():
+        ours = model(video)[0]
+        theirs = reference(video[0])
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+        banks = model.memory_bank(video)
+        torch.testing.assert_close(
+            model.forward_clip(video[:, 2], 2, banks)[0], theirs[2], rtol=1e-4, atol=1e-5
+        )
+
+
+def test_another_class_count_keeps_a_fresh_head(tmp_path: Path) -> None:
+    path = tmp_path / "r3d_18.pth"
+    torch.save(tv_video.r3d_18(weights=None).state_dict(), path)
+    model = build_model(ModelSpec(backbone="r3d_18", num_classes=7))
+    head = {key: value.clone() for key, value in model.head.state_dict().items()}
+    assert load_pretrained(model, path) == []
+    for key, value in model.head.state_dict().items():
+        assert torch.equal(value, head[key])
+
+
+def _rename(state: dict[str, torch.Tensor], table: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith("memories.") or key.endswith("num_batches_tracked"):
+            continue
+        for pattern, replacement in table:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
+    return renamed
+
+
+# comem name -> PyTorchVideo name (pytorchvideo/models/{resnet,x3d,slowfast}.py module attributes)
+PTV_RESNET = [(r"^backbone\.stages\.stem\.", "blocks.0."), (r"^head\.fc\.", "blocks.5.proj.")] + [
+    (rf"^backbone\.stages\.res{k}\.", f"blocks.{k - 1}.") for k in range(2, 6)
+]
+PTV_X3D = [
+    (r"^backbone\.stages\.stem\.conv_xy\.", "blocks.0.conv.conv_t."),
+    (r"^backbone\.stages\.stem\.conv_t\.", "blocks.0.conv.conv_xy."),
+    (r"^backbone\.stages\.conv5\.conv\.", "blocks.5.pool.pre_conv."),
+    (r"^backbone\.stages\.conv5\.norm\.", "blocks.5.pool.pre_norm."),
+    (r"^head\.hidden\.", "blocks.5.pool.post_conv."),
+    (r"\.branch2\.norm_b\.", ".branch2.norm_b.0."),
+    (r"\.branch2\.se\.fc1\.", ".branch2.norm_b.1.block.1."),
+    (r"\.branch2\.se\.fc2\.", ".branch2.norm_b.1.block.3."),
+    *PTV_RESNET,
+]
+PTV_SLOWFAST = [
+    (r"\.pathways\.(\d)\.", r".multipathway_blocks.\1."),
+    (r"\.fusion\.conv\.", ".multipathway_fusion.conv_fast_to_slow."),
+    (r"\.fusion\.norm\.", ".multipathway_fusion.norm."),
+    (r"^head\.fc\.", "blocks.6.proj."),
+    *PTV_RESNET,
+]
+# comem name -> PySlowFast name (slowfast/models/{video_model_builder,resnet_helper,stem_helper}.py)
+PYSLOWFAST_BLOCK = [
+    (r"\.branch1_conv\.", ".branch1."),
+    (r"\.branch1_norm\.", ".branch1_bn."),
+    (r"\.conv_([abc])\.", r".\1."),
+    (r"\.norm_([abc])\.", r".\1_bn."),
+    (r"^head\.fc\.", "head.projection."),
+]
+PYSLOWFAST_SLOWFAST = [
+    (r"^backbone\.stages\.stem\.pathways\.(\d)\.norm\.", r"s1.pathway\1_stem.bn."),
+    (r"^backbone\.stages\.stem\.pathways\.(\d)\.", r"s1.pathway\1_stem."),
+    (r"^backbone\.stages\.stem\.fusion\.conv\.", "s1_fuse.conv_f2s."),
+    (r"^backbone\.stages\.stem\.fusion\.norm\.", "s1_fuse.bn."),
+    (r"^backbone\.stages\.res(\d)\.fusion\.conv\.", r"s\1_fuse.conv_f2s."),
+    (r"^backbone\.stages\.res(\d)\.fusion\.norm\.", r"s\1_fuse.bn."),
+    (r"^backbone\.stages\.res(\d)\.pathways\.(\d)\.res_blocks\.(\d+)\.", r"s\1.pathway\2_res\3."),
+    *PYSLOWFAST_BLOCK,
+]
+PYSLOWFAST_X3D = [
+    (r"^backbone\.stages\.stem\.conv_xy\.", "s1.pathway0_stem.conv_xy."),
+    (r"^backbone\.stages\.stem\.conv_t\.", "s1.pathway0_stem.conv."),
+    (r"^backbone\.stages\.stem\.norm\.", "s1.pathway0_stem.bn."),
+    (r"^backbone\.stages\.conv5\.conv\.", "head.conv_5."),
+    (r"^backbone\.stages\.conv5\.norm\.", "head.conv_5_bn."),
+    (r"^head\.hidden\.", "head.lin_5."),
+    (r"^backbone\.stages\.res(\d)\.res_blocks\.(\d+)\.", r"s\1.pathway0_res\2."),
+    *PYSLOWFAST_BLOCK,
+]
+
+CASES = [  # backbone, table, wrapper key, whether the linear X3D projection is stored as a 1x1x1 conv
+    ("r2plus1d_50", PTV_RESNET, "model_state"),
+    ("ir_csn_101", PTV_RESNET, None),
+    ("x3d_m", PTV_X3D, "model_state"),
+    ("slowfast_r50", PTV_SLOWFAST, "model_state"),
+    ("slowfast_r50", PYSLOWFAST_SLOWFAST, "model_state"),
+    ("x3d_s", PYSLOWFAST_X3D, "model_state"),
+]
+
+
+def foreign_checkpoint(model: VideoModel, table: list, path: Path, wrapper: str | None) -> dict:
+    state = _rename(model.state_dict(), table)
+    for key in ("blocks.5.pool.post_conv.weight", "head.lin_5.weight"):  # a 1x1x1 conv there
+        if key in state:
+            state[key] = state[key][:, :, None, None, None]
+    torch.save(state if wrapper is None else {wrapper: state, "epoch": 196}, path)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("name", "table", "wrapper"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+)
+def test_pyslowfast_and_pytorchvideo_checkpoints_load_every_tensor(
+    tmp_path: Path, name: str, table: list, wrapper: str | None
+) -> None:
+    torch.manual_seed(1)
+    source = build_model(ModelSpec(backbone=name, num_classes=400, memory_stages=("last",)))
+    randomise_norms(source)
+    path = tmp_path / f"{name}.pyth"
+    state = foreign_checkpoint(source, table, path, wrapper)
+    assert not any(key.startswith(("backbone.", "head.fc.", "head.hidden.")) for key in state)  # renamed
+
+    torch.manual_seed(2)
+    model = build_model(ModelSpec(backbone=name, num_classes=400, memory_stages=("last",)))
+    assert load_pretrained(model, path) == []
+    loaded = model.state_dict()
+    for key, value in source.state_dict().items():
+        if not key.startswith("memories.") and not key.endswith("num_batches_tracked"):
+            assert torch.equal(loaded[key], value), key
+
+
+def test_loaded_slowfast_predicts_as_its_source(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = build_model(ModelSpec(backbone="slowfast_r50", num_classes=400))
+    randomise_norms(source)
+    path = tmp_path / "SLOWFAST_8x8_R50.pkl"
+    foreign_checkpoint(source, PYSLOWFAST_SLOWFAST, path, "model_state")
+    torch.manual_seed(2)
+    model = build_model(ModelSpec(backbone="slowfast_r50", num_classes=400))
+    load_pretrained(model, path)
+    video = torch.randn(1, 2, 3, 8, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(video), source.eval()(video), rtol=1e-4, atol=1e-5)
+
+
+def test_mismatched_keys_are_named_and_fail_unless_not_strict(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = build_model(ModelSpec(backbone="x3d_s", num_classes=400, memory_stages=("last",)))
+    path = tmp_path / "x3d_s.pyth"
+    state = foreign_checkpoint(source, PTV_X3D, path, None)
+    del state["blocks.3.res_blocks.1.branch2.conv_a.weight"]
+    state["blocks.3.res_blocks.1.branch2.extra.weight"] = torch.zeros(3)
+    torch.save(state, path)
+    model = build_model(ModelSpec(backbone="x3d_s", num_classes=400, memory_stages=("last",)))
+    with pytest.raises(PretrainedLoadError) as error:
+        load_pretrained(model, path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: does not match the backbone x3d_s as a PyTorchVideo checkpoint")
+    assert "1 missing keys [backbone.stages.res4.res_blocks.1.branch2.conv_a.weight]" in message
+    assert "1 unexpected [blocks.3.res_blocks.1.branch2.extra.weight]" in message and "\n" not in message
+    missing = load_pretrained(model, path, strict=False)
+    assert missing == ["backbone.stages.res4.res_blocks.1.branch2.conv_a.weight"]
+    assert torch.equal(
+        model.state_dict()["backbone.stages.res5.res_blocks.0.branch2.conv_a.weight"],
+        source.state_dict()["backbone.stages.res5.res_blocks.0.branch2.conv_a.weight"],
+    )
+
+
+def test_wrong_architecture_is_a_shape_error(tmp_path: Path) -> None:
+    source = build_model(ModelSpec(backbone="ir_csn_101", num_classes=400, memory_stages=("last",)))
+    path = tmp_path / "csn_r101.pyth"
+    foreign_checkpoint(source, PTV_RESNET, path, "model_state")
+    model = build_model(ModelSpec(backbone="r2plus1d_50", num_classes=400, memory_stages=("last",)))
+    with pytest.raises(
+        PretrainedLoadError, match=r"csn_r101.pyth: does not fit backbone r2plus1d_50: blocks\.0"
+    ):
+        load_pretrained(model, path)
+
+
+def test_strictness_is_a_train_flag() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["train", "--pretrained-strict", "false"]).pretrained_strict is False
+    assert parser.parse_args(["train", "--pretrained-strict", "true"]).pretrained_strict is True
