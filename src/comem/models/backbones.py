@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 from torchvision.models import video as tv_video
 
+from comem.errors import UserError
 from comem.models import resnets, slowfast, torchvision_nets, x3d
 from comem.models.stages import VideoBackbone
 
@@ -187,8 +188,8 @@ BACKBONES: dict[str, BackboneEntry] = {
 }
 
 
-class UnknownBackboneError(ValueError):
-    pass
+class UnknownBackboneError(UserError, ValueError):
+    """A backbone name comem does not know."""
 
 
 def build_backbone(name: str) -> VideoBackbone:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from comem.errors import UserError
 from comem.models.backbones import build_backbone
 from comem.models.heads import ClipHead
 from comem.models.pretrained import PretrainedLoadError, load_pretrained
@@ -36,6 +37,10 @@ class ModelSpec:
     fusion: str = "gate"
     key_dim: int | None = None
     dropout: float = 0.5
+
+
+class MemoryStageError(UserError, ValueError):
+    """A memory stage the backbone does not have."""
 
 
 Features = torch.Tensor | list[torch.Tensor]  # a map, or one map per pathway
@@ -73,7 +78,10 @@ class VideoModel(nn.Module):
         resolved = [aliases.get(stage, stage) for stage in memory_stages]
         unknown = [stage for stage in resolved if stage not in names]
         if unknown:
-            raise ValueError(f"unknown memory stage(s) {unknown}; the backbone's stages are {names}")
+            raise MemoryStageError(
+                f"unknown memory stage(s) {', '.join(unknown)}; {backbone.name}'s stages are "
+                f"{', '.join(names)} (or last, last-1, …)"
+            )
         self.memories = nn.ModuleDict(
             {
                 stage: backbone.memory_for(stage, key_dim=key_dim, memory=memory, fusion=fusion)

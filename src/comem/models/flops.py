@@ -30,8 +30,10 @@ class FlopReport:
     backbone: str
     input_shape: tuple[int, ...]  # (B, N, C, T, H, W) given to the model
     num_clips: int
+    stage_names: tuple[str, ...]
     memory_stages: tuple[str, ...]
     backbone_gflops: float  # backbone and classification head
+    norm_gflops: float  # the part of backbone_gflops charged to normalisation (0 unless norm_flops)
     memory_gflops: float  # all memory modules together
     params_m: float  # backbone and head parameters, millions
     memory_params_m: float
@@ -87,8 +89,10 @@ def count_flops(
         backbone=spec.backbone,
         input_shape=tuple(video.shape),
         num_clips=num_clips,
+        stage_names=tuple(model.backbone.stage_names),
         memory_stages=tuple(model.memory_stage_names),
         backbone_gflops=(total - memory_flops / 2) / num_clips / 1e9,
+        norm_gflops=norm_flops * norm_elements / num_clips / 1e9,
         memory_gflops=memory_flops / 2 / num_clips / 1e9,
         params_m=params / 1e6,
         memory_params_m=memory_params / 1e6,
