@@ -14,6 +14,7 @@ CSN-152 at 32x256² counts in about a second.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -46,7 +47,7 @@ class FlopReport:
         return {**asdict(self), "memory_percent": self.memory_percent}
 
 
-def _norm_elements(model: nn.Module, run: callable) -> int:
+def _norm_elements(model: nn.Module, run: Callable[[], object]) -> int:
     """Elements entering normalisation layers during ``run()``."""
     total = 0
 

@@ -103,12 +103,7 @@ PYTORCHVIDEO: dict[str, Rules] = {
 }
 
 
-def checkpoint_format(state: dict[str, torch.Tensor]) -> str:
-    if any(key.startswith("blocks.") for key in state):
-        return "PyTorchVideo"
-    if any(re.match(r"s1\.pathway0_stem\.", key) for key in state):
-        return "PySlowFast"
-    return "torchvision"
+FORMATS = ("torchvision", "PySlowFast", "PyTorchVideo")
 
 
 def _rename(key: str, rules: Rules) -> str:
@@ -158,8 +153,11 @@ def load_pretrained(model: nn.Module, path: str | Path, *, strict: bool = True) 
     """
     path = Path(path)
     state = _read(path)
-    fmt = checkpoint_format(state)
-    mapping = to_comem_keys(model, state, fmt)
+    # The format is the naming under which most of the file's keys find a tensor in the model
+    # (key prefixes alone mislead: torchvision's MViT and PyTorchVideo both use "blocks.").
+    fmt, mapping = max(
+        ((fmt, to_comem_keys(model, state, fmt)) for fmt in FORMATS), key=lambda pair: len(pair[1])
+    )
     ours = model.state_dict()
     name = model.backbone.name
     loaded: dict[str, torch.Tensor] = {}
