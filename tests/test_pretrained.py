@@ -163,20 +163,10 @@ def test_pyslowfast_and_pytorchvideo_checkpoints_load_every_tensor(
     for key, value in source.state_dict().items():
         if not key.startswith("memories.") and not key.endswith("num_batches_tracked"):
             assert torch.equal(loaded[key], value), key
-
-
-def test_loaded_slowfast_predicts_as_its_source(tmp_path: Path) -> None:
-    torch.manual_seed(1)
-    source = build_model(ModelSpec(backbone="slowfast_r50", num_classes=400))
-    randomise_norms(source)
-    path = tmp_path / "SLOWFAST_8x8_R50.pkl"
-    foreign_checkpoint(source, PYSLOWFAST_SLOWFAST, path, "model_state")
-    torch.manual_seed(2)
-    model = build_model(ModelSpec(backbone="slowfast_r50", num_classes=400))
-    load_pretrained(model, path)
-    video = torch.randn(1, 2, 3, 8, 32, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(model.eval()(video), source.eval()(video), rtol=1e-4, atol=1e-5)
+    if name == "slowfast_r50":  # and the two pathways compute what they computed in the source
+        video = torch.randn(1, 2, 3, 8, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(model.eval()(video), source.eval()(video), rtol=1e-4, atol=1e-5)
 
 
 def test_mismatched_keys_are_named_and_fail_unless_not_strict(tmp_path: Path) -> None:
