@@ -1,6 +1,6 @@
-"""Pretrained weights in torchvision's, PySlowFast's and PyTorchVideo's naming load into comem's backbones.
+"""Pretrained weights in torchvision, PySlowFast, PyTorchVideo and VMZ naming load into comem's backbones.
 
-The PySlowFast / PyTorchVideo files are made by renaming a comem model's own state dict with the
+The PySlowFast / PyTorchVideo / VMZ files are made by renaming a comem model's own state dict with the
 hand-written tables below (written from those projects' module names, independently of the
 renaming rules in ``comem.models.pretrained``), so a load that dropped, swapped or misplaced any
 tensor would show.
@@ -124,6 +124,25 @@ PYSLOWFAST_X3D = [
     *PYSLOWFAST_BLOCK,
 ]
 
+# comem name -> VMZ's PyTorch CSN name (torchvision VideoResNet: stem, layerN, conv1..3, downsample)
+VMZ_CSN = [
+    (r"^backbone\.stages\.stem\.conv\.", "stem.0."),
+    (r"^backbone\.stages\.stem\.norm\.", "stem.1."),
+    (r"^backbone\.stages\.res(\d)\.res_blocks\.", lambda m: f"layer{int(m[1]) - 1}."),
+    (r"\.branch1_conv\.", ".downsample.0."),
+    (r"\.branch1_norm\.", ".downsample.1."),
+    (r"\.branch2\.conv_a\.", ".conv1.0."),
+    (r"\.branch2\.norm_a\.", ".conv1.1."),
+    (r"\.branch2\.conv_b\.pointwise\.", ".conv2.0.0."),
+    (r"\.branch2\.conv_b\.norm\.", ".conv2.0.1."),
+    (r"\.branch2\.conv_b\.depthwise\.", ".conv2.0.2."),
+    (r"\.branch2\.conv_b\.", ".conv2.0."),
+    (r"\.branch2\.norm_b\.", ".conv2.1."),
+    (r"\.branch2\.conv_c\.", ".conv3.0."),
+    (r"\.branch2\.norm_c\.", ".conv3.1."),
+    (r"^head\.fc\.", "fc."),
+]
+
 CASES = [  # backbone, table, wrapper key, whether the linear X3D projection is stored as a 1x1x1 conv
     ("r2plus1d_50", PTV_RESNET, "model_state"),
     ("ir_csn_101", PTV_RESNET, None),
@@ -131,6 +150,8 @@ CASES = [  # backbone, table, wrapper key, whether the linear X3D projection is 
     ("slowfast_r50", PTV_SLOWFAST, "model_state"),
     ("slowfast_r50", PYSLOWFAST_SLOWFAST, "model_state"),
     ("x3d_s", PYSLOWFAST_X3D, "model_state"),
+    ("ir_csn_152", VMZ_CSN, None),
+    ("ip_csn_152", VMZ_CSN, "state_dict"),
 ]
 
 
@@ -146,7 +167,7 @@ def foreign_checkpoint(model: VideoModel, table: list, path: Path, wrapper: str 
 @pytest.mark.parametrize(
     ("name", "table", "wrapper"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
 )
-def test_pyslowfast_and_pytorchvideo_checkpoints_load_every_tensor(
+def test_pyslowfast_pytorchvideo_and_vmz_checkpoints_load_every_tensor(
     tmp_path: Path, name: str, table: list, wrapper: str | None
 ) -> None:
     torch.manual_seed(1)

@@ -10,6 +10,8 @@ The three formats name the same tensors differently; each is renamed onto comem'
   ``s2.pathway0_res0.branch2.a.weight``, ``s1_fuse.conv_f2s.weight``, ``head.projection.weight``).
 - PyTorchVideo hub state dicts (``blocks.0.conv.weight``,
   ``blocks.1.res_blocks.0.branch2.conv_a.weight``, ``blocks.5.proj.weight``).
+- VMZ's PyTorch CSN weights (the paper's ir-/ip-CSN-152, e.g. IG-65M), in torchvision's
+  ``VideoResNet`` naming (``stem.0.weight``, ``layer1.0.conv2.0.weight``, ``layer1.0.downsample.0.weight``).
 
 The classifier is loaded only when its class count matches; otherwise it keeps its fresh
 initialisation. Memory modules are never in a pretrained file: they start as the identity, so a
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +34,7 @@ class PretrainedLoadError(UserError, RuntimeError):
     """A pretrained checkpoint that does not fit the backbone (message names the file)."""
 
 
-Rules = list[tuple[str, str]]  # (regex on their key, replacement giving ours), applied in order
+Rules = list[tuple[str, Any]]  # (regex on their key, re.sub replacement giving ours), in order
 
 _BLOCK = [  # a residual block's modules; ours follow PyTorchVideo's names
     (r"\.branch1\.", ".branch1_conv."),
@@ -103,7 +106,29 @@ PYTORCHVIDEO: dict[str, Rules] = {
 }
 
 
-FORMATS = ("torchvision", "PySlowFast", "PyTorchVideo")
+FORMATS = ("torchvision", "PySlowFast", "PyTorchVideo", "VMZ")
+
+
+VMZ: dict[str, Rules] = {
+    "resnet": [
+        (r"^stem\.0\.", "backbone.stages.stem.conv."),
+        (r"^stem\.1\.", "backbone.stages.stem.norm."),
+        (r"^layer(\d)\.(\d+)\.", lambda m: f"backbone.stages.res{int(m[1]) + 1}.res_blocks.{m[2]}."),
+        (r"\.downsample\.0\.", ".branch1_conv."),
+        (r"\.downsample\.1\.", ".branch1_norm."),
+        (r"\.conv1\.0\.", ".branch2.conv_a."),
+        (r"\.conv1\.1\.", ".branch2.norm_a."),
+        (r"\.conv2\.0\.0\.", ".branch2.conv_b.pointwise."),  # ip-CSN: 1x1x1, BN, depthwise
+        (r"\.conv2\.0\.1\.", ".branch2.conv_b.norm."),
+        (r"\.conv2\.0\.2\.", ".branch2.conv_b.depthwise."),
+        (r"\.conv2\.0\.", ".branch2.conv_b."),
+        (r"\.conv2\.1\.", ".branch2.norm_b."),
+        (r"\.conv3\.0\.", ".branch2.conv_c."),
+        (r"\.conv3\.1\.", ".branch2.norm_c."),
+        (r"^fc\.", "head.fc."),
+    ]
+}
+FOREIGN_RULES = {"PySlowFast": PYSLOWFAST, "PyTorchVideo": PYTORCHVIDEO, "VMZ": VMZ}
 
 
 def _rename(key: str, rules: Rules) -> str:
@@ -118,7 +143,7 @@ def to_comem_keys(model: nn.Module, state: dict[str, torch.Tensor], fmt: str) ->
     if fmt == "torchvision":
         table = model.backbone.torchvision_keys
         return {key: table[key] for key in state if table.get(key) in ours}
-    rules = (PYTORCHVIDEO if fmt == "PyTorchVideo" else PYSLOWFAST).get(model.backbone.family)
+    rules = FOREIGN_RULES[fmt].get(model.backbone.family)
     if rules is None:
         return {}
     renamed = {key: _rename(key, rules) for key in state}
