@@ -259,3 +259,17 @@ def test_torchvision_transformer_and_s3d_weights_load_and_features_match(tmp_pat
         patches = captured["tokens"][:, 1:]  # MViT's final tokens without the class token
         ours = model.features(video)
         torch.testing.assert_close(ours.flatten(2).transpose(1, 2), patches, rtol=1e-4, atol=1e-4)
+
+
+def test_comem_checkpoints_load_with_their_memories(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = build_model(ModelSpec(backbone="tiny", num_classes=5))
+    with torch.no_grad():
+        source.memories["layer4"].out.weight.normal_()  # a trained memory, not the identity
+    path = tmp_path / "last.pt"
+    state = {f"module.{key}": value for key, value in source.state_dict().items()}  # saved under DDP
+    torch.save({"model": state, "epoch": 3}, path)
+    model = build_model(ModelSpec(backbone="tiny", num_classes=5))
+    assert load_pretrained(model, path) == []
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key

@@ -106,7 +106,7 @@ PYTORCHVIDEO: dict[str, Rules] = {
 }
 
 
-FORMATS = ("torchvision", "PySlowFast", "PyTorchVideo", "VMZ")
+FORMATS = ("comem", "torchvision", "PySlowFast", "PyTorchVideo", "VMZ")
 
 
 VMZ: dict[str, Rules] = {
@@ -140,6 +140,8 @@ def _rename(key: str, rules: Rules) -> str:
 def to_comem_keys(model: nn.Module, state: dict[str, torch.Tensor], fmt: str) -> dict[str, str]:
     """Their key -> our key, for every key of ``state`` that has a counterpart in ``model``."""
     ours = model.state_dict()
+    if fmt == "comem":
+        return {key: key for key in state if key in ours}
     if fmt == "torchvision":
         table = model.backbone.torchvision_keys
         return {key: table[key] for key in state if table.get(key) in ours}
@@ -162,6 +164,8 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PretrainedLoadError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    if state and all(key.startswith("module.") for key in state):  # saved from a DDP-wrapped model
+        state = {key.removeprefix("module."): value for key, value in state.items()}
     return state
 
 
@@ -170,7 +174,8 @@ def _first(keys: list[str], count: int = 5) -> str:
 
 
 def load_pretrained(model: nn.Module, path: str | Path, *, strict: bool = True) -> list[str]:
-    """Load a local torchvision / PySlowFast / PyTorchVideo checkpoint into ``model`` (a ``VideoModel``).
+    """Load a local torchvision / PySlowFast / PyTorchVideo / VMZ checkpoint, or a comem one (its
+    memories included), into ``model`` (a ``VideoModel``).
 
     Returns our keys the file did not provide (empty when ``strict``; memory modules and a
     re-initialised classifier are not counted). With ``strict``, any such key, or any file key
