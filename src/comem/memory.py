@@ -117,5 +117,14 @@ class CollaborativeMemory(nn.Module):
         clip_memory = self.read(live[:, None, :], mixed)[:, 0]
         return self.fuse(features, clip_memory)
 
+    def forward_bank(self, features: torch.Tensor, bank: torch.Tensor, clips: slice) -> torch.Tensor:
+        """Apply the memory to the clips ``clips`` of each video, whose summaries are in ``bank``.
+
+        The no-grad memory pass: ``features`` (B·k, C, T, H, W) are clips ``clips`` of each video,
+        video-major, and ``bank`` (B, N, C) already holds their summaries, so they serve as queries.
+        """
+        clip_memory = self.read(bank[:, clips], bank).flatten(0, 1)
+        return self.fuse(features, clip_memory)
+
     def extra_repr(self) -> str:
         return f"channels={self.channels}, key_dim={self.key_dim}, memory={self.memory}, fusion={self.fusion}"

@@ -11,10 +11,10 @@ import os
 import sys
 from types import ModuleType
 
-from comem.cli import bench, check_data, evaluate, predict, synthetic, train
+from comem.cli import bench, check_data, evaluate, flops, models, predict, synthetic, train
 from comem.errors import UserError
 
-COMMANDS: list[ModuleType] = [train, evaluate, predict, synthetic, check_data, bench]
+COMMANDS: list[ModuleType] = [train, evaluate, predict, synthetic, check_data, models, flops, bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,15 @@ from comem.config import config_fields, load_config
 
 NAME = "train"
 
+
+def parse_bool(flag: str, text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{flag} takes true or false, not {text!r}")
+
+
 # Flags of ``comem train``: (flag, config field, type, help). Every one overrides the YAML config.
 TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     (
@@ -38,8 +47,25 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--weight-decay", "weight_decay", float, "weight decay (not applied to norms and biases)"),
     ("--warmup-epochs", "warmup_epochs", float, "linear warm-up length before cosine decay"),
     ("--clip-grad", "clip_grad", float, "clip the gradient norm to this value"),
-    ("--backbone", "backbone", str, "tiny | r3d_18 | mc3_18 | r2plus1d_18"),
-    ("--pretrained", "pretrained", str, "local torchvision/PySlowFast state dict for the backbone"),
+    (
+        "--backbone",
+        "backbone",
+        str,
+        "tiny | r3d_18 | mc3_18 | r2plus1d_18 | s3d | mvit_v2_s | swin3d_t | r2plus1d_50 | ir_csn_101 "
+        "| ir_csn_152 | ip_csn_152 | slowfast_r50 | x3d_s | x3d_m (see comem models)",
+    ),
+    (
+        "--pretrained",
+        "pretrained",
+        str,
+        "local torchvision / PySlowFast / PyTorchVideo checkpoint for the backbone (keys renamed)",
+    ),
+    (
+        "--pretrained-strict",
+        "pretrained_strict",
+        lambda text: parse_bool("--pretrained-strict", text),
+        "true: fail on missing or unexpected checkpoint keys; false: load the keys that match",
+    ),
     (
         "--memory-stages",
         "memory_stages",

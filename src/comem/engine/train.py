@@ -163,7 +163,12 @@ class Trainer:
         )
         self.model: VideoModel = build_model(self.model_spec)
         if config.pretrained:
-            load_pretrained(self.model, config.pretrained, strict=config.pretrained_strict)
+            missing = load_pretrained(self.model, config.pretrained, strict=config.pretrained_strict)
+            if missing:
+                print(
+                    f"warning: {config.pretrained}: {len(missing)} tensors of the model are not in the file "
+                    f"and keep their initialisation (first: {missing[0]})"
+                )
         self.model.to(self.device)
         tune_model(self.model, self.device, channels_last=config.channels_last, compile=config.compile)
         self.train_model = wrap_for_training(

@@ -1,40 +1,23 @@
-"""Video backbones as an ordered list of named stages, so memory modules can be hooked after any.
+"""The backbones comem builds by name, each with the clip size it is usually run at.
 
-Every builder is keyword-only and returns a ``VideoBackbone``: ``stages`` (an ordered
-``nn.ModuleDict`` from stem to last stage) and ``channels`` (output channels of each stage).
-The classification head is not part of the backbone (see ``heads.py``).
+Every builder is keyword-only and returns a ``VideoBackbone`` (``stages.py``): ``stages`` (an
+ordered ``nn.ModuleDict`` from stem to last stage) and ``channels`` (output channels of each
+stage). The classification head is not part of the backbone (see ``heads.py``).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torchvision.models import video as tv_video
 
-
-class VideoBackbone(nn.Module):
-    """A 3D CNN split into named stages; input (B, 3, T, H, W), output (B, C, T', H', W')."""
-
-    def __init__(self, stages: OrderedDict[str, nn.Module], channels: dict[str, int]) -> None:
-        super().__init__()
-        self.stages = nn.ModuleDict(stages)
-        self.channels = dict(channels)
-
-    @property
-    def stage_names(self) -> list[str]:
-        return list(self.stages.keys())
-
-    @property
-    def out_channels(self) -> int:
-        return self.channels[self.stage_names[-1]]
-
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        for stage in self.stages.values():
-            clips = stage(clips)
-        return clips
+from comem.errors import UserError
+from comem.models import resnets, slowfast, torchvision_nets, x3d
+from comem.models.stages import VideoBackbone
 
 
 class BasicBlock3d(nn.Module):
@@ -86,42 +69,133 @@ def tiny_resnet3d(*, width: int = 16) -> VideoBackbone:
     return backbone
 
 
-def _from_torchvision(model: nn.Module) -> VideoBackbone:
-    """Wrap a torchvision ``VideoResNet`` (stem, layer1..4) as stages; its avgpool/fc are dropped.
+@dataclass(frozen=True)
+class Published:
+    """A published compute figure: GFLOPs (multiply-accumulates) of one clip of ``frames`` x
+    ``size`` x ``size`` through the whole model with a 400-class head.
 
-    Parameter names become ``stages.<name>.…``, so a torchvision state dict loads after prefixing
-    its keys (see ``build.load_pretrained``).
+    ``norm_flops``: FLOPs the source charged per normalised element (5 where it ran fvcore on a
+    train-mode model; 0 in torchvision's convention, ours), see ``flops.py``.
     """
-    names = ["stem", "layer1", "layer2", "layer3", "layer4"]
-    stages = OrderedDict((name, getattr(model, name)) for name in names)
-    channels = {"stem": 64, "layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
-    return VideoBackbone(stages, channels)
+
+    gflops: float
+    params_m: float
+    frames: int
+    size: int
+    source: str
+    norm_flops: int = 0
 
 
-def r3d_18() -> VideoBackbone:
-    """torchvision R3D-18 (Tran et al., 2018), 3x3x3 convolutions throughout."""
-    return _from_torchvision(tv_video.r3d_18(weights=None))
+@dataclass(frozen=True)
+class BackboneEntry:
+    build: Callable[..., VideoBackbone]
+    frames: int  # the clip the network is usually run at (train recipe), for FLOPs
+    size: int
+    summary: str
+    published: Published | None = None
 
 
-def mc3_18() -> VideoBackbone:
-    """torchvision MC3-18: 3D convolutions in the early layers, 2D in the late ones."""
-    return _from_torchvision(tv_video.mc3_18(weights=None))
+def _torchvision(weights: type, frames: int, size: int) -> Published:
+    """torchvision's own figures, read from its weights enum (importing it downloads nothing).
+    They are for 16-frame clips at the crop size of the weights' transforms."""
+    meta = weights.DEFAULT.meta
+    return Published(meta["_ops"], meta["num_params"] / 1e6, frames, size, "torchvision weights meta")
 
 
-def r2plus1d_18() -> VideoBackbone:
-    """torchvision R(2+1)D-18: every 3D convolution factorised into spatial + temporal."""
-    return _from_torchvision(tv_video.r2plus1d_18(weights=None))
-
-
-BACKBONES: dict[str, Callable[[], VideoBackbone]] = {
-    "tiny": tiny_resnet3d,
-    "r3d_18": r3d_18,
-    "mc3_18": mc3_18,
-    "r2plus1d_18": r2plus1d_18,
+# PyTorchVideo's model zoo table; its figures are for the 256² test crop.
+PTV = "PyTorchVideo model zoo"
+# VMZ's README lists 32x224x224 for these figures, but they are exactly our count at 32x256².
+VMZ = "VMZ README"
+X3D = "X3D paper / PySlowFast model zoo"
+BACKBONES: dict[str, BackboneEntry] = {
+    "tiny": BackboneEntry(tiny_resnet3d, 8, 64, "1-block-per-stage 3D ResNet for CPU experiments"),
+    "r3d_18": BackboneEntry(
+        torchvision_nets.r3d_18,
+        16,
+        112,
+        "torchvision R3D-18",
+        _torchvision(tv_video.R3D_18_Weights, 16, 112),
+    ),
+    "mc3_18": BackboneEntry(
+        torchvision_nets.mc3_18,
+        16,
+        112,
+        "torchvision MC3-18",
+        _torchvision(tv_video.MC3_18_Weights, 16, 112),
+    ),
+    "r2plus1d_18": BackboneEntry(
+        torchvision_nets.r2plus1d_18,
+        16,
+        112,
+        "torchvision R(2+1)D-18",
+        _torchvision(tv_video.R2Plus1D_18_Weights, 16, 112),
+    ),
+    "s3d": BackboneEntry(
+        torchvision_nets.s3d,
+        16,
+        224,
+        "torchvision S3D",
+        _torchvision(tv_video.S3D_Weights, 16, 224),
+    ),
+    "mvit_v2_s": BackboneEntry(
+        torchvision_nets.mvit_v2_s,
+        16,
+        224,
+        "torchvision MViTv2-S (head pools patch tokens)",
+        _torchvision(tv_video.MViT_V2_S_Weights, 16, 224),
+    ),
+    "swin3d_t": BackboneEntry(
+        torchvision_nets.swin3d_t,
+        16,
+        224,
+        "torchvision Video Swin-T",
+        _torchvision(tv_video.Swin3D_T_Weights, 16, 224),
+    ),
+    "r2plus1d_50": BackboneEntry(
+        resnets.r2plus1d_50,
+        16,
+        224,
+        "R(2+1)D-50 bottleneck (PyTorchVideo r2plus1d_r50)",
+        Published(76.45, 28.11, 16, 256, PTV, norm_flops=5),
+    ),
+    "ir_csn_101": BackboneEntry(
+        resnets.ir_csn_101,
+        32,
+        224,
+        "ir-CSN-101 (PyTorchVideo csn_r101)",
+        Published(75.62, 22.21, 32, 256, PTV, norm_flops=5),
+    ),
+    "ir_csn_152": BackboneEntry(
+        resnets.ir_csn_152, 32, 224, "ir-CSN-152 (Tran et al. 2019)", Published(96.7, 29.6, 32, 256, VMZ)
+    ),
+    "ip_csn_152": BackboneEntry(
+        resnets.ip_csn_152, 32, 224, "ip-CSN-152 (Tran et al. 2019)", Published(108.8, 32.8, 32, 256, VMZ)
+    ),
+    "slowfast_r50": BackboneEntry(
+        slowfast.slowfast_r50,
+        32,
+        224,
+        "SlowFast-R50 8x8 (fast-rate input, alpha 4)",
+        Published(65.71, 34.57, 32, 256, PTV),
+    ),
+    "x3d_s": BackboneEntry(
+        x3d.x3d,
+        13,
+        160,
+        "X3D-S (same net as X3D-M; smaller input)",
+        Published(1.96, 3.8, 13, 160, X3D),
+    ),
+    "x3d_m": BackboneEntry(x3d.x3d, 16, 224, "X3D-M", Published(4.73, 3.8, 16, 224, X3D)),
 }
+
+
+class UnknownBackboneError(UserError, ValueError):
+    """A backbone name comem does not know."""
 
 
 def build_backbone(name: str) -> VideoBackbone:
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    return BACKBONES[name]()
+        raise UnknownBackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    backbone = BACKBONES[name].build()
+    backbone.name = name
+    return backbone

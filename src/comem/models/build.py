@@ -13,15 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from comem.errors import UserError
-from comem.memory import CollaborativeMemory
-from comem.models.backbones import VideoBackbone, build_backbone
+from comem.models.backbones import build_backbone
 from comem.models.heads import ClipHead
+from comem.models.pretrained import PretrainedLoadError, load_pretrained
+from comem.models.stages import VideoBackbone
+
+__all__ = ["ModelSpec", "VideoModel", "build_model", "load_pretrained", "PretrainedLoadError"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,28 @@ class ModelSpec:
     fusion: str = "gate"
     key_dim: int | None = None
     dropout: float = 0.5
+
+
+class MemoryStageError(UserError, ValueError):
+    """A memory stage the backbone does not have."""
+
+
+Features = torch.Tensor | list[torch.Tensor]  # a map, or one map per pathway
+Bank = torch.Tensor | list[torch.Tensor]  # (B, N, C) summaries, or one such tensor per pathway
+
+
+def _per_video(summary: Bank, batch: int) -> Bank:
+    """Summaries (B·k, C) of k clips of each video -> (B, k, C) float32, pathway by pathway."""
+    if isinstance(summary, list):
+        return [part.float().view(batch, -1, part.shape[-1]) for part in summary]
+    return summary.float().view(batch, -1, summary.shape[-1])
+
+
+def _cat_clips(parts: list[Bank]) -> Bank:
+    """Join (B, k, C) summaries of consecutive clip spans along the clip axis, pathway by pathway."""
+    if isinstance(parts[0], list):
+        return [torch.cat(per_path, dim=1) for per_path in zip(*parts, strict=True)]
+    return torch.cat(parts, dim=1)
 
 
 class VideoModel(nn.Module):
@@ -61,17 +86,18 @@ class VideoModel(nn.Module):
         resolved = [aliases.get(stage, stage) for stage in memory_stages]
         unknown = [stage for stage in resolved if stage not in names]
         if unknown:
-            raise ValueError(f"unknown memory stage(s) {unknown}; the backbone's stages are {names}")
+            raise MemoryStageError(
+                f"unknown memory stage(s) {', '.join(unknown)}; {backbone.name}'s stages are "
+                f"{', '.join(names)} (or last, last-1, …)"
+            )
         self.memories = nn.ModuleDict(
             {
-                stage: CollaborativeMemory(
-                    backbone.channels[stage], key_dim=key_dim, memory=memory, fusion=fusion
-                )
+                stage: backbone.memory_for(stage, key_dim=key_dim, memory=memory, fusion=fusion)
                 for stage in names
                 if stage in resolved
             }
         )
-        self.head = ClipHead(backbone.out_channels, num_classes, dropout=dropout)
+        self.head = ClipHead(backbone.out_channels, num_classes, dropout=dropout, hidden=backbone.head_hidden)
 
     @property
     def memory_stage_names(self) -> list[str]:
@@ -86,15 +112,17 @@ class VideoModel(nn.Module):
         batch, num_clips = video.shape[:2]
         return self.head(self.features(video, share_memory=share_memory)).view(batch, num_clips, -1)
 
-    def features(self, video: torch.Tensor, *, share_memory: bool = True) -> torch.Tensor:
+    def features(self, video: torch.Tensor, *, share_memory: bool = True) -> Features:
         """Last-stage feature maps (B·N, C, T, H, W), video-major, of all clips in one graph.
 
         The input to the head; task heads other than clip classification (e.g. RoI pooling for
-        detection) start here.
+        detection) start here. For a two-pathway backbone (SlowFast) this is a list of per-pathway
+        maps ``[slow, fast]``; ``backbone.channels[last stage]`` then gives each one's width and
+        ``backbone.out_channels`` their sum.
         """
         num_clips = video.shape[1]
         group = num_clips if share_memory else 1
-        features = video.flatten(0, 1)
+        features: Any = video.flatten(0, 1)
         for name, stage in self.backbone.stages.items():
             features = stage(features)
             if name in self.memories:
@@ -102,8 +130,9 @@ class VideoModel(nn.Module):
         return features
 
     @torch.no_grad()
-    def memory_bank(self, video: torch.Tensor, *, chunk: int = 1) -> dict[str, torch.Tensor]:
-        """Summaries (B, N, C) of every clip at every memory stage, without gradients.
+    def memory_bank(self, video: torch.Tensor, *, chunk: int = 1) -> dict[str, Bank]:
+        """Summaries (B, N, C) of every clip at every memory stage, without gradients (a list of
+        them, one per pathway, at a two-pathway stage).
 
         A later stage's bank needs the earlier stages' gating, which needs the earlier banks of all
         clips, so the banks are built stage by stage. Each clip's raw output at the latest memory
@@ -121,40 +150,33 @@ class VideoModel(nn.Module):
             raise ValueError(f"chunk must be >= 1, got {chunk}")
         names = self.backbone.stage_names
         spans = [slice(start, min(start + chunk, num_clips)) for start in range(0, num_clips, chunk)]
-        carried: list[torch.Tensor | None] = [None] * len(spans)  # raw maps at the last bank's stage
-        banks: dict[str, torch.Tensor] = {}
+        carried: list[Any] = [None] * len(spans)  # raw maps at the last bank's stage
+        banks: dict[str, Bank] = {}
         begin, previous = 0, None
         for target in self.memory_stage_names:
             end = names.index(target) + 1
-            summaries = []
+            summaries: list[Bank] = []
             for position, span in enumerate(spans):
                 if previous is None:
-                    features = video[:, span].flatten(0, 1)
+                    features: Any = video[:, span].flatten(0, 1)
                 else:
-                    bank = banks[previous]
-                    clip_memory = self.memories[previous].read(bank[:, span], bank).flatten(0, 1)
-                    features = self.memories[previous].fuse(carried[position], clip_memory)
+                    features = self.memories[previous].forward_bank(carried[position], banks[previous], span)
                 for name in names[begin:end]:
                     features = self.backbone.stages[name](features)
                 carried[position] = features
-                summaries.append(
-                    CollaborativeMemory.summarize(features).float().view(batch, -1, features.shape[1])
-                )
-            banks[target] = torch.cat(summaries, dim=1)
+                summaries.append(_per_video(self.memories[target].summarize(features), batch))
+            banks[target] = _cat_clips(summaries)
             begin, previous = end, target
         return banks
 
-    def forward_clip(
-        self, clip: torch.Tensor, clip_index: int, banks: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
+    def forward_clip(self, clip: torch.Tensor, clip_index: int, banks: dict[str, Bank]) -> torch.Tensor:
         """Logits (B, K) of clip ``clip_index`` (B, C, T, H, W) of each video, reading ``banks``."""
         return self.head(self.clip_features(clip, clip_index, banks))
 
-    def clip_features(
-        self, clip: torch.Tensor, clip_index: int, banks: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
-        """Last-stage feature map of clip ``clip_index`` gated by its clip-specific memories."""
-        features = clip
+    def clip_features(self, clip: torch.Tensor, clip_index: int, banks: dict[str, Bank]) -> Features:
+        """Last-stage feature map of clip ``clip_index`` gated by its clip-specific memories
+        (per-pathway list for SlowFast, as in ``features``)."""
+        features: Any = clip
         for name, stage in self.backbone.stages.items():
             features = stage(features)
             if name in self.memories:
@@ -172,49 +194,3 @@ def build_model(spec: ModelSpec) -> VideoModel:
         key_dim=spec.key_dim,
         dropout=spec.dropout,
     )
-
-
-class PretrainedLoadError(UserError, RuntimeError):
-    """A pretrained checkpoint that does not fit the backbone (message names the file)."""
-
-
-def load_pretrained(model: VideoModel, path: str | Path, *, strict: bool = True) -> list[str]:
-    """Load backbone weights from a local torchvision-style state dict (or a PySlowFast
-    ``{"model_state": …}`` checkpoint whose keys match torchvision's).
-
-    Classifier weights (``fc.*``) are ignored: the head is trained for the new classes. Memory
-    modules start at identity, so the loaded model predicts as the plain backbone would.
-    Returns the backbone keys that were missing from the file (empty when ``strict``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PretrainedLoadError(f"{path}: pretrained weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad file; report it in one line
-        raise PretrainedLoadError(f"{path}: cannot read weights ({type(error).__name__}: {error})") from None
-    for wrapper in ("model_state", "state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise PretrainedLoadError(f"{path}: expected a state dict, got {type(state).__name__}")
-    stage_names = set(model.backbone.stage_names)
-    backbone_state = {
-        f"stages.{key}": value for key, value in state.items() if key.split(".", 1)[0] in stage_names
-    }
-    try:
-        result = model.backbone.load_state_dict(backbone_state, strict=False)
-    except RuntimeError as error:  # shape mismatches are raised even when strict=False
-        detail = " ".join(str(error).split())[:300]
-        raise PretrainedLoadError(
-            f"{path}: does not fit backbone {type(model.backbone).__name__}: {detail}"
-        ) from None
-    unexpected = [key for key in state if key.split(".", 1)[0] not in stage_names | {"fc", "avgpool"}]
-    if strict and (result.missing_keys or result.unexpected_keys or unexpected):
-        missing = ", ".join(result.missing_keys[:5])
-        extra = ", ".join((result.unexpected_keys + unexpected)[:5])
-        raise PretrainedLoadError(
-            f"{path}: does not match the backbone ({len(result.missing_keys)} missing keys [{missing}], "
-            f"{len(result.unexpected_keys) + len(unexpected)} unexpected [{extra}])"
-        )
-    return list(result.missing_keys)

@@ -1,0 +1,71 @@
+"""Collaborative memories for stage outputs that are not one (B, C, T, H, W) map.
+
+Both keep ``CollaborativeMemory``'s interface (``summarize``, ``forward``, ``forward_one``,
+``forward_bank``), so
+``VideoModel`` runs them unchanged:
+
+- ``PathwayMemory``: one memory per pathway of a multi-pathway net (SlowFast), as the paper does
+  ("each pathway gets its own module"). Features and banks are lists, one entry per pathway.
+- ``TokenMemory``: a memory over transformer tokens (MViT); the summary is the mean of the patch
+  tokens, and the gate scales every token (class token included) channel-wise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from comem.memory import CollaborativeMemory
+
+
+class Tokens(NamedTuple):
+    """Transformer tokens between stages: (B, 1 + T·H·W, C) with the class token first."""
+
+    tokens: torch.Tensor
+    thw: tuple[int, int, int]
+
+
+class TokenMemory(CollaborativeMemory):
+    @staticmethod
+    def summarize(features: Tokens) -> torch.Tensor:  # type: ignore[override]
+        """Mean over the patch tokens: (B·N, C)."""
+        return features.tokens[:, 1:].mean(dim=1)
+
+    def fuse(self, features: Tokens, clip_memory: torch.Tensor) -> Tokens:  # type: ignore[override]
+        projected = self.out(clip_memory).to(features.tokens.dtype)[:, None, :]
+        if self.fusion == "gate":
+            return Tokens(features.tokens * (2.0 * torch.sigmoid(projected)), features.thw)
+        return Tokens(features.tokens + projected, features.thw)
+
+
+class PathwayMemory(nn.Module):
+    """One ``CollaborativeMemory`` per pathway; features, summaries and banks are per-pathway lists."""
+
+    def __init__(self, channels: tuple[int, ...], **options: Any) -> None:
+        super().__init__()
+        self.pathways = nn.ModuleList(CollaborativeMemory(width, **options) for width in channels)
+
+    @staticmethod
+    def summarize(features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [CollaborativeMemory.summarize(pathway) for pathway in features]
+
+    def forward(self, features: list[torch.Tensor], num_clips: int) -> list[torch.Tensor]:
+        return [memory(x, num_clips) for memory, x in zip(self.pathways, features, strict=True)]
+
+    def forward_one(
+        self, features: list[torch.Tensor], bank: list[torch.Tensor], clip_index: int
+    ) -> list[torch.Tensor]:
+        return [
+            memory.forward_one(x, pathway_bank, clip_index)
+            for memory, x, pathway_bank in zip(self.pathways, features, bank, strict=True)
+        ]
+
+    def forward_bank(
+        self, features: list[torch.Tensor], bank: list[torch.Tensor], clips: slice
+    ) -> list[torch.Tensor]:
+        return [
+            memory.forward_bank(x, pathway_bank, clips)
+            for memory, x, pathway_bank in zip(self.pathways, features, bank, strict=True)
+        ]
