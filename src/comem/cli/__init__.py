@@ -11,10 +11,10 @@ import os
 import sys
 from types import ModuleType
 
-from comem.cli import evaluate, synthetic, train
+from comem.cli import eval_ava, evaluate, synthetic, train
 from comem.errors import UserError
 
-COMMANDS: list[ModuleType] = [train, evaluate, synthetic]
+COMMANDS: list[ModuleType] = [train, evaluate, synthetic, eval_ava]
 
 
 def build_parser() -> argparse.ArgumentParser:
