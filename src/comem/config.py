@@ -66,6 +66,12 @@ class TrainConfig:
     eval_every: int = 1
     save_every: int = 200  # also checkpoint every this many steps inside an epoch (0 = epoch ends only)
     resume: bool = False
+    # AVA spatio-temporal action detection (task "ava", see comem.detection; ``clips`` = keyframe clip +
+    # memory clips of its movie)
+    task: str = "classify"  # classify | ava
+    ava_version: str = "2.2"  # AVA annotation files: 2.1 | 2.2
+    ava_detection_thresh: float = 0.9  # evaluate person proposals with score >= this (PySlowFast's default)
+    ava_box_jitter: float = 0.05  # training boxes' sides move by up to this fraction of the box size
 
     def validate(self) -> TrainConfig:
         choices = {
@@ -76,6 +82,8 @@ class TrainConfig:
             "memory_pass_bn": ("batch", "eval"),
             "device": ("auto", "cpu", "cuda"),
             "synthetic_task": ("distinct", "parity"),
+            "task": ("classify", "ava"),
+            "ava_version": ("2.1", "2.2"),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)

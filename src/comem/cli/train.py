@@ -61,6 +61,10 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
         str,
         "built-in data task when --data is not given: distinct | parity",
     ),
+    ("--task", "task", str, "classify (video labels) | ava (person-box action detection, AVA layout)"),
+    ("--ava-version", "ava_version", str, "AVA annotation files: 2.1 | 2.2"),
+    ("--ava-detection-thresh", "ava_detection_thresh", float, "keep person proposals with score >= this"),
+    ("--ava-box-jitter", "ava_box_jitter", float, "training box jitter, fraction of the box size"),
 ]
 
 

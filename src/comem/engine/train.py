@@ -342,4 +342,8 @@ class Trainer:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
+    if config.task == "ava":
+        from comem.detection.train import train_ava
+
+        return train_ava(config)
     return Trainer(config).run()
