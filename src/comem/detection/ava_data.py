@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
 
 from comem.detection.ava_eval import AvaFormatError, Category, read_labelmap
 
@@ -226,8 +226,9 @@ class AvaKeyframeDataset(Dataset):
 
     def read_frame(self, path: Path) -> torch.Tensor:
         try:
-            image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-        except (RuntimeError, OSError) as error:
+            with Image.open(path) as file:
+                image = torch.from_numpy(np.array(file.convert("RGB"))).permute(2, 0, 1)
+        except OSError as error:
             raise AvaFormatError(
                 f"{path}: cannot read frame ({' '.join(str(error).split())[:120]})"
             ) from None

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchvision.io import write_jpeg
+from PIL import Image
 
 from comem.detection.ava_data import FIRST_SECOND, FPS, AvaLayout, frame_of_second
 
@@ -92,14 +91,14 @@ class _Actor:
         return (x - ACTOR / 2, y - ACTOR / 2, x + ACTOR / 2, y + ACTOR / 2)
 
 
-def _render(actors: list[_Actor], frame: int, size: int, background: np.ndarray, cue: bool) -> torch.Tensor:
+def _render(actors: list[_Actor], frame: int, size: int, background: np.ndarray, cue: bool) -> Image.Image:
     image = background.copy()
     if cue:
         image = np.clip(image + 110.0, 0, 255)
     for actor in actors:
         x1, y1, x2, y2 = (round(v * size) for v in actor.box(frame))
         image[max(y1, 0) : min(y2, size), max(x1, 0) : min(x2, size)] = actor.color
-    return torch.from_numpy(image.astype(np.uint8)).permute(2, 0, 1).contiguous()
+    return Image.fromarray(image.astype(np.uint8))
 
 
 def _fmt(box: tuple[float, ...]) -> str:
@@ -130,11 +129,8 @@ def write_synthetic_ava(root: str | Path, spec: SyntheticAvaSpec = SyntheticAvaS
             for frame in range(spec.seconds * FPS):
                 cue = cued and frame < spec.cue_seconds * FPS
                 name = f"{video_id}/{video_id}_{frame + 1:06d}.jpg"
-                write_jpeg(
-                    _render(actors, frame, spec.size, background, cue),
-                    str(root / "frames" / name),
-                    quality=95,
-                )
+                image = _render(actors, frame, spec.size, background, cue)
+                image.save(root / "frames" / name, quality=95)
                 frame_rows.append(f'{video_id} {movie} {frame} {name} ""')
             seconds = spec.keyframe_seconds
             for second in seconds:
