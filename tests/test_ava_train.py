@@ -20,7 +20,7 @@ from comem.detection.ava_data import (
     read_keyframes,
 )
 from comem.detection.ava_eval import AvaFormatError, evaluate_files
-from comem.detection.model import AvaDetector
+from comem.detection.model import AvaDetector, keyframe_clip, temporal_pool
 from comem.detection.synthetic_ava import SyntheticAvaSpec, write_synthetic_ava
 from comem.models.build import ModelSpec, build_model
 
@@ -143,6 +143,16 @@ def test_two_pass_keyframe_logits_equal_the_joint_forward() -> None:
     assert joint.shape == (3, 5)
     assert torch.allclose(joint, two_pass, atol=1e-5)
     assert not torch.allclose(joint, alone, atol=1e-3)  # the memory clips change the keyframe's scores
+
+
+def test_two_pathway_features_pool_per_pathway() -> None:
+    # SlowFast-style [slow, fast] maps of B=2 items x N=3 clips: clip 0 of each, mean over time,
+    # pathways concatenated along channels (their widths add up to backbone.out_channels).
+    slow = torch.arange(6.0)[:, None, None, None, None].expand(6, 4, 2, 3, 3)
+    fast = torch.arange(6.0)[:, None, None, None, None].expand(6, 1, 8, 3, 3) * 10
+    pooled = temporal_pool(keyframe_clip([slow, fast], 2, 3))
+    assert pooled.shape == (2, 5, 3, 3)
+    assert pooled[:, 0, 0, 0].tolist() == [0.0, 3.0] and pooled[:, 4, 0, 0].tolist() == [0.0, 30.0]
 
 
 @pytest.mark.parametrize("mode", ["single", "joint", "comem"])

@@ -14,13 +14,22 @@ from torchvision.ops import roi_align
 
 from comem.models.build import VideoModel
 
+Features = torch.Tensor | list[torch.Tensor]  # a map, or one per pathway (SlowFast: [slow, fast])
 
-def temporal_pool(features: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+
+def temporal_pool(features: Features) -> torch.Tensor:
     """(B, C, T, H, W) -> (B, C, H, W) by the mean over T; pathways of a two-pathway net are pooled
     each and concatenated along channels (they share H, W)."""
     if isinstance(features, (list, tuple)):
         return torch.cat([pathway.mean(dim=2) for pathway in features], dim=1)
     return features.mean(dim=2)
+
+
+def keyframe_clip(features: Features, batch: int, num_clips: int) -> Features:
+    """Clip 0 of each item from video-major (B·N, …) features (each pathway's, for a list)."""
+    if isinstance(features, (list, tuple)):
+        return [keyframe_clip(pathway, batch, num_clips) for pathway in features]
+    return features.view(batch, num_clips, *features.shape[1:])[:, 0]
 
 
 class RoIActionHead(nn.Module):
@@ -64,8 +73,7 @@ class AvaDetector(nn.Module):
     def forward(self, video: torch.Tensor, boxes: torch.Tensor, box_index: torch.Tensor) -> torch.Tensor:
         """All N clips in one graph (joint training; ``single`` with N = 1). ``video`` (B, N, C, T, H, W)."""
         batch, num_clips = video.shape[:2]
-        features = self.video_model.features(video)
-        keyframe = features.view(batch, num_clips, *features.shape[1:])[:, 0]
+        keyframe = keyframe_clip(self.video_model.features(video), batch, num_clips)
         return self.roi_head(temporal_pool(keyframe), boxes, box_index)
 
     def forward_keyframe(
