@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 
 from comem.detection.ava_eval import AvaFormatError, Category, read_labelmap
+from comem.detection.frames import FrameSource, JpegFrames, find_movies
 
 FPS = 30
 FIRST_SECOND = 900  # frame 0 of the extracted frames
@@ -196,7 +196,7 @@ class AvaKeyframeDataset(Dataset):
     def __init__(
         self,
         keyframes: list[Keyframe],
-        movies: dict[str, list[Path]],
+        movies: dict[str, FrameSource],
         num_classes: int,
         clips: ClipSpec,
         *,
@@ -224,14 +224,8 @@ class AvaKeyframeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.keyframes)
 
-    def read_frame(self, path: Path) -> torch.Tensor:
-        try:
-            with Image.open(path) as file:
-                image = torch.from_numpy(np.array(file.convert("RGB"))).permute(2, 0, 1)
-        except OSError as error:
-            raise AvaFormatError(
-                f"{path}: cannot read frame ({' '.join(str(error).split())[:120]})"
-            ) from None
+    def resize(self, image: torch.Tensor) -> torch.Tensor:
+        """(C, H, W) uint8 to (C, size, size): boxes are normalised, so the aspect ratio may change."""
         size = self.clips.size
         if image.shape[1:] != (size, size):
             image = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True)
@@ -245,15 +239,11 @@ class AvaKeyframeDataset(Dataset):
         spec = self.clips
         centers = [frame_of_second(keyframe.second)]
         centers += memory_centers(len(frames), spec.num_clips - 1, rng)
-        cache: dict[int, torch.Tensor] = {}
-        video = []
-        for center in centers:
-            indices = clip_indices(center, spec.clip_len, spec.stride, len(frames))
-            for i in indices:
-                if i not in cache:
-                    cache[i] = self.read_frame(frames[i])
-            video.append(torch.stack([cache[i] for i in indices], dim=1))  # (C, T, H, W)
-        clip_video = torch.stack(video)
+        plan = [clip_indices(center, spec.clip_len, spec.stride, len(frames)) for center in centers]
+        read = {i: self.resize(image) for i, image in frames.read([i for clip in plan for i in clip]).items()}
+        clip_video = torch.stack(
+            [torch.stack([read[i] for i in clip], dim=1) for clip in plan]
+        )  # (N,C,T,H,W)
         boxes = [list(box) for box in keyframe.boxes]
         if rng is not None:
             boxes = [jitter_box(box, self.box_jitter, rng) for box in boxes]
@@ -291,7 +281,7 @@ def collate_keyframes(items: list[dict[str, Any]]) -> dict[str, Any]:
 @dataclass
 class AvaSplit:
     keyframes: list[Keyframe]
-    movies: dict[str, list[Path]]
+    movies: dict[str, FrameSource]
 
 
 @dataclass
@@ -309,6 +299,16 @@ class AvaData:
         return max(category.id for category in self.categories)
 
 
+def movie_frames(layout: AvaLayout, split: str, keyframes: list[Keyframe]) -> dict[str, FrameSource]:
+    """Extracted frames when the split has a frame list, else the movie files of its keyframes."""
+    frame_list = layout.frame_list(split)
+    video_dirs = [layout.root / "videos_15min", layout.root / "videos"]
+    if not frame_list.is_file() and any(folder.is_dir() for folder in video_dirs):
+        return dict(find_movies(layout.root, sorted({k.video_id for k in keyframes})))
+    lists = read_frame_list(frame_list, layout.root / "frames")
+    return {video_id: JpegFrames(paths) for video_id, paths in lists.items()}
+
+
 def load_ava(root: str | Path, version: str = "2.2", *, detection_thresh: float = 0.9) -> AvaData:
     """Read an AVA dir: training keyframes from ground truth, validation keyframes from proposals."""
     if version not in AVA_VERSIONS:
@@ -318,15 +318,10 @@ def load_ava(root: str | Path, version: str = "2.2", *, detection_thresh: float 
         raise AvaFormatError(f"{layout.root}: AVA data dir not found")
     categories = read_labelmap(layout.labelmap)
     class_ids = {category.id for category in categories}
-    frames = layout.root / "frames"
-    train = AvaSplit(
-        read_keyframes(layout.groundtruth("train"), class_ids=class_ids),
-        read_frame_list(layout.frame_list("train"), frames),
-    )
-    val = AvaSplit(
-        read_keyframes(layout.proposals("val"), score_threshold=detection_thresh),
-        read_frame_list(layout.frame_list("val"), frames),
-    )
+    train_keyframes = read_keyframes(layout.groundtruth("train"), class_ids=class_ids)
+    val_keyframes = read_keyframes(layout.proposals("val"), score_threshold=detection_thresh)
+    train = AvaSplit(train_keyframes, movie_frames(layout, "train", train_keyframes))
+    val = AvaSplit(val_keyframes, movie_frames(layout, "val", val_keyframes))
     if not train.keyframes:
         raise AvaFormatError(f"{layout.groundtruth('train')}: no keyframe with a box of a label-map class")
     return AvaData(layout, categories, train, val)

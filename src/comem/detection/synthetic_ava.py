@@ -21,6 +21,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 import numpy as np
 from PIL import Image
 
@@ -40,6 +41,7 @@ class SyntheticAvaSpec:
     cue_seconds: int = 3  # the opening that shows (or not) the cue
     version: str = "2.2"
     seed: int = 0
+    movies: bool = False  # also write videos_15min/ID.mp4 (H.264, 30 fps), the raw-movie layout
 
     @property
     def seconds(self) -> int:
@@ -101,6 +103,17 @@ def _render(actors: list[_Actor], frame: int, size: int, background: np.ndarray,
     return Image.fromarray(image.astype(np.uint8))
 
 
+def _write_movie(path: Path, images: list[Image.Image]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = images[0].width, images[0].height, "yuv420p"
+        stream.options = {"crf": "12", "preset": "ultrafast", "g": str(FPS)}
+        for image in images:
+            container.mux(stream.encode(av.VideoFrame.from_image(image)))
+        container.mux(stream.encode(None))
+
+
 def _fmt(box: tuple[float, ...]) -> str:
     return ",".join(f"{min(max(v, 0.0), 1.0):.3f}" for v in box)
 
@@ -126,12 +139,15 @@ def write_synthetic_ava(root: str | Path, spec: SyntheticAvaSpec = SyntheticAvaS
             )
             movie_dir = root / "frames" / video_id
             movie_dir.mkdir(parents=True, exist_ok=True)
+            images = []
             for frame in range(spec.seconds * FPS):
                 cue = cued and frame < spec.cue_seconds * FPS
                 name = f"{video_id}/{video_id}_{frame + 1:06d}.jpg"
-                image = _render(actors, frame, spec.size, background, cue)
-                image.save(root / "frames" / name, quality=95)
+                images.append(_render(actors, frame, spec.size, background, cue))
+                images[-1].save(root / "frames" / name, quality=95)
                 frame_rows.append(f'{video_id} {movie} {frame} {name} ""')
+            if spec.movies:
+                _write_movie(root / "videos_15min" / f"{video_id}.mp4", images)
             seconds = spec.keyframe_seconds
             for second in seconds:
                 if split == "val" and second == seconds[-1]:
