@@ -23,7 +23,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--capacity",
         type=int,
         default=50,
-        help="detections kept per keyframe, highest scores first (official: 50; 0 = all, as PySlowFast)",
+        help="detections kept per keyframe, highest scores first (official: 50; 0 keeps all)",
     )
 
 
