@@ -245,3 +245,16 @@ def test_raw_movie_layout_gives_the_same_clips_as_extracted_frames(tmp_path: Pat
     # JPEG vs H.264 noise is 2.5 levels on average here; reading one frame off gives 3.4, three off 4.7.
     assert difference < 3.0
     assert torch.equal(items[0]["boxes"], items[1]["boxes"])
+
+
+def test_resume_continues_from_the_last_epoch(ava_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    flags = ["train", "--data", str(ava_dir), "--out", str(out), "--mode", "comem", *TINY_FLAGS]
+    assert main(flags) == 0
+    first = torch.load(out / "last.pt", weights_only=False)
+    assert main([*flags, "--epochs", "2", "--resume"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    # Epoch 1 was not re-run: a fresh 2-epoch run would log a different loss and lr (its schedule is
+    # twice as long), so the record must be the checkpoint's own.
+    assert metrics["history"][0] == first["history"][0]
