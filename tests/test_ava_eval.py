@@ -113,6 +113,13 @@ def test_detections_of_a_frame_are_matched_by_descending_score_not_file_order(tm
     # Ranked: hit, miss over 1 ground truth: AP 1. In file order it would be 0.3 hit, 0.8 miss: AP 0.5.
     det = [f"v,0902,{FULL},1,0.3", f"v,0902,{LEFT},1,0.8"]
     assert run_eval(tmp_path, [f"v,0902,{FULL},1,0"], det).mean_ap == 1.0
+    # PySlowFast's in-training reader keeps file order: 0.3 takes the box, 0.8 misses. Ranked: miss
+    # (0.8), hit (0.3): precision 1/2 at recall 1: AP 0.5.
+    write(tmp_path / "map.pbtxt", [LABELMAP])
+    write(tmp_path / "gt.csv", [f"v,0902,{FULL},1,0"])
+    write(tmp_path / "det.csv", det)
+    files = (tmp_path / "map.pbtxt", tmp_path / "gt.csv", tmp_path / "det.csv")
+    assert evaluate_files(*files, pyslowfast=True)[0].mean_ap == 0.5
 
 
 def test_classes_without_ground_truth_are_nan_and_classes_without_detections_zero(tmp_path: Path) -> None:
@@ -187,6 +194,8 @@ def test_at_most_fifty_detections_per_frame_by_score(tmp_path: Path) -> None:
     det = [f"v,0902,{RIGHT},2,0.9"] * 50 + [f"v,0902,{FULL},1,0.1"]
     assert run_eval(tmp_path, gt, det).per_class[1] == 0.0
     assert run_eval(tmp_path, gt, det, capacity=0).per_class[1] == 1.0
+    files = (tmp_path / "map.pbtxt", tmp_path / "gt.csv", tmp_path / "det.csv")
+    assert evaluate_files(*files, pyslowfast=True)[0].per_class[1] == 1.0  # PySlowFast: no cap
     # A 51st row of an equal score does not replace the heap's smallest (strictly higher only).
     det = [f"v,0902,{RIGHT},2,0.5"] * 50 + [f"v,0902,{FULL},1,0.5"]
     assert run_eval(tmp_path, gt, det).per_class[1] == 0.0

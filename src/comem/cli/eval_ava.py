@@ -25,13 +25,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=50,
         help="detections kept per keyframe, highest scores first (official: 50; 0 keeps all)",
     )
+    parser.add_argument(
+        "--pyslowfast",
+        action="store_true",
+        help="score as PySlowFast's in-training evaluation: no per-keyframe cap, rows matched in file order",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from comem.detection.ava_eval import evaluate_files, format_report
 
     result, categories = evaluate_files(
-        args.labelmap, args.gt, args.detections, args.exclusions, capacity=args.capacity
+        args.labelmap,
+        args.gt,
+        args.detections,
+        args.exclusions,
+        capacity=args.capacity,
+        pyslowfast=args.pyslowfast,
     )
     print(format_report(result, categories))
     return 0

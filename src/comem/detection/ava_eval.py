@@ -130,14 +130,15 @@ def read_exclusions(path: str | Path | None) -> set[str]:
 
 
 def read_boxes_csv(
-    path: str | Path, class_ids: Iterable[int] | None, *, capacity: int = 0
+    path: str | Path, class_ids: Iterable[int] | None, *, capacity: int = 0, file_order: bool = False
 ) -> dict[str, FrameBoxes]:
     """Boxes of an AVA CSV (``video_id,timestamp,x1,y1,x2,y2,action_id[,score]``) by keyframe key.
 
     Rows of classes outside ``class_ids`` are dropped; a missing score is 1.0. ``capacity`` > 0 keeps
     the top ``capacity`` rows per key (the official detections rule, see the module docstring); rows of
-    a key come out by descending score. Rows with only ``video_id,timestamp`` carry no box and are
-    skipped. Keys are in the order of their first kept row.
+    a key come out by descending score, or as in the file with ``file_order`` (PySlowFast's reader,
+    which has no cap). Rows with only ``video_id,timestamp`` carry no box and are skipped. Keys are in
+    the order of their first kept row.
     """
     path = Path(path)
     allowed = set(class_ids) if class_ids is not None else None
@@ -161,14 +162,16 @@ def read_boxes_csv(
             continue
         entry = (score, action_id, y1, x1, y2, x2)
         heap = heaps.setdefault(key, [])
-        if capacity < 1 or len(heap) < capacity:
+        if file_order:
+            heap.append(entry)
+        elif capacity < 1 or len(heap) < capacity:
             heapq.heappush(heap, entry)
         elif score > heap[0][0]:
             heapq.heapreplace(heap, entry)
     frames: dict[str, FrameBoxes] = {}
     for key, heap in heaps.items():
         frame = frames[key] = FrameBoxes()
-        for score, action_id, y1, x1, y2, x2 in sorted(heap, key=lambda entry: -entry[0]):
+        for score, action_id, y1, x1, y2, x2 in heap if file_order else sorted(heap, key=lambda e: -e[0]):
             frame.boxes.append([y1, x1, y2, x2])
             frame.labels.append(action_id)
             frame.scores.append(score)
@@ -299,14 +302,19 @@ def evaluate_files(
     exclusions: str | Path | None = None,
     *,
     capacity: int = DETECTION_CAPACITY,
+    pyslowfast: bool = False,
 ) -> tuple[AvaResult, list[Category]]:
-    """The official evaluator on files: label map, ground-truth CSV, detections CSV, exclusions CSV."""
+    """The official evaluator on files: label map, ground-truth CSV, detections CSV, exclusions CSV.
+
+    ``pyslowfast=True`` reads the CSVs as PySlowFast's in-training AVA evaluation does (same matching
+    and AP, but no per-keyframe cap and rows matched in file order rather than by score).
+    """
     categories = read_labelmap(labelmap)
     class_ids = {category.id for category in categories}
     excluded = read_exclusions(exclusions)
-    truth = read_boxes_csv(groundtruth, class_ids, capacity=0)
+    truth = read_boxes_csv(groundtruth, class_ids, file_order=pyslowfast)
     check_groundtruth_boxes(groundtruth, truth)
-    detected = read_boxes_csv(detections, class_ids, capacity=capacity)
+    detected = read_boxes_csv(detections, class_ids, capacity=capacity, file_order=pyslowfast)
     return evaluate(categories, truth, detected, excluded), categories
 
 
