@@ -7,7 +7,9 @@ unchanged in a subprocess, with aliases for the numpy names it uses that numpy 2
 
     python benchmarks/ava_eval_vs_official.py --official ActivityNet/Evaluation --cases 200
 
-Prints the number of cases and the largest absolute mAP difference (0.0 when identical).
+With ``--slowfast PATH`` (a PySlowFast checkout) it compares ``comem eval-ava --pyslowfast`` with
+PySlowFast's own ``slowfast/utils/ava_eval_helper.py`` instead (its imports of the rest of PySlowFast
+are stubbed). Prints the number of cases and the largest absolute mAP difference (0.0 when identical).
 """
 
 from __future__ import annotations
@@ -39,6 +41,33 @@ def keep(self):
 object_detection_evaluation.PascalDetectionEvaluator.evaluate = keep
 with contextlib.redirect_stdout(io.StringIO()):
     get_ava_performance.run_evaluation(open(labelmap), open(gt), open(det), open(excl))
+print(repr(float(metrics["PascalBoxes_Precision/mAP@0.5IOU"])))
+"""
+
+
+SLOWFAST_RUNNER = r"""
+import importlib, sys, types
+slowfast, labelmap, gt, det, excl = sys.argv[1:6]
+sys.path[:0] = [slowfast, slowfast + "/slowfast/utils"]
+evaluation = importlib.import_module("ava_evaluation")  # the repo's top-level ava_evaluation package
+for name in ("vision", "vision.fair", "vision.fair.slowfast"):
+    sys.modules[name] = types.ModuleType(name)
+sys.modules["vision.fair.slowfast.ava_evaluation"] = evaluation
+from ava_evaluation import object_detection_evaluation, standard_fields
+evaluation.object_detection_evaluation = object_detection_evaluation
+evaluation.standard_fields = standard_fields
+distributed = types.ModuleType("slowfast.utils.distributed")
+distributed.is_master_proc = lambda *args, **kwargs: False
+env = types.ModuleType("slowfast.utils.env")
+env.pathmgr = types.SimpleNamespace(open=open)
+for name in ("slowfast", "slowfast.utils"):
+    sys.modules[name] = types.ModuleType(name)
+sys.modules.update({"slowfast.utils.distributed": distributed, "slowfast.utils.env": env})
+import ava_eval_helper as helper
+categories, whitelist = helper.read_labelmap(labelmap)
+truth = helper.read_csv(gt, whitelist, load_score=False)
+detected = helper.read_csv(det, whitelist, load_score=True)
+metrics = helper.run_evaluation(categories, truth, detected, helper.read_exclusions(excl))
 print(repr(float(metrics["PascalBoxes_Precision/mAP@0.5IOU"])))
 """
 
@@ -92,7 +121,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--official", required=True, type=Path, help="ActivityNet/Evaluation at eba0ec90")
+    reference = parser.add_mutually_exclusive_group(required=True)
+    reference.add_argument("--official", type=Path, help="ActivityNet/Evaluation at eba0ec90")
+    reference.add_argument("--slowfast", type=Path, help="a PySlowFast checkout (compares --pyslowfast)")
     parser.add_argument("--cases", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -100,19 +131,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for case in range(args.cases):
             paths = random_case(random.Random(args.seed * 1_000_003 + case), Path(tmp))
-            command = [sys.executable, "-c", RUNNER, str(args.official.resolve()), *map(str, paths)]
-            official = float(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
-            ours = evaluate_files(*paths)[0].mean_ap
+            runner, folder = (RUNNER, args.official) if args.official else (SLOWFAST_RUNNER, args.slowfast)
+            command = [sys.executable, "-c", runner, str(folder.resolve()), *map(str, paths)]
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            official = float(output.strip().splitlines()[-1])
+            ours = evaluate_files(*paths, pyslowfast=args.slowfast is not None)[0].mean_ap
             if math.isnan(official) or math.isnan(ours):
                 nan_cases += 1
                 if not (math.isnan(official) and math.isnan(ours)):
-                    print(f"case {case}: official {official} vs comem {ours}")
+                    print(f"case {case}: reference {official} vs comem {ours}")
                     worst = math.inf
                 continue
             if official != ours:
-                print(f"case {case}: official {official!r} vs comem {ours!r}")
+                print(f"case {case}: reference {official!r} vs comem {ours!r}")
             worst = max(worst, abs(official - ours))
-    print(f"cases {args.cases} (no ground truth in {nan_cases}), max |official - comem| mAP = {worst!r}")
+    print(f"cases {args.cases} (no ground truth in {nan_cases}), max |reference - comem| mAP = {worst!r}")
 
 
 if __name__ == "__main__":
