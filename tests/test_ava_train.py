@@ -38,7 +38,10 @@ TINY_FLAGS = [
 
 @pytest.fixture(scope="module")
 def ava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_synthetic_ava(tmp_path_factory.mktemp("ava"), TINY_AVA)
+    root = tmp_path_factory.mktemp("ava")
+    argv = ["make-synthetic-ava", str(root), "--train-movies", "2", "--val-movies", "2", "--size", "32"]
+    assert main([*argv, "--keyframes", "3"]) == 0
+    return root
 
 
 def test_keyframe_seconds_map_to_frames_from_second_900() -> None:

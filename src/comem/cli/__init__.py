@@ -11,10 +11,10 @@ import os
 import sys
 from types import ModuleType
 
-from comem.cli import eval_ava, evaluate, synthetic, train
+from comem.cli import eval_ava, evaluate, synthetic, synthetic_ava, train
 from comem.errors import UserError
 
-COMMANDS: list[ModuleType] = [train, evaluate, synthetic, eval_ava]
+COMMANDS: list[ModuleType] = [train, evaluate, synthetic, eval_ava, synthetic_ava]
 
 
 def build_parser() -> argparse.ArgumentParser:
