@@ -117,6 +117,28 @@ def random_case(rng: random.Random, folder: Path) -> list[Path]:
     return paths
 
 
+def ava_sized_case(rng: random.Random, folder: Path, labelmap: Path) -> list[Path]:
+    """Like a PySlowFast result file on a real label map: every box scored for all 80 AVA classes with
+    4-decimal scores (ties), so the 50-per-keyframe cap always bites."""
+    gt, det, keys = [], [], []
+    for video in range(3):
+        for second in range(902, 902 + rng.randint(2, 8)):
+            keys.append((f"vid{video}", second))
+            for person in range(rng.randint(1, 3)):
+                x1, y1 = rng.random() * 0.6, rng.random() * 0.6
+                b = [x1, y1, x1 + 0.1 + rng.random() * 0.3, y1 + 0.1 + rng.random() * 0.3]
+                box = ",".join(f"{v:.3f}" for v in b)
+                for c in rng.sample(range(1, 81), rng.randint(1, 4)):
+                    gt.append(f"vid{video},{second:04d},{box},{c},{person}")
+                moved = ",".join(f"{v + rng.uniform(-0.05, 0.05):.3f}" for v in b)
+                det += [f"vid{video},{second:04d},{moved},{c},{rng.random() ** 3:.4f}" for c in range(1, 81)]
+    paths = [labelmap, folder / "gt.csv", folder / "det.csv", folder / "excl.csv"]
+    paths[1].write_text("".join(row + "\n" for row in gt))
+    paths[2].write_text("".join(row + "\n" for row in det))
+    paths[3].write_text("".join(f"{v},{t}\n" for v, t in rng.sample(keys, 2)))
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -124,13 +146,18 @@ def main() -> None:
     reference = parser.add_mutually_exclusive_group(required=True)
     reference.add_argument("--official", type=Path, help="ActivityNet/Evaluation at eba0ec90")
     reference.add_argument("--slowfast", type=Path, help="a PySlowFast checkout (compares --pyslowfast)")
+    parser.add_argument("--labelmap", type=Path, help="AVA-sized cases on this real label map instead")
     parser.add_argument("--cases", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     worst, nan_cases = 0.0, 0
     with tempfile.TemporaryDirectory() as tmp:
         for case in range(args.cases):
-            paths = random_case(random.Random(args.seed * 1_000_003 + case), Path(tmp))
+            rng = random.Random(args.seed * 1_000_003 + case)
+            if args.labelmap:
+                paths = ava_sized_case(rng, Path(tmp), args.labelmap.resolve())
+            else:
+                paths = random_case(rng, Path(tmp))
             runner, folder = (RUNNER, args.official) if args.official else (SLOWFAST_RUNNER, args.slowfast)
             command = [sys.executable, "-c", runner, str(folder.resolve()), *map(str, paths)]
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
