@@ -27,6 +27,7 @@ from comem.detection.ava_eval import AvaFormatError, evaluate_files
 from comem.detection.frames import FrameReadError, MovieFrames
 from comem.detection.model import AvaDetector, keyframe_clip, temporal_pool
 from comem.detection.synthetic_ava import SyntheticAvaSpec, write_synthetic_ava
+from comem.detection.train import detection_step
 from comem.models.build import ModelSpec, build_model
 
 TINY_AVA = SyntheticAvaSpec(train_movies=2, val_movies=2, size=32, keyframes=3)
@@ -250,14 +251,28 @@ def test_raw_movie_layout_gives_the_same_clips_as_extracted_frames(tmp_path: Pat
     assert torch.equal(items[0]["boxes"], items[1]["boxes"])
 
 
-def test_resume_continues_from_the_last_epoch(ava_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    flags = ["train", "--data", str(ava_dir), "--out", str(out), "--mode", "comem", *TINY_FLAGS]
-    assert main(flags) == 0
-    first = torch.load(out / "last.pt", weights_only=False)
-    assert main([*flags, "--epochs", "2", "--resume"]) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
-    # Epoch 1 was not re-run: a fresh 2-epoch run would log a different loss and lr (its schedule is
-    # twice as long), so the record must be the checkpoint's own.
-    assert metrics["history"][0] == first["history"][0]
+def test_resume_mid_epoch_matches_a_straight_run(
+    ava_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flags = [*TINY_FLAGS, "--epochs", "2", "--mode", "comem", "--data", str(ava_dir), "--dropout", "0.5"]
+    assert main(["train", "--out", str(tmp_path / "straight"), *flags]) == 0
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+
+    real_step, calls = detection_step, []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C at the start of the second step of epoch 1
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        patch.setattr("comem.detection.train.detection_step", interrupted)
+        assert main(["train", "--out", str(out), *flags]) == 130
+    saved = torch.load(out / "last.pt", weights_only=False)
+    assert (saved["epoch"], saved["step_in_epoch"]) == (0, 1)
+    assert main(["train", "--out", str(out), *flags, "--resume"]) == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["history"] == straight["history"]  # same losses, lr and val mAP, epoch by epoch
+    assert (out / "tb").is_dir()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from comem.config import TrainConfig, comem_home
@@ -39,7 +40,15 @@ from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.evaluate import autocast_for
 from comem.engine.loaders import resolve_device
 from comem.engine.modes import eval_batchnorm, preserved_batchnorm_stats
-from comem.engine.train import EpochSampler, build_optimizer, seed_everything, warmup_cosine, write_json
+from comem.engine.train import (
+    EpochSampler,
+    build_optimizer,
+    restore_rng_state,
+    rng_state,
+    seed_everything,
+    warmup_cosine,
+    write_json,
+)
 from comem.models.build import ModelSpec, build_model, load_pretrained
 
 
@@ -53,8 +62,9 @@ def clip_count(config: TrainConfig) -> int:
 
 
 def make_keyframe_loader(
-    split: AvaSplit, data: AvaData, config: TrainConfig, *, train: bool, epoch: int = 0
+    split: AvaSplit, data: AvaData, config: TrainConfig, *, train: bool, epoch: int = 0, skip: int = 0
 ) -> DataLoader:
+    """Training: the epoch's keyframe order (seeded by seed and epoch) less its first ``skip`` batches."""
     dataset = AvaKeyframeDataset(
         split.keyframes,
         split.movies,
@@ -65,7 +75,8 @@ def make_keyframe_loader(
         seed=config.seed,
     )
     dataset.set_epoch(epoch)
-    sampler = EpochSampler(len(dataset), seed=config.seed, epoch=epoch) if train else None
+    sampler = EpochSampler(len(dataset), seed=config.seed, epoch=epoch, skip=skip * config.batch_size)
+    sampler = sampler if train else None
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -157,9 +168,12 @@ def resolve_ava_data(config: TrainConfig) -> Path:
 
 
 class AvaTrainer:
-    """One ``--task ava`` run: data, detector, optimizer, schedule; checkpoints and metrics under ``out``.
+    """One ``--task ava`` run: data, detector, optimizer, schedule; checkpoints, metrics and TensorBoard
+    logs under ``out``.
 
-    ``--resume`` continues from the last finished epoch.
+    ``--resume`` continues exactly where ``last.pt`` stopped, inside an epoch too (written every
+    ``--save-every`` steps and on Ctrl-C): the keyframe order and augmentation are functions of
+    (seed, epoch, index) and the model-side random state is saved.
     """
 
     def __init__(self, config: TrainConfig) -> None:
@@ -190,6 +204,9 @@ class AvaTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total, warmup))
         self.autocast = autocast_for(self.device, config.amp)
         self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.epoch_loss = [0.0, 0]  # sum of step losses, steps, of the current epoch
         self.history: list[dict[str, Any]] = []
 
     def state(self) -> dict[str, Any]:
@@ -202,8 +219,15 @@ class AvaTrainer:
             "num_classes": self.data.num_classes,
             "data_dir": str(self.data_dir.resolve()),
             "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "epoch_loss": self.epoch_loss,
             "history": self.history,
+            "rng": rng_state(),
         }
+
+    def save(self, name: str = "last.pt") -> None:
+        save_checkpoint(self.state(), self.out / name)
 
     def resume(self) -> bool:
         path = self.out / "last.pt"
@@ -213,50 +237,88 @@ class AvaTrainer:
         self.detector.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch, self.history = state["epoch"], state["history"]
+        self.epoch, self.step_in_epoch, self.global_step = (
+            state["epoch"],
+            state["step_in_epoch"],
+            state["global_step"],
+        )
+        self.epoch_loss, self.history = state["epoch_loss"], state["history"]
+        restore_rng_state(state["rng"])
         return True
 
     def run(self) -> dict[str, Any]:
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         if config.resume and self.resume():
-            print(f"resumed from {self.out / 'last.pt'} at epoch {self.epoch + 1}")
-        while self.epoch < config.epochs:
-            record = {"epoch": self.epoch + 1, "train_loss": self.train_epoch()}
-            record["lr"] = self.scheduler.get_last_lr()[0]
-            if (self.epoch + 1) % config.eval_every == 0 or self.epoch + 1 == config.epochs:
-                record.update(evaluate_detections(self.detector, self.data, config, self.device, self.out))
-            self.history.append(record)
-            print(f"epoch {self.epoch + 1}/{config.epochs}: " + ", ".join(
-                f"{k} {v:.4g}" for k, v in record.items() if k in ("train_loss", "val_frame_mAP")
-            ))  # fmt: skip
-            self.epoch += 1
-            best = max((h.get("val_frame_mAP", -1.0) for h in self.history[:-1]), default=-1.0)
-            save_checkpoint(self.state(), self.out / "last.pt")
-            if record.get("val_frame_mAP", -1.0) > best:
-                save_checkpoint(self.state(), self.out / "best.pt")
-            write_json(self.out / "metrics.json", self.metrics())
+            print(f"resumed from {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
+        writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step)
+        try:
+            while self.epoch < config.epochs:
+                self.train_epoch(writer)
+                self.finish_epoch(writer)
+        except KeyboardInterrupt:
+            self.save()
+            print(f"interrupted: saved {self.out / 'last.pt'}; continue with --resume")
+            raise
+        finally:
+            writer.close()
         return self.metrics()
 
-    def train_epoch(self) -> float:
-        loader = make_keyframe_loader(self.data.train, self.data, self.config, train=True, epoch=self.epoch)
+    def train_epoch(self, writer: SummaryWriter) -> None:
+        config = self.config
+        loader = make_keyframe_loader(
+            self.data.train, self.data, config, train=True, epoch=self.epoch, skip=self.step_in_epoch
+        )
         self.detector.train()
-        total, steps, started = 0.0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.config.epochs} [ava {self.config.mode}]",
-                   dynamic_ncols=True)  # fmt: skip
+        started, steps = time.perf_counter(), 0
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{config.epochs} [ava {config.mode}]",
+                   initial=self.step_in_epoch, total=self.steps_per_epoch, dynamic_ncols=True)  # fmt: skip
         for batch in bar:
-            if len(batch["boxes"]) == 0:
-                continue
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = detection_step(self.detector, batch, self.config, self.device, self.autocast)
-            if self.config.clip_grad:
-                torch.nn.utils.clip_grad_norm_(self.detector.parameters(), self.config.clip_grad)
-            self.optimizer.step()
+            if len(batch["boxes"]) > 0:
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = detection_step(self.detector, batch, config, self.device, self.autocast)
+                if config.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(self.detector.parameters(), config.clip_grad)
+                self.optimizer.step()
+                self.epoch_loss = [self.epoch_loss[0] + loss, self.epoch_loss[1] + 1]
+                steps += 1
+                bar.set_postfix(
+                    loss=f"{loss:.3f}", s_per_step=f"{(time.perf_counter() - started) / steps:.2f}"
+                )
+                writer.add_scalar("train/loss", loss, self.global_step)
+                writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
             self.scheduler.step()
-            total, steps = total + loss, steps + 1
-            bar.set_postfix(loss=f"{loss:.3f}", s_per_step=f"{(time.perf_counter() - started) / steps:.2f}")
+            self.step_in_epoch += 1
+            self.global_step += 1
+            if config.save_every and self.global_step % config.save_every == 0:
+                self.save()
         bar.close()
-        return total / max(steps, 1)
+
+    def finish_epoch(self, writer: SummaryWriter) -> None:
+        config = self.config
+        record: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "train_loss": self.epoch_loss[0] / max(self.epoch_loss[1], 1),
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+        if (self.epoch + 1) % config.eval_every == 0 or self.epoch + 1 == config.epochs:
+            record.update(evaluate_detections(self.detector, self.data, config, self.device, self.out))
+        writer.add_scalar("train/epoch_loss", record["train_loss"], self.epoch + 1)
+        for key, value in record.items():
+            if key.startswith("val_"):
+                writer.add_scalar(key.replace("_", "/", 1), value, self.epoch + 1)
+        self.history.append(record)
+        print(f"epoch {self.epoch + 1}/{config.epochs}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in record.items() if k in ("train_loss", "val_frame_mAP")
+        ))  # fmt: skip
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_loss = [0.0, 0]
+        best = max((h.get("val_frame_mAP", -1.0) for h in self.history[:-1]), default=-1.0)
+        self.save()
+        if record.get("val_frame_mAP", -1.0) > best:
+            self.save("best.pt")
+        write_json(self.out / "metrics.json", self.metrics())
 
     def metrics(self) -> dict[str, Any]:
         last_eval = next((h for h in reversed(self.history) if "val_frame_mAP" in h), {})
