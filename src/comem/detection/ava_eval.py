@@ -274,10 +274,8 @@ def evaluate(
         valid = (boxes[:, 0] < boxes[:, 2]) & (boxes[:, 1] < boxes[:, 3])
         boxes, labels, scores = boxes[valid], labels[valid], scores[valid]
         gt_boxes, gt_labels = gt_arrays.get(key, (np.zeros((0, 4)), np.zeros(0, dtype=int)))
-        for label in range(1, num_classes + 1):
+        for label in np.unique(labels[(labels >= 1) & (labels <= num_classes)]).tolist():
             mine = labels == label
-            if not mine.any():
-                continue
             hits = match_detections(boxes[mine], gt_boxes[gt_labels == label], iou_threshold)
             class_scores.setdefault(label, []).append(scores[mine])
             class_hits.setdefault(label, []).append(hits)
