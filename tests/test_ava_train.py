@@ -50,9 +50,13 @@ def test_keyframe_seconds_map_to_frames_from_second_900() -> None:
     assert clip_indices(60, 4, 4, 100) == [52, 56, 60, 64]
     assert clip_indices(2, 4, 4, 10) == [0, 0, 2, 6]  # clamped at the movie's ends
     assert clip_indices(9, 4, 4, 10) == [1, 5, 9, 9]
-    assert memory_centers(300, 3, None) == [50, 150, 250]
-    rng = random.Random(0)
-    assert all(100 * i <= c < 100 * (i + 1) for i, c in enumerate(memory_centers(300, 3, rng)))
+    # One clip per third of a 300-frame movie; the keyframe's third (frame 120) gives the clip just
+    # after the keyframe clip (span 16), or just before it at the movie's end.
+    assert memory_centers(300, 3, 120, 16, None) == [50, 136, 250]
+    assert memory_centers(300, 3, 290, 16, None) == [50, 150, 274]
+    for seed in range(5):
+        first, second, third = memory_centers(300, 3, 120, 16, random.Random(seed))
+        assert 0 <= first < 100 and second in (104, 136) and 200 <= third < 300
 
 
 def test_readers_merge_labels_per_box_and_keep_label_map_classes(tmp_path: Path) -> None:
@@ -202,6 +206,8 @@ def test_missing_ava_files_are_one_line_errors(
     err = capsys.readouterr().err.strip()
     assert err.startswith("comem train: error: ") and "train.csv: frame list not found" in err
     assert len(err.splitlines()) == 1
+    assert main(["train", "--data", str(ava_dir), *TINY_FLAGS, "--ava-version", "3"]) == 2
+    assert "ava_version must be one of 2.1, 2.2" in capsys.readouterr().err
 
 
 def _write_gray_movie(path: Path, num_frames: int, fps: int) -> Path:

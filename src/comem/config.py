@@ -82,8 +82,6 @@ class TrainConfig:
             "memory_pass_bn": ("batch", "eval"),
             "device": ("auto", "cpu", "cuda"),
             "synthetic_task": ("distinct", "parity"),
-            "task": ("classify", "ava"),
-            "ava_version": ("2.1", "2.2"),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -98,6 +96,9 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0; got {self.workers}")
+        for name, allowed in (("task", ("classify", "ava")), ("ava_version", ("2.1", "2.2"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         return self
 
     @property

@@ -21,16 +21,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from comem.detection.train import evaluate_ava_checkpoint, is_ava_checkpoint
-    from comem.engine.checkpoint import load_checkpoint
+    from comem.detection.train import evaluate_ava_command, is_ava_checkpoint
+
+    if is_ava_checkpoint(args.checkpoint):  # AVA detection: detections CSV + official frame mAP
+        return evaluate_ava_command(args)
     from comem.engine.evaluate import evaluate_checkpoint
 
-    evaluate = (
-        evaluate_ava_checkpoint
-        if is_ava_checkpoint(load_checkpoint(args.checkpoint))
-        else evaluate_checkpoint
-    )
-    metrics, path = evaluate(
+    metrics, path = evaluate_checkpoint(
         args.checkpoint,
         data=args.data,
         split=args.split,

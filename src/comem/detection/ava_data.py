@@ -10,8 +10,9 @@ Layout (``--ava-version`` picks the annotation file names)::
     ROOT/annotations/ava_{split}_excluded_timestamps_v2.2.csv
 
 Boxes are normalised to [0, 1], so frames are resized to a square ``size`` without touching them.
-A dataset item is one keyframe: its clip (clip 0) plus ``num_clips - 1`` memory clips spread over
-the same movie, and the keyframe's person boxes.
+A dataset item is one keyframe: its clip (clip 0) plus ``num_clips - 1`` memory clips of the same
+movie, one next to the keyframe clip and the others spread over the movie, and the keyframe's
+person boxes.
 """
 
 from __future__ import annotations
@@ -156,14 +157,22 @@ def clip_indices(center: int, clip_len: int, stride: int, num_frames: int) -> li
     return [min(max(start + i * stride, 0), num_frames - 1) for i in range(clip_len)]
 
 
-def memory_centers(num_frames: int, count: int, rng: random.Random | None) -> list[int]:
-    """Centres of ``count`` memory clips, one per equal segment of the movie (random in the segment
-    when training, the segment middle otherwise), so the memory spans the whole movie."""
+def memory_centers(
+    num_frames: int, count: int, keyframe: int, span: int, rng: random.Random | None
+) -> list[int]:
+    """Centres of ``count`` memory clips: one per equal segment of the movie, so the memory spans the
+    whole movie (random in the segment when training, the segment middle otherwise), except that the
+    segment holding the keyframe gives the clip right next to the keyframe clip (``span`` frames
+    before or after it; after when evaluating, unless that leaves the movie)."""
     centers = []
     for index in range(count):
         low, high = index * num_frames / count, (index + 1) * num_frames / count
-        position = rng.uniform(low, high) if rng else (low + high) / 2
-        centers.append(min(int(position), num_frames - 1))
+        if low <= keyframe < high:
+            after = rng.random() < 0.5 if rng else keyframe + span < num_frames
+            position = keyframe + span if after else keyframe - span
+        else:
+            position = rng.uniform(low, high) if rng else (low + high) / 2
+        centers.append(min(max(int(position), 0), num_frames - 1))
     return centers
 
 
@@ -238,7 +247,8 @@ class AvaKeyframeDataset(Dataset):
         rng = random.Random(f"{self.seed}/{self.epoch}/{index}") if self.train else None
         spec = self.clips
         centers = [frame_of_second(keyframe.second)]
-        centers += memory_centers(len(frames), spec.num_clips - 1, rng)
+        span = spec.clip_len * spec.stride
+        centers += memory_centers(len(frames), spec.num_clips - 1, centers[0], span, rng)
         plan = [clip_indices(center, spec.clip_len, spec.stride, len(frames)) for center in centers]
         read = {i: self.resize(image) for i, image in frames.read([i for clip in plan for i in clip]).items()}
         clip_video = torch.stack(

@@ -11,6 +11,7 @@ AVA frame mAP on a detections CSV.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -345,8 +346,26 @@ def train_ava(config: TrainConfig) -> dict[str, Any]:
     return AvaTrainer(config).run()
 
 
-def is_ava_checkpoint(state: dict[str, Any]) -> bool:
-    return state.get("config", {}).get("task") == "ava"
+def is_ava_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a checkpoint of ``comem train --task ava``."""
+    return load_checkpoint(path).get("config", {}).get("task") == "ava"
+
+
+def evaluate_ava_command(args: Any) -> int:
+    """``comem eval`` of an AVA checkpoint (``args`` as ``comem eval`` parses them)."""
+    metrics, path = evaluate_ava_checkpoint(
+        args.checkpoint,
+        data=args.data,
+        split=args.split,
+        views=args.views,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        out=getattr(args, "out", None),
+    )
+    print(json.dumps(metrics))
+    print(f"wrote {path} and {metrics['detections']}")
+    return 0
 
 
 def evaluate_ava_checkpoint(
@@ -355,21 +374,22 @@ def evaluate_ava_checkpoint(
     data: str | Path | None = None,
     split: str = "val",
     views: int | None = None,
-    crops: int | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
+    out: str | Path | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """``comem eval`` of an AVA checkpoint: writes ``detections_val.csv`` and ``eval_val.json`` beside it.
+    """Score an AVA checkpoint: writes ``detections_val.csv`` and ``eval_val.json`` into ``out``
+    (default: beside the checkpoint).
 
-    ``views`` sets the clips per keyframe (memory clips + 1); frames are never cropped, so ``crops``
-    does not apply. AVA's test split has no public ground truth: only ``val`` is scored.
+    ``views`` sets the clips per keyframe (memory clips + 1); frames are never cropped. AVA's test
+    split has no public ground truth: only ``val`` is scored.
     """
     if split != "val":
         raise AvaFormatError(
             "AVA evaluation scores the val split (the test split has no public ground truth)"
         )
-    del crops
+    out_dir = Path(out) if out is not None else Path(checkpoint).parent
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint)
     config = TrainConfig(**state["config"])
@@ -384,9 +404,9 @@ def evaluate_ava_checkpoint(
     detector = make_detector(spec, state["num_classes"], config.dropout)
     detector.load_state_dict(state["model"])
     detector.to(torch_device)
-    metrics = evaluate_detections(detector, ava, config, torch_device, checkpoint.parent)
+    metrics = evaluate_detections(detector, ava, config, torch_device, out_dir)
     metrics.update({"mode": config.mode, "checkpoint": str(checkpoint), "data": str(data_dir)})
-    metrics["detections"] = str(checkpoint.parent / "detections_val.csv")
-    out = checkpoint.with_name("eval_val.json")
-    write_json(out, metrics)
-    return metrics, out
+    metrics["detections"] = str(out_dir / "detections_val.csv")
+    report = out_dir / "eval_val.json"
+    write_json(report, metrics)
+    return metrics, report
