@@ -319,3 +319,15 @@ def test_cli_prints_map_and_per_class_table(tmp_path: Path, capsys: pytest.Captu
     assert lines[3].split() == ["2", "nan", "sit"]
     assert main([*argv[:-1], str(tmp_path / "missing.pbtxt")]) == 2
     assert "missing.pbtxt: cannot read label map" in capsys.readouterr().err
+
+
+def test_empty_detections_give_zero_and_crlf_quoted_csvs_read_the_same(tmp_path: Path) -> None:
+    # Ground truth of classes 1 and 2 and no detection at all: both APs 0, mAP 0 (not NaN).
+    assert run_eval(tmp_path, [f"v,0902,{FULL},1,0", f"v,0902,{LEFT},2,0"], []).mean_ap == 0.0
+    # Windows line ends and quoted fields parse as the csv module reads them (as the official script).
+    gt = tmp_path / "gt_crlf.csv"
+    gt.write_bytes(b'"v",0902,0.0,0.0,1.0,1.0,1,0\r\nv,0903,0.0,0.0,1.0,1.0,1,0\r\n')
+    det = tmp_path / "det_crlf.csv"
+    det.write_bytes(b'v,"0902",0.0,0.0,1.0,1.0,1,0.9\r\nv,0903,0.75,0.0,1.0,1.0,1,0.99\r\n')
+    result, _ = evaluate_files(write(tmp_path / "m.pbtxt", [LABELMAP]), gt, det)
+    assert result.mean_ap == 0.25  # as in the exclusion example: miss at 0.99, hit at 0.9 over 2
