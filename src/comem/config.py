@@ -78,6 +78,12 @@ class TrainConfig:
     channels_last: bool = True  # channels-last-3d layout on CUDA (faster cuDNN 3-D convolutions)
     compile: bool = False  # torch.compile every backbone stage
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes (GPUs only)
+    # AVA spatio-temporal action detection (task "ava", see comem.detection; ``clips`` = keyframe clip +
+    # memory clips of its movie)
+    task: str = "classify"  # classify | ava
+    ava_version: str = "2.2"  # AVA annotation files: 2.1 | 2.2
+    ava_detection_thresh: float = 0.9  # evaluate person proposals with score >= this (PySlowFast's default)
+    ava_box_jitter: float = 0.05  # training boxes' sides move by up to this fraction of the box size
 
     def validate(self) -> TrainConfig:
         choices = {
@@ -116,6 +122,9 @@ class TrainConfig:
             raise ConfigError(f"target_fps must be > 0; got {self.target_fps}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0; got {self.workers}")
+        for name, allowed in (("task", ("classify", "ava")), ("ava_version", ("2.1", "2.2"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         return self
 
     @property

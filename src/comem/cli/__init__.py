@@ -11,10 +11,32 @@ import os
 import sys
 from types import ModuleType
 
-from comem.cli import bench, check_data, evaluate, flops, models, predict, synthetic, train
+from comem.cli import (
+    bench,
+    check_data,
+    eval_ava,
+    evaluate,
+    flops,
+    models,
+    predict,
+    synthetic,
+    synthetic_ava,
+    train,
+)
 from comem.errors import UserError
 
-COMMANDS: list[ModuleType] = [train, evaluate, predict, synthetic, check_data, models, flops, bench]
+COMMANDS: list[ModuleType] = [
+    train,
+    evaluate,
+    predict,
+    eval_ava,
+    synthetic,
+    synthetic_ava,
+    check_data,
+    models,
+    flops,
+    bench,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from comem.detection.train import evaluate_ava_command, is_ava_checkpoint
+
+    if is_ava_checkpoint(args.checkpoint):  # AVA detection: detections CSV + official frame mAP
+        return evaluate_ava_command(args)
     from comem.engine.evaluate import evaluate_checkpoint
 
     metrics, out_dir = evaluate_checkpoint(

@@ -102,6 +102,10 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
         "true: multi-label train targets only the actions overlapping the sampled clips",
     ),
     ("--memory-chunk", "memory_chunk", int, "comem: clips of each video per no-grad memory-pass forward"),
+    ("--task", "task", str, "classify (video labels) | ava (person-box action detection, AVA layout)"),
+    ("--ava-version", "ava_version", str, "AVA annotation files: 2.1 | 2.2"),
+    ("--ava-detection-thresh", "ava_detection_thresh", float, "keep person proposals with score >= this"),
+    ("--ava-box-jitter", "ava_box_jitter", float, "training box jitter, fraction of the box size"),
 ]
 
 # On/off flags: (flag, config field, value the flag sets, help).

@@ -455,6 +455,10 @@ class Trainer:
 
 def train(config: TrainConfig) -> dict[str, Any]:
     try:
+        if config.task == "ava":
+            from comem.detection.train import train_ava
+
+            return train_ava(config)
         return Trainer(config).run()
     finally:
         shutdown_distributed()
