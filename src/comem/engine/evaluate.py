@@ -80,7 +80,9 @@ def predict_scores(
     model.eval()
     autocast = autocast_for(device, amp)
     scores, targets, indices, skipped = [], [], [], []
-    for batch in tqdm(batches, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
+    for batch in tqdm(
+        batches, desc="eval", leave=False, dynamic_ncols=True, **({} if progress else {"disable": True})
+    ):
         skipped.extend(batch["skipped"])
         if batch["label"].numel() == 0:
             continue

@@ -358,7 +358,7 @@ class Trainer:
             initial=self.step_in_epoch,
             total=self.steps_per_epoch,
             dynamic_ncols=True,
-            disable=not self.dist.is_main,
+            **({} if self.dist.is_main else {"disable": True}),  # TQDM_DISABLE=1 still works
         )
         started, clips_seen = time.perf_counter(), 0
         waiting_since = started
