@@ -51,6 +51,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=4, help="data loading processes [4]")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs)")
+    parser.add_argument(
+        "--profile-memory",
+        action="store_true",
+        help="CPU: peak tensor memory from torch.profiler (one extra, slow step per row)",
+    )
     parser.add_argument("--json", dest="json_path", help="also write the JSON report here")
 
 
@@ -73,6 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         peak_tflops=args.peak_tflops,
+        profile_memory=args.profile_memory,
     )
 
     def progress(row) -> None:

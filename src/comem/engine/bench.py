@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import json
 import platform
 import statistics
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -78,6 +82,7 @@ class BenchSpec:
     data: str | None = None
     workers: int = 4
     peak_tflops: float | None = None  # overrides the table (e.g. for a CPU or an unlisted GPU)
+    profile_memory: bool = False  # CPU: peak tensor memory of one extra step from torch.profiler
 
     def validate(self) -> BenchSpec:
         if self.backbone not in BACKBONES:
@@ -247,6 +252,22 @@ def count_step_flops(step: Callable[[dict], None], batch: dict) -> int:
     return counter.get_total_flops()
 
 
+def profiled_peak_gib(step: Callable[[dict], None], batch: dict) -> float:
+    """Peak tensor memory of one step on the CPU, where there are no allocator statistics: the
+    largest total of live tensors on torch.profiler's memory timeline (slow: one step only)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(
+        activities=activities, profile_memory=True, record_shapes=True, with_stack=True
+    ) as profiler:
+        step(batch)
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of a CUDA-only tool
+        path = Path(folder) / "timeline.json"
+        profiler.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    return max((sum(categories) for categories in sizes), default=0) / 2**30
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -302,6 +323,19 @@ def measure(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) ->
     return row
 
 
+def profile_cpu_memory(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) -> float:
+    """``profiled_peak_gib`` of one step of ``mode`` after a warm-up step, on a fresh model."""
+    torch.manual_seed(0)
+    model = build_model(
+        ModelSpec(backbone=spec.backbone, num_classes=spec.num_classes, memory_stages=spec.memory_stages)
+    ).to(device)
+    model.train()
+    step = make_step(mode, model, device, spec)
+    source = batches(replace(spec, workers=0), num_clips, device)
+    step(next(source))  # optimizer state exists from here on, as in every later step
+    return profiled_peak_gib(step, next(source))
+
+
 def run_bench(spec: BenchSpec, progress: Callable[[BenchRow], None] | None = None) -> BenchReport:
     spec = spec.validate()
     device = resolve_device(spec.device)
@@ -310,6 +344,8 @@ def run_bench(spec: BenchSpec, progress: Callable[[BenchRow], None] | None = Non
     plan += [(mode, n) for n in spec.clips for mode in spec.modes if mode in ("joint", "comem")]
     for mode, num_clips in plan:
         row = measure(spec, mode, num_clips, device)
+        if spec.profile_memory and device.type == "cpu" and row.error is None:
+            row.peak_memory_gib = profile_cpu_memory(spec, mode, num_clips, device)
         report.rows.append(row)
         if progress:
             progress(row)
@@ -358,9 +394,13 @@ def describe(report: BenchReport) -> str:
         f", CUDA {env['cuda']}, cuDNN {env['cudnn']}" if "cuda" in env else ""
     )
     data = spec.data or "random uint8"
+    memory_source = "torch.cuda.max_memory_allocated"
+    if "cuda" not in env:
+        memory_source = "torch.profiler tensor timeline" if spec.profile_memory else "not measured"
     return (
         f"{env['device_name']} ({env['device']}), {versions}, {env['date']}; {spec.backbone}, "
         f"{spec.clip_len}×{spec.crop_size}², B={spec.batch_size}, {data} data, median of {spec.steps} "
         f"timed steps after {spec.warmup} warm-up; memory stages {','.join(spec.memory_stages)}, "
-        f"memory chunk {spec.memory_chunk}{', torch.compile' if spec.compile else ''}"
+        f"memory chunk {spec.memory_chunk}{', torch.compile' if spec.compile else ''}; peak memory: "
+        + memory_source
     )
