@@ -33,6 +33,15 @@ def test_bench_train_reports_every_mode_and_the_comem_flop_overhead(tmp_path: Pa
     table = capsys.readouterr().out
     assert "| comem | 3 |" in table and "tiny, 4×32², B=2" in table
 
+    # Counting on the meta device (no computation) gives the FLOPs of the real steps.
+    counted = tmp_path / "flops.json"
+    assert main(["bench", "train", *TINY, "--clips", "2,3", "--flops-only", "--json", str(counted)]) == 0
+    for row in json.loads(counted.read_text())["rows"]:
+        real = rows[(row["mode"], row["clips"])]
+        assert row["step_tflop"] == pytest.approx(real["step_tflop"], rel=1e-9)
+        assert row["flop_bound_vs_single"] == pytest.approx(real["flop_bound_vs_single"], rel=1e-9)
+        assert row["clips_per_s"] is None
+
 
 @pytest.mark.parametrize(
     ("flags", "message"),

@@ -56,6 +56,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="CPU: peak tensor memory from torch.profiler (one extra, slow step per row)",
     )
+    parser.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="only count FLOPs per step (on the meta device: instant, any size, no GPU needed)",
+    )
     parser.add_argument("--json", dest="json_path", help="also write the JSON report here")
 
 
@@ -79,10 +84,15 @@ def run_train(args: argparse.Namespace) -> int:
         device=args.device,
         peak_tflops=args.peak_tflops,
         profile_memory=args.profile_memory,
+        flops_only=args.flops_only,
     )
 
     def progress(row) -> None:
-        speed = "—" if row.clips_per_s is None else f"{row.clips_per_s:.1f} clips/s"
+        speed = (
+            f"{row.step_tflop:.3g} TFLOP/step"
+            if row.clips_per_s is None
+            else f"{row.clips_per_s:.1f} clips/s"
+        )
         print(f"  {row.mode} N={row.clips}: {row.error or speed}", file=sys.stderr, flush=True)
 
     report = run_bench(spec, progress)
