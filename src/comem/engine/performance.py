@@ -38,6 +38,11 @@ def prepare_video(
     video = video.to(device, non_blocking=True)
     if channels_last and on_cuda:  # re-laid out as uint8 (a quarter of the bytes); the
         # element-wise normalisation below keeps the layout of its input
-        video = video.permute(0, 1, 3, 4, 5, 2).contiguous().permute(0, 1, 5, 2, 3, 4)
+        video = channels_last_clips(video)
     video = normalize(video)
     return video.to(torch.bfloat16) if amp and on_cuda else video
+
+
+def channels_last_clips(video: torch.Tensor) -> torch.Tensor:
+    """(B, N, C, T, H, W) with the same values, stored as (B, N, T, H, W, C)."""
+    return video.permute(0, 1, 3, 4, 5, 2).contiguous().permute(0, 1, 5, 2, 3, 4)
