@@ -51,3 +51,14 @@ def test_bench_train_rejects_bad_options_in_one_line(flags: list[str], message: 
     assert main(["bench", "train", *TINY, *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("comem bench: error:") and message in err and "\n" not in err
+
+
+def test_bench_train_on_real_videos_through_the_training_loader(tiny_dataset: Path, capsys) -> None:
+    flags = ["--modes", "single,comem", "--clips", "2", "--data", str(tiny_dataset)]
+    assert main(["bench", "train", *TINY, *flags]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{") :])
+    assert [(row["mode"], row["clips"]) for row in report["rows"]] == [("single", 1), ("comem", 2)]
+    for row in report["rows"]:
+        assert row["error"] is None and row["clips_per_s"] > 0 and row["loader_wait_ms"] >= 0
+    assert f"{tiny_dataset} data" in out

@@ -15,14 +15,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from ddp_worker import gradients, make_model, union_batch
 from tinydata import TINY_TRAIN_FLAGS
 
 from comem.config import TrainConfig
-from comem.engine.distributed import DistContext
+from comem.engine.distributed import DistContext, DistributedSetupError, wrap_for_training
 from comem.engine.modes import comem_step, joint_step
 from comem.engine.train import EpochSampler, Trainer
+from comem.errors import UserError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TESTS = Path(__file__).resolve().parent
@@ -111,3 +113,10 @@ def test_torchrun_training_writes_the_single_process_metrics_and_resumes(
     resumed = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"][0] == metrics["history"][0]
+
+
+def test_sync_bn_on_cpu_processes_is_refused_in_one_line() -> None:
+    model = make_model()
+    with pytest.raises(DistributedSetupError, match="--sync-bn needs CUDA devices"):
+        wrap_for_training(model, DistContext(rank=0, world_size=2), torch.device("cpu"), sync_bn=True)
+    assert issubclass(DistributedSetupError, UserError)
