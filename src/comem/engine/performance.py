@@ -21,6 +21,11 @@ def tune_model(model: VideoModel, device: torch.device, *, channels_last: bool, 
         if channels_last:
             model.to(memory_format=torch.channels_last_3d)
     if compile:
+        # Stages share code (nn.Sequential.forward), so every (stage, input shape) pair is one
+        # compiled variant of the same function: more than dynamo's default limit of 8, past
+        # which it silently falls back to eager.
+        name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
         for stage in model.backbone.stages.values():
             stage.compile()
 
