@@ -71,6 +71,14 @@ def test_ddp_step_gradients_equal_single_process_on_the_union_batch(tmp_path: Pa
             assert rank[mode].keys() == want[mode].keys()
             for name, gradient in want[mode].items():
                 torch.testing.assert_close(rank[mode][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+    # comem's 3 per-clip backwards all-reduce every gradient bucket once (no_sync on all clips but
+    # the last); without no_sync they would do it once per clip, to the same gradients.
+    for rank in ranks:
+        once, every_clip = rank["comem_reductions"], rank["comem_every_clip_reductions"]
+        assert once and sorted(once) == sorted(set(once))
+        assert sorted(every_clip) == sorted(once * 3)
+        for name, gradient in want["comem"].items():
+            torch.testing.assert_close(rank["comem_every_clip"][name], gradient, rtol=1e-4, atol=1e-6)
     # The halves alone give other gradients: the match above is the all-reduce's doing.
     half = make_model()
     comem_step(half, video[:2], targets[:2], contextlib.nullcontext)
