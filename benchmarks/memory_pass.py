@@ -49,10 +49,12 @@ def plain_forward(model: VideoModel, video: torch.Tensor) -> None:
 
 def measure(
     run: Callable[[], object], device: torch.device, repeats: int
-) -> tuple[float, float, float | None]:
+) -> tuple[float, float | None, float | None]:
     counter = FlopCounterMode(display=False)
     with counter:
         run()
+    if device.type == "meta":  # FLOPs only
+        return counter.get_total_flops() / 1e9, None, None
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -74,8 +76,9 @@ def main() -> None:
     parser.add_argument("--crop-size", type=int, default=56)
     parser.add_argument("--chunk", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", help="cuda | cpu | meta (FLOPs only, any size) [cuda if available]")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
     model = build_model(ModelSpec(backbone=args.backbone, num_classes=400)).to(device).eval()
     shape = (args.batch_size, args.clips, 3, args.clip_len, args.crop_size, args.crop_size)
@@ -96,8 +99,8 @@ def main() -> None:
         for name, run in runs.items():
             gflop, seconds, peak = measure(run, device, args.repeats)
             base = base or gflop
-            shown = "—" if peak is None else f"{peak:.2f}"
-            print(f"| {name} | {gflop:.1f} | {gflop / base:.2f} | {seconds:.2f} | {shown} |")
+            shown = ["—" if value is None else f"{value:.2f}" for value in (seconds, peak)]
+            print(f"| {name} | {gflop:.1f} | {gflop / base:.2f} | {shown[0]} | {shown[1]} |")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from comem.engine.distributed import gather_video_scores, init_distributed, step_hooks, wrap_for_training
 from comem.engine.evaluate import VideoScores
@@ -46,20 +48,34 @@ def main(out: Path) -> None:
     context, device = init_distributed(torch.device("cpu"))
     model = make_model()
     train_model = wrap_for_training(model, context, device)
+    reductions = []  # one entry per gradient bucket all-reduced
+
+    def counting_allreduce(state: object, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+        reductions.append(bucket.index())
+        return default_hooks.allreduce_hook(None, bucket)
+
+    train_model.register_comm_hook(None, counting_allreduce)
     video, targets = union_batch()
     share = slice(context.rank * VIDEOS // 2, (context.rank + 1) * VIDEOS // 2)
     result = {}
-    comem_step(model, video[share], targets[share], contextlib.nullcontext, **step_hooks(train_model))
-    result["comem"] = gradients(model)
-    model.zero_grad(set_to_none=True)
+    # Joint first: DDP re-buckets the gradients after its first backward, so the two comem steps
+    # below run with the same buckets and their all-reduce counts compare.
     joint_step(train_model, video[share], targets[share], contextlib.nullcontext)
     result["joint"] = gradients(model)
+    for name, hooks in (
+        ("comem", step_hooks(train_model)),
+        ("comem_every_clip", {"forward_clip": train_model}),
+    ):
+        model.zero_grad(set_to_none=True)
+        reductions.clear()
+        comem_step(model, video[share], targets[share], contextlib.nullcontext, **hooks)
+        result[name], result[f"{name}_reductions"] = gradients(model), list(reductions)
     # Uneven eval shares with a wrapped-around duplicate (video 0 again on rank 1), as ShardSampler pads.
     indices = torch.tensor([[0, 2, 4], [1, 3, 0]][context.rank])
     scores = VideoScores(indices[:, None].float().repeat(1, 2), indices % 2, indices, [f"bad{context.rank}"])
     result["gathered"] = gather_video_scores(scores, context)
     torch.save(result, out / f"rank{context.rank}.pt")
-    torch.distributed.destroy_process_group()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -33,6 +33,15 @@ def test_bench_train_reports_every_mode_and_the_comem_flop_overhead(tmp_path: Pa
     table = capsys.readouterr().out
     assert "| comem | 3 |" in table and "tiny, 4×32², B=2" in table
 
+    # Counting on the meta device (no computation) gives the FLOPs of the real steps.
+    counted = tmp_path / "flops.json"
+    assert main(["bench", "train", *TINY, "--clips", "2,3", "--flops-only", "--json", str(counted)]) == 0
+    for row in json.loads(counted.read_text())["rows"]:
+        real = rows[(row["mode"], row["clips"])]
+        assert row["step_tflop"] == pytest.approx(real["step_tflop"], rel=1e-9)
+        assert row["flop_bound_vs_single"] == pytest.approx(real["flop_bound_vs_single"], rel=1e-9)
+        assert row["clips_per_s"] is None
+
 
 @pytest.mark.parametrize(
     ("flags", "message"),
@@ -42,3 +51,14 @@ def test_bench_train_rejects_bad_options_in_one_line(flags: list[str], message: 
     assert main(["bench", "train", *TINY, *flags]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("comem bench: error:") and message in err and "\n" not in err
+
+
+def test_bench_train_on_real_videos_through_the_training_loader(tiny_dataset: Path, capsys) -> None:
+    flags = ["--modes", "single,comem", "--clips", "2", "--data", str(tiny_dataset)]
+    assert main(["bench", "train", *TINY, *flags]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{") :])
+    assert [(row["mode"], row["clips"]) for row in report["rows"]] == [("single", 1), ("comem", 2)]
+    for row in report["rows"]:
+        assert row["error"] is None and row["clips_per_s"] > 0 and row["loader_wait_ms"] >= 0
+    assert f"{tiny_dataset} data" in out

@@ -15,14 +15,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from ddp_worker import gradients, make_model, union_batch
 from tinydata import TINY_TRAIN_FLAGS
 
 from comem.config import TrainConfig
-from comem.engine.distributed import DistContext
+from comem.engine.distributed import DistContext, DistributedSetupError, wrap_for_training
 from comem.engine.modes import comem_step, joint_step
 from comem.engine.train import EpochSampler, Trainer
+from comem.errors import UserError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TESTS = Path(__file__).resolve().parent
@@ -69,6 +71,14 @@ def test_ddp_step_gradients_equal_single_process_on_the_union_batch(tmp_path: Pa
             assert rank[mode].keys() == want[mode].keys()
             for name, gradient in want[mode].items():
                 torch.testing.assert_close(rank[mode][name], gradient, rtol=1e-4, atol=1e-6, msg=name)
+    # comem's 3 per-clip backwards all-reduce every gradient bucket once (no_sync on all clips but
+    # the last); without no_sync they would do it once per clip, to the same gradients.
+    for rank in ranks:
+        once, every_clip = rank["comem_reductions"], rank["comem_every_clip_reductions"]
+        assert once and sorted(once) == sorted(set(once))
+        assert sorted(every_clip) == sorted(once * 3)
+        for name, gradient in want["comem"].items():
+            torch.testing.assert_close(rank["comem_every_clip"][name], gradient, rtol=1e-4, atol=1e-6)
     # The halves alone give other gradients: the match above is the all-reduce's doing.
     half = make_model()
     comem_step(half, video[:2], targets[:2], contextlib.nullcontext)
@@ -111,3 +121,10 @@ def test_torchrun_training_writes_the_single_process_metrics_and_resumes(
     resumed = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"][0] == metrics["history"][0]
+
+
+def test_sync_bn_on_cpu_processes_is_refused_in_one_line() -> None:
+    model = make_model()
+    with pytest.raises(DistributedSetupError, match="--sync-bn needs CUDA devices"):
+        wrap_for_training(model, DistContext(rank=0, world_size=2), torch.device("cpu"), sync_bn=True)
+    assert issubclass(DistributedSetupError, UserError)

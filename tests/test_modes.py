@@ -5,7 +5,9 @@ import contextlib
 import pytest
 import torch
 
+from comem.data.transforms import normalize
 from comem.engine.modes import comem_step, joint_step, preserved_batchnorm_stats, single_step
+from comem.engine.performance import channels_last_clips
 from comem.models.build import ModelSpec, build_model
 
 NO_AUTOCAST = contextlib.nullcontext
@@ -123,3 +125,16 @@ def test_memory_bank_equals_the_summaries_of_a_joint_forward(chunk: int) -> None
     assert banks.keys() == seen.keys() == {"layer2", "layer3", "layer4"}
     for name, bank in banks.items():
         torch.testing.assert_close(bank, seen[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_channels_last_clips_keep_values_and_give_convolutions_channels_last_input() -> None:
+    """The GPU input layout (checked here on the CPU, where training does not use it)."""
+    clips = torch.randint(0, 256, (2, 3, 3, 4, 8, 8), dtype=torch.uint8)
+    laid_out = normalize(channels_last_clips(clips))  # element-wise ops keep the layout
+    assert torch.equal(laid_out, normalize(clips))
+    assert laid_out.flatten(0, 1).is_contiguous(memory_format=torch.channels_last_3d)  # joint input
+    assert laid_out[:, 1].stride()[1] == 1  # a comem clip: channels innermost
+    model = make_model()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(laid_out), model(normalize(clips)), rtol=1e-4, atol=1e-5)

@@ -43,6 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=4, help="data loading processes [4]")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs)")
+    parser.add_argument(
+        "--profile-memory",
+        action="store_true",
+        help="CPU: peak tensor memory from torch.profiler (one extra, slow step per row)",
+    )
+    parser.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="only count FLOPs per step (on the meta device: instant, any size, no GPU needed)",
+    )
     parser.add_argument("--json", dest="json_path", help="also write the JSON report here")
 
 
@@ -65,10 +75,16 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         peak_tflops=args.peak_tflops,
+        profile_memory=args.profile_memory,
+        flops_only=args.flops_only,
     )
 
     def progress(row) -> None:
-        speed = "—" if row.clips_per_s is None else f"{row.clips_per_s:.1f} clips/s"
+        speed = (
+            f"{row.step_tflop:.3g} TFLOP/step"
+            if row.clips_per_s is None
+            else f"{row.clips_per_s:.1f} clips/s"
+        )
         print(f"  {row.mode} N={row.clips}: {row.error or speed}", file=sys.stderr, flush=True)
 
     report = run_bench(spec, progress)

@@ -15,13 +15,18 @@ through the same pinned-memory DataLoader and non-blocking copy as training.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import itertools
+import json
 import platform
 import statistics
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,6 +84,8 @@ class BenchSpec:
     data: str | None = None
     workers: int = 4
     peak_tflops: float | None = None  # overrides the table (e.g. for a CPU or an unlisted GPU)
+    profile_memory: bool = False  # CPU: peak tensor memory of one extra step from torch.profiler
+    flops_only: bool = False  # count FLOPs on the meta device, time nothing
 
     def validate(self) -> BenchSpec:
         if self.backbone not in BACKBONES:
@@ -111,6 +118,7 @@ class BenchRow:
     achieved_tflops: float | None = None
     mfu: float | None = None
     speed_vs_single: float | None = None
+    flop_bound_vs_single: float | None = None  # clips/s relative to single at equal TFLOP/s
     memory_vs_single: float | None = None
     error: str | None = None  # e.g. out of memory
 
@@ -248,6 +256,22 @@ def count_step_flops(step: Callable[[dict], None], batch: dict) -> int:
     return counter.get_total_flops()
 
 
+def profiled_peak_gib(step: Callable[[dict], None], batch: dict) -> float:
+    """Peak tensor memory of one step on the CPU, where there are no allocator statistics: the
+    largest total of live tensors on torch.profiler's memory timeline (slow: one step only)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(
+        activities=activities, profile_memory=True, record_shapes=True, with_stack=True
+    ) as profiler:
+        step(batch)
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of a CUDA-only tool
+        path = Path(folder) / "timeline.json"
+        profiler.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    return max((sum(categories) for categories in sizes), default=0) / 2**30
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -303,6 +327,19 @@ def measure(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) ->
     return row
 
 
+def profile_cpu_memory(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) -> float:
+    """``profiled_peak_gib`` of one step of ``mode`` after a warm-up step, on a fresh model."""
+    torch.manual_seed(0)
+    model = build_model(
+        ModelSpec(backbone=spec.backbone, num_classes=spec.num_classes, memory_stages=spec.memory_stages)
+    ).to(device)
+    model.train()
+    step = make_step(mode, model, device, spec)
+    source = batches(replace(spec, workers=0), num_clips, device)
+    step(next(source))  # optimizer state exists from here on, as in every later step
+    return profiled_peak_gib(step, next(source))
+
+
 def run_bench(spec: BenchSpec, progress: Callable[[BenchRow], None] | None = None) -> BenchReport:
     spec = spec.validate()
     device = resolve_device(spec.device)
@@ -310,17 +347,52 @@ def run_bench(spec: BenchSpec, progress: Callable[[BenchRow], None] | None = Non
     plan = [(mode, 1) for mode in spec.modes if mode in ("plain", "single")]
     plan += [(mode, n) for n in spec.clips for mode in spec.modes if mode in ("joint", "comem")]
     for mode, num_clips in plan:
-        row = measure(spec, mode, num_clips, device)
+        if spec.flops_only:
+            row = BenchRow(
+                mode, num_clips, spec.batch_size, step_tflop=meta_step_flops(spec, mode, num_clips) / 1e12
+            )
+        else:
+            row = measure(spec, mode, num_clips, device)
+        if spec.profile_memory and device.type == "cpu" and row.error is None:
+            row.peak_memory_gib = profile_cpu_memory(spec, mode, num_clips, device)
         report.rows.append(row)
         if progress:
             progress(row)
-    single = next((r for r in report.rows if r.mode == "single" and r.error is None), None)
-    for row in report.rows:
-        if single and row.clips_per_s is not None:
-            row.speed_vs_single = row.clips_per_s / single.clips_per_s
-            if row.peak_memory_gib is not None and single.peak_memory_gib:
-                row.memory_vs_single = row.peak_memory_gib / single.peak_memory_gib
+    compare_to_single(report.rows)
     return report
+
+
+def compare_to_single(rows: list[BenchRow]) -> None:
+    """Fill the ``*_vs_single`` columns from the ``single`` row."""
+    single = next((row for row in rows if row.mode == "single" and row.error is None), None)
+    if single is None:
+        return
+    for row in rows:
+        if row.step_tflop and single.step_tflop:
+            row.flop_bound_vs_single = row.clips * single.step_tflop / row.step_tflop
+        if row.clips_per_s is not None and single.clips_per_s:
+            row.speed_vs_single = row.clips_per_s / single.clips_per_s
+        if row.peak_memory_gib is not None and single.peak_memory_gib:
+            row.memory_vs_single = row.peak_memory_gib / single.peak_memory_gib
+
+
+def meta_step_flops(spec: BenchSpec, mode: str, num_clips: int) -> int:
+    """FLOPs of one step counted on the meta device: exact, instant, no memory, any size."""
+    with torch.device("meta"):
+        model = build_model(
+            ModelSpec(backbone=spec.backbone, num_classes=spec.num_classes, memory_stages=spec.memory_stages)
+        )
+    model.train()
+    shape = (spec.batch_size, num_clips, 3, spec.clip_len, spec.crop_size, spec.crop_size)
+    video = torch.empty(shape, device="meta")
+    targets = torch.zeros(spec.batch_size, dtype=torch.long, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        if mode == "comem":
+            comem_step(model, video, targets, contextlib.nullcontext, memory_chunk=spec.memory_chunk)
+        else:
+            joint_step(model, video, targets, contextlib.nullcontext)
+    return counter.get_total_flops()
 
 
 def _cell(value: float | None, fmt: str) -> str:
@@ -332,13 +404,17 @@ def format_table(report: BenchReport) -> str:
     columns = [
         ("clips/s", "clips_per_s", ".1f"),
         ("× single", "speed_vs_single", ".2f"),
+        ("FLOP bound × single", "flop_bound_vs_single", ".3f"),
         ("step ms", "step_ms", ".0f"),
         ("loader wait ms", "loader_wait_ms", ".1f"),
-        ("peak GiB", "peak_memory_gib", ".2f"),
+        ("peak GiB", "peak_memory_gib", ".3g"),
         ("mem × single", "memory_vs_single", ".2f"),
         ("TFLOP/step", "step_tflop", ".3g"),
         ("TFLOP/s", "achieved_tflops", ".3g"),
         ("MFU", "mfu", ".1%"),
+    ]
+    columns = [
+        column for column in columns if any(getattr(row, column[1]) is not None for row in report.rows)
     ]
     lines = [
         "| mode | N | " + " | ".join(title for title, _, _ in columns) + " |",
@@ -346,7 +422,7 @@ def format_table(report: BenchReport) -> str:
     ]
     for row in report.rows:
         if row.error:
-            cells = [row.error] + [""] * (len(columns) - 1)
+            cells = [row.error] + [""] * (len(columns) - 1) if columns else [row.error]
         else:
             cells = [_cell(getattr(row, name), fmt) for _, name, fmt in columns]
         lines.append(f"| {row.mode} | {row.clips} | " + " | ".join(cells) + " |")
@@ -358,10 +434,18 @@ def describe(report: BenchReport) -> str:
     versions = f"torch {env['torch']}" + (
         f", CUDA {env['cuda']}, cuDNN {env['cudnn']}" if "cuda" in env else ""
     )
-    data = spec.data or "random uint8"
+    memory_source = "torch.cuda.max_memory_allocated"
+    if "cuda" not in env:
+        memory_source = "torch.profiler tensor timeline" if spec.profile_memory else "not measured"
+    timing = (
+        "FLOPs counted on the meta device, nothing timed"
+        if spec.flops_only
+        else f"{spec.data or 'random uint8'} data, median of {spec.steps} timed steps after "
+        f"{spec.warmup} warm-up; peak memory: {memory_source}"
+    )
     return (
         f"{env['device_name']} ({env['device']}), {versions}, {env['date']}; {spec.backbone}, "
-        f"{spec.clip_len}×{spec.crop_size}², B={spec.batch_size}, {data} data, median of {spec.steps} "
-        f"timed steps after {spec.warmup} warm-up; memory stages {','.join(spec.memory_stages)}, "
-        f"memory chunk {spec.memory_chunk}{', torch.compile' if spec.compile else ''}"
+        f"{spec.clip_len}×{spec.crop_size}², B={spec.batch_size}; memory stages "
+        f"{','.join(spec.memory_stages)}, memory chunk {spec.memory_chunk}"
+        f"{', torch.compile' if spec.compile else ''}; {timing}"
     )

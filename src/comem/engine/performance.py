@@ -21,6 +21,11 @@ def tune_model(model: VideoModel, device: torch.device, *, channels_last: bool, 
         if channels_last:
             model.to(memory_format=torch.channels_last_3d)
     if compile:
+        # Stages share code (nn.Sequential.forward), so every (stage, input shape) pair is one
+        # compiled variant of the same function: more than dynamo's default limit of 8, past
+        # which it silently falls back to eager.
+        name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
         for stage in model.backbone.stages.values():
             stage.compile()
 
@@ -38,6 +43,11 @@ def prepare_video(
     video = video.to(device, non_blocking=True)
     if channels_last and on_cuda:  # re-laid out as uint8 (a quarter of the bytes); the
         # element-wise normalisation below keeps the layout of its input
-        video = video.permute(0, 1, 3, 4, 5, 2).contiguous().permute(0, 1, 5, 2, 3, 4)
+        video = channels_last_clips(video)
     video = normalize(video)
     return video.to(torch.bfloat16) if amp and on_cuda else video
+
+
+def channels_last_clips(video: torch.Tensor) -> torch.Tensor:
+    """(B, N, C, T, H, W) with the same values, stored as (B, N, T, H, W, C)."""
+    return video.permute(0, 1, 3, 4, 5, 2).contiguous().permute(0, 1, 5, 2, 3, 4)
