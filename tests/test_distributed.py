@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 from ddp_worker import gradients, make_model, union_batch
+from formatdata import write_charades
 from tinydata import TINY_TRAIN_FLAGS
 
 from comem.config import TrainConfig
 from comem.engine.distributed import DistContext
+from comem.engine.evaluate import evaluate_checkpoint
 from comem.engine.modes import comem_step, joint_step
 from comem.engine.train import EpochSampler, Trainer
 
@@ -111,3 +113,18 @@ def test_torchrun_training_writes_the_single_process_metrics_and_resumes(
     resumed = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"][0] == metrics["history"][0]
+
+
+def test_torchrun_multi_label_val_map_is_that_of_the_saved_checkpoint(tmp_path: Path) -> None:
+    # Charades-format multi-label data: the per-video sigmoid scores of both ranks are gathered, and
+    # the val mAP printed during DDP training is the one `comem eval` gives on the checkpoint. (Each
+    # rank's last training forward updates its own BatchNorm running statistics; evaluating with
+    # rank 1's would score a model that was never saved.)
+    data = write_charades(tmp_path / "charades", num_train=8, num_val=6)
+    out = tmp_path / "ddp"
+    flags = [*TINY_TRAIN_FLAGS, "--data", str(data), "--batch-size", "2", "--epochs", "2", "--out", str(out)]
+    torchrun(["-m", "comem", "train", *flags], tmp_path)
+    trained = json.loads((out / "metrics.json").read_text())
+    assert trained["multi_label"] and trained["val_videos"] == 6
+    evaluated, _ = evaluate_checkpoint(out / "last.pt", device="cpu", workers=0)
+    assert evaluated["val_mAP"] == trained["val_mAP"]

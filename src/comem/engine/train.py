@@ -35,6 +35,7 @@ from comem.engine.distributed import (
     NullWriter,
     ShardSampler,
     all_ranks,
+    broadcast_buffers,
     gather_objects,
     gather_video_scores,
     init_distributed,
@@ -299,6 +300,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         sampler = ShardSampler(len(self.val_set), self.dist) if self.dist.enabled else None
+        broadcast_buffers(self.model, self.dist)  # score the model the checkpoint stores on every rank
         loader = make_loader(self.val_set, self.config, sampler, self.device, drop_last=False)
         result = predict_scores(
             self.model,
