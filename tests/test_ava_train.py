@@ -210,6 +210,22 @@ def test_missing_ava_files_are_one_line_errors(
     assert "ava_version must be one of 2.1, 2.2" in capsys.readouterr().err
 
 
+def test_ava_under_torchrun_is_a_one_line_error(
+    ava_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As torchrun starts each process: without the check every rank ran the whole job into one --out.
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "o"
+    assert main(["train", "--data", str(ava_dir), "--out", str(out), *TINY_FLAGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "comem train: error: --task ava runs in one process; start it without torchrun "
+        "(no multi-process AVA training)"
+    )
+    assert not out.exists()
+
+
 def _write_gray_movie(path: Path, num_frames: int, fps: int) -> Path:
     """Frame i is flat gray level videos.gray_level(i); a keyframe every 8 frames, so reads seek."""
     with av.open(str(path), "w") as container:

@@ -32,10 +32,12 @@ from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.distributed import (
     DistContext,
+    DistributedSetupError,
     NullWriter,
     ShardSampler,
     all_ranks,
     broadcast_buffers,
+    context_from_env,
     gather_objects,
     gather_video_scores,
     init_distributed,
@@ -459,6 +461,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
     try:
         if config.task == "ava":
             from comem.detection.train import train_ava
+
+            if context_from_env().enabled:  # each rank would run the whole job into the same --out
+                raise DistributedSetupError(
+                    "--task ava runs in one process; start it without torchrun "
+                    "(no multi-process AVA training)"
+                )
 
             return train_ava(config)
         return Trainer(config).run()
