@@ -80,7 +80,8 @@ def predict_scores(
     model.eval()
     autocast = autocast_for(device, amp)
     scores, targets, indices, skipped = [], [], [], []
-    for batch in tqdm(batches, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
+    hidden = {} if progress else {"disable": True}  # an explicit disable=False would override TQDM_DISABLE
+    for batch in tqdm(batches, desc="eval", leave=False, dynamic_ncols=True, **hidden):
         skipped.extend(batch["skipped"])
         if batch["label"].numel() == 0:
             continue
