@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tinydata import TINY_TRAIN_FLAGS
 
 from comem.cli import main
+from comem.models.build import ModelSpec, build_model, load_pretrained
 
 EPOCHS = 2
 
@@ -35,6 +36,15 @@ def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     ]
     assert main(argv) == 0
     return out
+
+
+def test_a_training_checkpoint_loads_as_pretrained_weights(trained: Path) -> None:
+    # last.pt also holds numpy's RNG state, which torch.load(weights_only=True) refused.
+    model = build_model(ModelSpec(backbone="tiny", num_classes=2, dropout=0.2))
+    assert load_pretrained(model, trained / "last.pt") == []
+    saved = torch.load(trained / "last.pt", map_location="cpu", weights_only=False)["model"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
 
 
 def test_train_writes_metrics_checkpoints_and_tensorboard(trained: Path, tiny_dataset: Path) -> None:
