@@ -1,5 +1,6 @@
 """AVA data readers, the synthetic AVA-format set, the detector and ``comem train --task ava`` end to end."""
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -13,6 +14,7 @@ import torch
 from videos import frame_index_of, gray_level
 
 from comem.cli import main
+from comem.config import TrainConfig
 from comem.detection.ava_data import (
     AvaKeyframeDataset,
     ClipSpec,
@@ -166,6 +168,38 @@ def test_two_pathway_features_pool_per_pathway() -> None:
     pooled = temporal_pool(keyframe_clip([slow, fast], 2, 3))
     assert pooled.shape == (2, 5, 3, 3)
     assert pooled[:, 0, 0, 0].tolist() == [0.0, 3.0] and pooled[:, 4, 0, 0].tolist() == [0.0, 30.0]
+
+
+def test_slowfast_detector_two_pass_equals_joint_and_trains_both_pathways() -> None:
+    # The real two-pathway backbone (features are [slow, fast] maps of different T and width) under
+    # the RoI head: the comem two-pass keyframe logits equal the joint forward's, and a comem step
+    # sends gradients into the RoI head and both pathways.
+    torch.manual_seed(0)
+    spec = ModelSpec(backbone="slowfast_r50", num_classes=1, memory_stages=("last",), dropout=0.0)
+    detector = AvaDetector(build_model(spec), 3, dropout=0.0)
+    for memory in detector.video_model.memories.values():  # away from the identity init
+        for pathway in memory.pathways:
+            torch.nn.init.normal_(pathway.out.weight, std=0.5)
+    video = torch.randn(1, 2, 3, 8, 32, 32)
+    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.6], [0.3, 0.2, 0.9, 0.9]])
+    box_index = torch.tensor([0, 0])
+    detector.eval()
+    with torch.no_grad():
+        joint = detector(video, boxes, box_index)
+        two_pass = detector.forward_keyframe(video, boxes, box_index, detector.video_model.memory_bank(video))
+    assert joint.shape == (2, 3)
+    torch.testing.assert_close(joint, two_pass, rtol=1e-4, atol=1e-5)
+
+    detector.train()
+    batch = {"video": torch.rand(2, 2, 3, 8, 32, 32), "boxes": boxes, "box_index": torch.tensor([0, 1])}
+    batch["targets"] = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    config = TrainConfig(mode="comem", backbone="slowfast_r50", device="cpu")
+    loss = detection_step(detector, batch, config, torch.device("cpu"), contextlib.nullcontext)
+    assert loss > 0
+    stages = detector.video_model.backbone.stages
+    assert all(p.grad.abs().sum() > 0 for p in detector.roi_head.parameters())
+    for pathway in stages["stem"].pathways:  # reached through both pathways' whole depth
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pathway.parameters())
 
 
 @pytest.mark.parametrize("mode", ["single", "joint", "comem"])
