@@ -29,7 +29,7 @@ from comem.detection.ava_eval import AvaFormatError, evaluate_files
 from comem.detection.frames import FrameReadError, MovieFrames
 from comem.detection.model import AvaDetector, keyframe_clip, temporal_pool
 from comem.detection.synthetic_ava import SyntheticAvaSpec, write_synthetic_ava
-from comem.detection.train import detection_step
+from comem.detection.train import AvaTrainer, detection_step
 from comem.models.build import ModelSpec, build_model
 
 TINY_AVA = SyntheticAvaSpec(train_movies=2, val_movies=2, size=32, keyframes=3)
@@ -242,6 +242,22 @@ def test_missing_ava_files_are_one_line_errors(
     assert len(err.splitlines()) == 1
     assert main(["train", "--data", str(ava_dir), *TINY_FLAGS, "--ava-version", "3"]) == 2
     assert "ava_version must be one of 2.1, 2.2" in capsys.readouterr().err
+
+
+def test_non_strict_pretrained_load_warns_about_missing_tensors(
+    ava_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    state = build_model(ModelSpec(backbone="tiny", num_classes=1)).state_dict()
+    del state["backbone.stages.layer4.conv1.weight"]
+    torch.save(state, tmp_path / "weights.pt")
+    config = TrainConfig(
+        task="ava", data=str(ava_dir), out=str(tmp_path / "o"), device="cpu", workers=0,
+        pretrained=str(tmp_path / "weights.pt"), pretrained_strict=False,
+    )  # fmt: skip
+    AvaTrainer(config)
+    out = capsys.readouterr().out
+    assert "weights.pt: 1 tensors of the model are not in the file" in out
+    assert "backbone.stages.layer4.conv1.weight" in out
 
 
 def test_ava_under_torchrun_is_a_one_line_error(

@@ -135,6 +135,16 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def load_pretrained_weights(model: VideoModel, config: TrainConfig) -> None:
+    """``--pretrained``, warning in one line about tensors a non-strict load left at their init."""
+    missing = load_pretrained(model, config.pretrained, strict=config.pretrained_strict)
+    if missing:
+        print(
+            f"warning: {config.pretrained}: {len(missing)} tensors of the model are not in the file "
+            f"and keep their initialisation (first: {missing[0]})"
+        )
+
+
 class Trainer:
     """Owns one training run: model, optimizer, schedule, data, logs and checkpoints under ``out``."""
 
@@ -166,12 +176,7 @@ class Trainer:
         )
         self.model: VideoModel = build_model(self.model_spec)
         if config.pretrained:
-            missing = load_pretrained(self.model, config.pretrained, strict=config.pretrained_strict)
-            if missing:
-                print(
-                    f"warning: {config.pretrained}: {len(missing)} tensors of the model are not in the file "
-                    f"and keep their initialisation (first: {missing[0]})"
-                )
+            load_pretrained_weights(self.model, config)
         self.model.to(self.device)
         tune_model(self.model, self.device, channels_last=config.channels_last, compile=config.compile)
         self.train_model = wrap_for_training(
