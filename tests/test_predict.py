@@ -161,6 +161,16 @@ def test_predict_bad_options_are_one_line_errors(
     assert len(lines) == 1 and expected in lines[0]
 
 
+def test_predict_on_an_ava_checkpoint_says_what_it_is(
+    tmp_path: Path, odd_videos: dict, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "ava.pt"  # the keys `comem train --task ava` writes besides the weights
+    save_checkpoint({"model": {}, "model_spec": {}, "config": {"task": "ava"}, "num_classes": 3}, path)
+    assert main(["predict", str(odd_videos["short"]), "--checkpoint", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "ava.pt: an AVA detection checkpoint" in lines[0] and "comem eval" in lines[0]
+
+
 def test_number_of_clips_and_thumbnail_choice() -> None:
     assert number_of_clips(300, 25.0, clips=3, clips_per_second=None, max_clips=64) == 3
     assert number_of_clips(300, 25.0, clips=3, clips_per_second=1.0, max_clips=64) == 12
