@@ -260,6 +260,18 @@ def test_non_strict_pretrained_load_warns_about_missing_tensors(
     assert "backbone.stages.layer4.conv1.weight" in out
 
 
+def test_an_ava_dir_trained_without_task_ava_is_a_one_line_error(
+    ava_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Its frame lists read as Charades frame lists whose labels are all empty: nothing to learn.
+    flags = [flag for flag in TINY_FLAGS if flag not in ("--task", "ava")]
+    assert main(["train", "--data", str(ava_dir), "--out", str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"comem train: error: {ava_dir}/: no training video has a label " + (
+        "(an AVA directory: train it with --task ava)"
+    )
+
+
 def test_ava_under_torchrun_is_a_one_line_error(
     ava_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from comem.config import TrainConfig, comem_home
 from comem.data.datasets import VideoSplits
-from comem.data.formats import load_splits
+from comem.data.formats import load_splits, require_training_labels
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.distributed import (
@@ -155,6 +155,7 @@ class Trainer:
         seed_everything(config.seed)
         self.data_dir = resolve_data(config)
         self.splits: VideoSplits = load_splits(self.data_dir, config.data_format)
+        require_training_labels(self.splits, self.data_dir)
         if self.splits.missing:
             print(
                 f"warning: {len(self.splits.missing)} listed videos not found, left out "
