@@ -37,9 +37,15 @@ class IndependentClipReader(ClosingReader):
                 self.fps = float(stream.average_rate or stream.guessed_rate)
                 self.time_base = stream.time_base or Fraction(1, 1)
                 self.start = stream.start_time or 0
-                self.num_frames = stream.frames or round(float(stream.duration * self.time_base) * self.fps)
+                if stream.duration is not None:
+                    seconds = float(stream.duration * self.time_base)
+                else:  # Matroska/WebM (Something-Something V2) give the container's duration only
+                    seconds = (container.duration or 0) / av.time_base
+                self.num_frames = stream.frames or round(seconds * self.fps)
         except (av.FFmpegError, OSError, IndexError) as error:
             raise VideoDecodeError(path, f"cannot open ({error})") from error
+        if self.num_frames < 1:
+            raise VideoDecodeError(path, "the header gives no frame count or duration")
 
     def frame_times(self) -> np.ndarray:
         return np.arange(self.num_frames) / self.fps
