@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from formatdata import write_charades
 from tinydata import TINY_TRAIN_FLAGS, write_video
 from videos import write_corrupt_corpus, write_test_video
 
@@ -84,6 +85,14 @@ def test_bench_data_prints_both_ways(tmp_path: Path, capsys) -> None:
         assert line[key] > 0
     assert line["clips_per_s"] == pytest.approx(2 * line["videos_per_s"], rel=0.02)
     assert (line["videos"], line["workers"]) == (2, 0)
+
+
+def test_bench_data_times_a_multi_label_dataset(tmp_path: Path, capsys) -> None:
+    data = write_charades(tmp_path / "charades", num_train=2, num_val=1)
+    argv = ["bench", "data", "--data", str(data), "--clips", "2", "--clip-len", "4", "--crop-size", "24"]
+    assert main(argv) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["videos"] == 2 and line["videos_per_s"] > 0 and line["naive_videos_per_s"] > 0
 
 
 REAL_VIDEOS = {
