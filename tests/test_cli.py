@@ -14,7 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tinydata import TINY_TRAIN_FLAGS
 
-from comem.cli import main
+from comem.cli import build_parser, main
 from comem.models.build import ModelSpec, build_model, load_pretrained
 
 EPOCHS = 2
@@ -183,3 +183,13 @@ def test_yaml_value_of_wrong_type_is_a_one_line_error(
     assert code == 2 and "Traceback" not in captured.err
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and str(config) in lines[0] and expected in lines[0], captured.err
+
+
+def test_boolean_flags_take_true_or_false_only(capsys: pytest.CaptureFixture) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["train", "--span-labels", "True"]).span_labels is True
+    assert parser.parse_args(["train", "--span-labels", "no"]).span_labels is False
+    with pytest.raises(SystemExit) as exit_info:  # a typo was silently taken as false
+        parser.parse_args(["train", "--span-labels", "ture"])
+    assert exit_info.value.code == 2
+    assert "--span-labels takes true or false, not 'ture'" in capsys.readouterr().err

@@ -98,7 +98,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     (
         "--span-labels",
         "span_labels",
-        lambda s: s.lower() in ("1", "true", "yes", "on"),
+        lambda text: parse_bool("--span-labels", text),
         "true: multi-label train targets only the actions overlapping the sampled clips",
     ),
     ("--memory-chunk", "memory_chunk", int, "comem: clips of each video per no-grad memory-pass forward"),
