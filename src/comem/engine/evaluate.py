@@ -80,8 +80,7 @@ def predict_scores(
     model.eval()
     autocast = autocast_for(device, amp)
     scores, targets, indices, skipped = [], [], [], []
-    hidden = {} if progress else {"disable": True}  # an explicit disable=False would override TQDM_DISABLE
-    for batch in tqdm(batches, desc="eval", leave=False, dynamic_ncols=True, **hidden):
+    for batch in tqdm(batches, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
         skipped.extend(batch["skipped"])
         if batch["label"].numel() == 0:
             continue

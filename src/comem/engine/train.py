@@ -368,7 +368,7 @@ class Trainer:
             initial=self.step_in_epoch,
             total=self.steps_per_epoch,
             dynamic_ncols=True,
-            **({} if self.dist.is_main else {"disable": True}),  # disable=False would override TQDM_DISABLE
+            disable=not self.dist.is_main,
         )
         started, clips_seen = time.perf_counter(), 0
         waiting_since = started
