@@ -84,6 +84,21 @@ def test_ddp_step_gradients_equal_single_process_on_the_union_batch(tmp_path: Pa
         assert gathered.skipped == ["bad0", "bad1"]
 
 
+def test_torchrun_multi_label_val_map_is_that_of_the_saved_checkpoint(tmp_path: Path) -> None:
+    # Charades-format multi-label data: the per-video sigmoid scores of both ranks are gathered, and
+    # the val mAP printed during DDP training is the one `comem eval` gives on the checkpoint. (Each
+    # rank's last training forward updates its own BatchNorm running statistics; evaluating with
+    # rank 1's would score a model that was never saved.)
+    data = write_charades(tmp_path / "charades", num_train=8, num_val=6)
+    out = tmp_path / "ddp"
+    flags = [*TINY_TRAIN_FLAGS, "--data", str(data), "--batch-size", "2", "--epochs", "2", "--out", str(out)]
+    torchrun(["-m", "comem", "train", *flags], tmp_path)
+    trained = json.loads((out / "metrics.json").read_text())
+    assert trained["multi_label"] and trained["val_videos"] == 6
+    evaluated, _ = evaluate_checkpoint(out / "last.pt", device="cpu", workers=0)
+    assert evaluated["val_mAP"] == trained["val_mAP"]
+
+
 def test_torchrun_training_writes_the_single_process_metrics_and_resumes(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
@@ -113,18 +128,3 @@ def test_torchrun_training_writes_the_single_process_metrics_and_resumes(
     resumed = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"][0] == metrics["history"][0]
-
-
-def test_torchrun_multi_label_val_map_is_that_of_the_saved_checkpoint(tmp_path: Path) -> None:
-    # Charades-format multi-label data: the per-video sigmoid scores of both ranks are gathered, and
-    # the val mAP printed during DDP training is the one `comem eval` gives on the checkpoint. (Each
-    # rank's last training forward updates its own BatchNorm running statistics; evaluating with
-    # rank 1's would score a model that was never saved.)
-    data = write_charades(tmp_path / "charades", num_train=8, num_val=6)
-    out = tmp_path / "ddp"
-    flags = [*TINY_TRAIN_FLAGS, "--data", str(data), "--batch-size", "2", "--epochs", "2", "--out", str(out)]
-    torchrun(["-m", "comem", "train", *flags], tmp_path)
-    trained = json.loads((out / "metrics.json").read_text())
-    assert trained["multi_label"] and trained["val_videos"] == 6
-    evaluated, _ = evaluate_checkpoint(out / "last.pt", device="cpu", workers=0)
-    assert evaluated["val_mAP"] == trained["val_mAP"]

@@ -15,14 +15,13 @@ through the same pinned-memory DataLoader and non-blocking copy as training.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import itertools
 import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -307,7 +306,7 @@ def measure(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) ->
 def run_bench(spec: BenchSpec, progress: Callable[[BenchRow], None] | None = None) -> BenchReport:
     spec = spec.validate()
     if spec.data is not None:  # the model's classifier fits the data (multi-hot targets included)
-        spec = dataclasses.replace(spec, num_classes=load_splits(spec.data).num_classes)
+        spec = replace(spec, num_classes=load_splits(spec.data).num_classes)
     device = resolve_device(spec.device)
     report = BenchReport(spec=spec, environment=environment(device))
     plan = [(mode, 1) for mode in spec.modes if mode in ("plain", "single")]
