@@ -22,7 +22,6 @@ from tinydata import TINY_TRAIN_FLAGS
 
 from comem.config import TrainConfig
 from comem.engine.distributed import DistContext
-from comem.engine.evaluate import evaluate_checkpoint
 from comem.engine.modes import comem_step, joint_step
 from comem.engine.train import EpochSampler, Trainer
 
@@ -89,6 +88,8 @@ def test_torchrun_multi_label_val_map_is_that_of_the_saved_checkpoint(tmp_path: 
     # the val mAP printed during DDP training is the one `comem eval` gives on the checkpoint. (Each
     # rank's last training forward updates its own BatchNorm running statistics; evaluating with
     # rank 1's would score a model that was never saved.)
+    from comem.engine.evaluate import evaluate_checkpoint
+
     data = write_charades(tmp_path / "charades", num_train=8, num_val=6)
     out = tmp_path / "ddp"
     flags = [*TINY_TRAIN_FLAGS, "--data", str(data), "--batch-size", "2", "--epochs", "2", "--out", str(out)]

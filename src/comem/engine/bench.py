@@ -21,7 +21,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -306,7 +306,7 @@ def measure(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) ->
 def run_bench(spec: BenchSpec, progress: Callable[[BenchRow], None] | None = None) -> BenchReport:
     spec = spec.validate()
     if spec.data is not None:  # the model's classifier fits the data (multi-hot targets included)
-        spec = replace(spec, num_classes=load_splits(spec.data).num_classes)
+        spec = BenchSpec(**{**asdict(spec), "num_classes": load_splits(spec.data).num_classes})
     device = resolve_device(spec.device)
     report = BenchReport(spec=spec, environment=environment(device))
     plan = [(mode, 1) for mode in spec.modes if mode in ("plain", "single")]
