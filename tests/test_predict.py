@@ -62,16 +62,20 @@ def assert_predict_equals_eval(checkpoint: Path, videos: list[Path], tmp_path: P
             assert prediction.scores[index] == pytest.approx(float(row[f"score{k}"]), abs=5e-6), row["video"]
 
 
-@pytest.mark.parametrize("mode", ["comem", "single"])
+@pytest.mark.parametrize("mode", ["comem", "single", "target_fps"])
 def test_predict_scores_equal_eval_scores(
     mode: str, tiny_checkpoint: Path, odd_videos: dict, tmp_path: Path
 ) -> None:
     """180x320 and 72x40 frames are scaled to the eval scale (32) before 3 crops along the long
-    side; a ``single`` checkpoint scores each view alone, in eval and in predict."""
+    side; a ``single`` checkpoint scores each view alone, in eval and in predict; a model trained
+    with ``--target-fps`` samples its clips on that frame grid in both."""
     checkpoint = tiny_checkpoint
     if mode != "comem":
         state = load_checkpoint(tiny_checkpoint)
-        state["config"]["mode"] = mode
+        if mode == "target_fps":  # the videos are 24 fps: clips on a 10-fps grid
+            state["config"]["target_fps"] = 10.0
+        else:
+            state["config"]["mode"] = mode
         checkpoint = tmp_path / f"{mode}.pt"
         save_checkpoint(state, checkpoint)
     videos = [odd_videos["large"], odd_videos["portrait"]]
