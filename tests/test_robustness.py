@@ -45,6 +45,19 @@ def test_training_on_the_corpus_skips_and_counts_each_bad_file_once(corpus, tmp_
         assert printed.count(f"warning: skipping unreadable video {root / 'bad' / name}: ") == 1
 
 
+def test_a_split_of_unreadable_videos_stops_training_in_one_line(
+    tiny_dataset: Path, tmp_path: Path, capsys
+) -> None:
+    # --decoder frames on mp4 files: every video is skipped; the run "finished" with NaN metrics
+    out = tmp_path / "run"
+    flags = ["--data", str(tiny_dataset), "--out", str(out), "--epochs", "1", *TINY_TRAIN_FLAGS]
+    assert main(["train", *flags, "--decoder", "frames"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the bar
+    assert len(err) == 1 and err[0].startswith(f"comem train: error: no training video of {tiny_dataset}")
+    assert "(4 skipped; first: " in err[0] and "not a folder of frames" in err[0]
+    assert not (out / "metrics.json").exists()
+
+
 def test_readable_oddities_give_full_clips(corpus) -> None:
     root, expected = corpus
     records = [

@@ -26,7 +26,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from comem.config import TrainConfig, comem_home
-from comem.data.datasets import VideoSplits
+from comem.data.datasets import DatasetFormatError, VideoSplits
 from comem.data.formats import load_splits, require_training_labels
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -408,6 +408,12 @@ class Trainer:
             self.epoch_loss_sum, self.epoch_correct, self.epoch_videos = sum_over_ranks(running, self.dist)
             for skipped in gather_objects(self.skipped, self.dist):
                 self.skipped.update(skipped)
+        if self.epoch_videos == 0 and self.skipped:  # every video unreadable: nothing was trained
+            first = sorted(self.skipped.values())[0]
+            raise DatasetFormatError(
+                f"no training video of {self.data_dir} could be read "
+                f"({len(self.skipped)} skipped; first: {first})"
+            )
         record: dict[str, Any] = {
             "epoch": self.epoch + 1,
             "train_loss": self.epoch_loss_sum / max(self.epoch_videos, 1),
