@@ -1,5 +1,6 @@
 """AVA data readers, the synthetic AVA-format set, the detector and ``comem train --task ava`` end to end."""
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -13,6 +14,7 @@ import torch
 from videos import frame_index_of, gray_level
 
 from comem.cli import main
+from comem.config import TrainConfig
 from comem.detection.ava_data import (
     AvaKeyframeDataset,
     ClipSpec,
@@ -27,7 +29,7 @@ from comem.detection.ava_eval import AvaFormatError, evaluate_files
 from comem.detection.frames import FrameReadError, MovieFrames
 from comem.detection.model import AvaDetector, keyframe_clip, temporal_pool
 from comem.detection.synthetic_ava import SyntheticAvaSpec, write_synthetic_ava
-from comem.detection.train import detection_step
+from comem.detection.train import AvaTrainer, detection_step
 from comem.models.build import ModelSpec, build_model
 
 TINY_AVA = SyntheticAvaSpec(train_movies=2, val_movies=2, size=32, keyframes=3)
@@ -168,6 +170,38 @@ def test_two_pathway_features_pool_per_pathway() -> None:
     assert pooled[:, 0, 0, 0].tolist() == [0.0, 3.0] and pooled[:, 4, 0, 0].tolist() == [0.0, 30.0]
 
 
+def test_slowfast_detector_two_pass_equals_joint_and_trains_both_pathways() -> None:
+    # The real two-pathway backbone (features are [slow, fast] maps of different T and width) under
+    # the RoI head: the comem two-pass keyframe logits equal the joint forward's, and a comem step
+    # sends gradients into the RoI head and both pathways.
+    torch.manual_seed(0)
+    spec = ModelSpec(backbone="slowfast_r50", num_classes=1, memory_stages=("last",), dropout=0.0)
+    detector = AvaDetector(build_model(spec), 3, dropout=0.0)
+    for memory in detector.video_model.memories.values():  # away from the identity init
+        for pathway in memory.pathways:
+            torch.nn.init.normal_(pathway.out.weight, std=0.5)
+    video = torch.randn(1, 2, 3, 8, 32, 32)
+    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.6], [0.3, 0.2, 0.9, 0.9]])
+    box_index = torch.tensor([0, 0])
+    detector.eval()
+    with torch.no_grad():
+        joint = detector(video, boxes, box_index)
+        two_pass = detector.forward_keyframe(video, boxes, box_index, detector.video_model.memory_bank(video))
+    assert joint.shape == (2, 3)
+    torch.testing.assert_close(joint, two_pass, rtol=1e-4, atol=1e-5)
+
+    detector.train()
+    batch = {"video": torch.rand(2, 2, 3, 8, 32, 32), "boxes": boxes, "box_index": torch.tensor([0, 1])}
+    batch["targets"] = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    config = TrainConfig(mode="comem", backbone="slowfast_r50", device="cpu")
+    loss = detection_step(detector, batch, config, torch.device("cpu"), contextlib.nullcontext)
+    assert loss > 0
+    stages = detector.video_model.backbone.stages
+    assert all(p.grad.abs().sum() > 0 for p in detector.roi_head.parameters())
+    for pathway in stages["stem"].pathways:  # reached through both pathways' whole depth
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pathway.parameters())
+
+
 @pytest.mark.parametrize("mode", ["single", "joint", "comem"])
 def test_train_task_ava_end_to_end(
     ava_dir: Path, tmp_path: Path, mode: str, capsys: pytest.CaptureFixture
@@ -208,6 +242,50 @@ def test_missing_ava_files_are_one_line_errors(
     assert len(err.splitlines()) == 1
     assert main(["train", "--data", str(ava_dir), *TINY_FLAGS, "--ava-version", "3"]) == 2
     assert "ava_version must be one of 2.1, 2.2" in capsys.readouterr().err
+
+
+def test_non_strict_pretrained_load_warns_about_missing_tensors(
+    ava_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    state = build_model(ModelSpec(backbone="tiny", num_classes=1)).state_dict()
+    del state["backbone.stages.layer4.conv1.weight"]
+    torch.save(state, tmp_path / "weights.pt")
+    config = TrainConfig(
+        task="ava", data=str(ava_dir), out=str(tmp_path / "o"), device="cpu", workers=0,
+        pretrained=str(tmp_path / "weights.pt"), pretrained_strict=False,
+    )  # fmt: skip
+    AvaTrainer(config)
+    out = capsys.readouterr().out
+    assert "weights.pt: 1 tensors of the model are not in the file" in out
+    assert "backbone.stages.layer4.conv1.weight" in out
+
+
+def test_an_ava_dir_trained_without_task_ava_is_a_one_line_error(
+    ava_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Its frame lists read as Charades frame lists whose labels are all empty: nothing to learn.
+    flags = [flag for flag in TINY_FLAGS if flag not in ("--task", "ava")]
+    assert main(["train", "--data", str(ava_dir), "--out", str(tmp_path / "o"), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"comem train: error: {ava_dir}/: no training video has a label " + (
+        "(an AVA directory: train it with --task ava)"
+    )
+
+
+def test_ava_under_torchrun_is_a_one_line_error(
+    ava_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As torchrun starts each process: without the check every rank ran the whole job into one --out.
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "o"
+    assert main(["train", "--data", str(ava_dir), "--out", str(out), *TINY_FLAGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "comem train: error: --task ava runs in one process; start it without torchrun "
+        "(no multi-process AVA training)"
+    )
+    assert not out.exists()
 
 
 def _write_gray_movie(path: Path, num_frames: int, fps: int) -> Path:

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from formatdata import write_charades
 
 from comem.cli import main
 
@@ -41,6 +42,20 @@ def test_bench_train_reports_every_mode_and_the_comem_flop_overhead(tmp_path: Pa
         assert row["step_tflop"] == pytest.approx(real["step_tflop"], rel=1e-9)
         assert row["flop_bound_vs_single"] == pytest.approx(real["flop_bound_vs_single"], rel=1e-9)
         assert row["clips_per_s"] is None
+
+
+def test_bench_train_on_a_multi_label_dataset(tmp_path: Path) -> None:
+    # Charades-format data: multi-hot targets over its 3 classes (the model had 400 and crashed)
+    data = write_charades(tmp_path / "charades", num_train=2, num_val=1)
+    out = tmp_path / "bench.json"
+    argv = ["bench", "train", *TINY, "--data", str(data), "--modes", "single,comem", "--clips", "2"]
+    assert main([*argv, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["mode"], row["clips"], row["error"]) for row in rows] == [
+        ("single", 1, None),
+        ("comem", 2, None),
+    ]
+    assert all(row["clips_per_s"] > 0 for row in rows)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tinydata import TINY_TRAIN_FLAGS
 
-from comem.cli import main
+from comem.cli import build_parser, main
+from comem.models.build import ModelSpec, build_model, load_pretrained
 
 EPOCHS = 2
 
@@ -35,6 +36,15 @@ def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     ]
     assert main(argv) == 0
     return out
+
+
+def test_a_training_checkpoint_loads_as_pretrained_weights(trained: Path) -> None:
+    # last.pt also holds numpy's RNG state, which torch.load(weights_only=True) refused.
+    model = build_model(ModelSpec(backbone="tiny", num_classes=2, dropout=0.2))
+    assert load_pretrained(model, trained / "last.pt") == []
+    saved = torch.load(trained / "last.pt", map_location="cpu", weights_only=False)["model"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
 
 
 def test_train_writes_metrics_checkpoints_and_tensorboard(trained: Path, tiny_dataset: Path) -> None:
@@ -173,3 +183,13 @@ def test_yaml_value_of_wrong_type_is_a_one_line_error(
     assert code == 2 and "Traceback" not in captured.err
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and str(config) in lines[0] and expected in lines[0], captured.err
+
+
+def test_boolean_flags_take_true_or_false_only(capsys: pytest.CaptureFixture) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["train", "--span-labels", "True"]).span_labels is True
+    assert parser.parse_args(["train", "--span-labels", "no"]).span_labels is False
+    with pytest.raises(SystemExit) as exit_info:  # a typo was silently taken as false
+        parser.parse_args(["train", "--span-labels", "ture"])
+    assert exit_info.value.code == 2
+    assert "--span-labels takes true or false, not 'ture'" in capsys.readouterr().err

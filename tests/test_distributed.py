@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from ddp_worker import gradients, make_model, union_batch
+from formatdata import write_charades
 from tinydata import TINY_TRAIN_FLAGS
 
 from comem.config import TrainConfig
@@ -90,6 +91,23 @@ def test_ddp_step_gradients_equal_single_process_on_the_union_batch(tmp_path: Pa
         assert gathered.scores[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
         assert gathered.targets.tolist() == [0, 1, 0, 1, 0]
         assert gathered.skipped == ["bad0", "bad1"]
+
+
+def test_torchrun_multi_label_val_map_is_that_of_the_saved_checkpoint(tmp_path: Path) -> None:
+    # Charades-format multi-label data: the per-video sigmoid scores of both ranks are gathered, and
+    # the val mAP printed during DDP training is the one `comem eval` gives on the checkpoint. (Each
+    # rank's last training forward updates its own BatchNorm running statistics; evaluating with
+    # rank 1's would score a model that was never saved.)
+    from comem.engine.evaluate import evaluate_checkpoint
+
+    data = write_charades(tmp_path / "charades", num_train=8, num_val=6)
+    out = tmp_path / "ddp"
+    flags = [*TINY_TRAIN_FLAGS, "--data", str(data), "--batch-size", "2", "--epochs", "2", "--out", str(out)]
+    torchrun(["-m", "comem", "train", *flags], tmp_path)
+    trained = json.loads((out / "metrics.json").read_text())
+    assert trained["multi_label"] and trained["val_videos"] == 6
+    evaluated, _ = evaluate_checkpoint(out / "last.pt", device="cpu", workers=0)
+    assert evaluated["val_mAP"] == trained["val_mAP"]
 
 
 def test_torchrun_training_writes_the_single_process_metrics_and_resumes(

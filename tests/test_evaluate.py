@@ -21,6 +21,7 @@ from comem.cli import main
 from comem.data.decode import VideoReader
 from comem.data.sampling import eval_clip_starts
 from comem.data.transforms import normalize
+from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.evaluate import evaluate_checkpoint, video_scores
 from comem.engine.reports import write_eval_report
 from comem.engine.trained import load_trained
@@ -160,6 +161,22 @@ def test_multi_label_report_has_sklearn_per_class_ap_and_a_chart(tmp_path: Path)
     image = matplotlib.image.imread(tmp_path / "per_class_ap.png")
     assert image.ndim == 3 and image.shape[0] > 200
     assert not (tmp_path / "confusion_matrix.png").exists()
+
+
+def test_eval_on_data_of_the_other_label_kind_is_a_one_line_error(
+    tiny_checkpoint: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # A multi-label (sigmoid, mAP) checkpoint on single-label data with no more classes was scored
+    # with softmax and top-1, its report mixing both.
+    state = load_checkpoint(tiny_checkpoint)
+    state["multi_label"] = True
+    save_checkpoint(state, tmp_path / "multi.pt")
+    argv = ["eval", "--checkpoint", str(tmp_path / "multi.pt"), "--data", str(tiny_dataset)]
+    assert main([*argv, "--device", "cpu", "--workers", "0", "--out", str(tmp_path / "eval")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"comem eval: error: {tiny_dataset}: single-label data but {tmp_path / 'multi.pt'} "
+                     "was trained on multi-label data"]  # fmt: skip
+    assert not (tmp_path / "eval").exists()
 
 
 def test_video_scores_mean_and_max_by_hand() -> None:

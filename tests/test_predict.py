@@ -62,16 +62,20 @@ def assert_predict_equals_eval(checkpoint: Path, videos: list[Path], tmp_path: P
             assert prediction.scores[index] == pytest.approx(float(row[f"score{k}"]), abs=5e-6), row["video"]
 
 
-@pytest.mark.parametrize("mode", ["comem", "single"])
+@pytest.mark.parametrize("mode", ["comem", "single", "target_fps"])
 def test_predict_scores_equal_eval_scores(
     mode: str, tiny_checkpoint: Path, odd_videos: dict, tmp_path: Path
 ) -> None:
     """180x320 and 72x40 frames are scaled to the eval scale (32) before 3 crops along the long
-    side; a ``single`` checkpoint scores each view alone, in eval and in predict."""
+    side; a ``single`` checkpoint scores each view alone, in eval and in predict; a model trained
+    with ``--target-fps`` samples its clips on that frame grid in both."""
     checkpoint = tiny_checkpoint
     if mode != "comem":
         state = load_checkpoint(tiny_checkpoint)
-        state["config"]["mode"] = mode
+        if mode == "target_fps":  # the videos are 24 fps: clips on a 10-fps grid
+            state["config"]["target_fps"] = 10.0
+        else:
+            state["config"]["mode"] = mode
         checkpoint = tmp_path / f"{mode}.pt"
         save_checkpoint(state, checkpoint)
     videos = [odd_videos["large"], odd_videos["portrait"]]
@@ -159,6 +163,16 @@ def test_predict_bad_options_are_one_line_errors(
     assert main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0]
+
+
+def test_predict_on_an_ava_checkpoint_says_what_it_is(
+    tmp_path: Path, odd_videos: dict, capsys: pytest.CaptureFixture
+) -> None:
+    path = tmp_path / "ava.pt"  # the keys `comem train --task ava` writes besides the weights
+    save_checkpoint({"model": {}, "model_spec": {}, "config": {"task": "ava"}, "num_classes": 3}, path)
+    assert main(["predict", str(odd_videos["short"]), "--checkpoint", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "ava.pt: an AVA detection checkpoint" in lines[0] and "comem eval" in lines[0]
 
 
 def test_number_of_clips_and_thumbnail_choice() -> None:

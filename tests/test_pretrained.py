@@ -14,6 +14,9 @@ import torch
 from torchvision.models import video as tv_video
 
 from comem.cli import build_parser
+from comem.detection.model import AvaDetector
+from comem.engine.checkpoint import save_checkpoint
+from comem.engine.train import rng_state
 from comem.models.build import ModelSpec, PretrainedLoadError, VideoModel, build_model, load_pretrained
 
 
@@ -271,3 +274,17 @@ def test_comem_checkpoints_load_with_their_memories(tmp_path: Path) -> None:
     assert load_pretrained(model, path) == []
     for key, value in source.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_an_ava_detector_checkpoint_loads_its_video_model(tmp_path: Path) -> None:
+    # As `comem train --task ava` writes it: detector weights under video_model./roi_head., RNG state.
+    torch.manual_seed(2)
+    detector = AvaDetector(build_model(ModelSpec(backbone="tiny", num_classes=1)), 3)
+    with torch.no_grad():
+        detector.video_model.memories["layer4"].out.weight.normal_()
+    save_checkpoint({"model": detector.state_dict(), "rng": rng_state()}, tmp_path / "last.pt")
+    model = build_model(ModelSpec(backbone="tiny", num_classes=5))
+    assert load_pretrained(model, tmp_path / "last.pt") == []
+    for key, value in detector.video_model.state_dict().items():
+        if not key.startswith("head.fc."):  # one class there, five here: re-initialised
+            assert torch.equal(model.state_dict()[key], value), key

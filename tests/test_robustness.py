@@ -8,8 +8,9 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from formatdata import write_charades
 from tinydata import TINY_TRAIN_FLAGS, write_video
-from videos import write_corrupt_corpus
+from videos import write_corrupt_corpus, write_test_video
 
 from comem.cli import main
 from comem.data.datasets import MultiClipVideoDataset, VideoRecord
@@ -44,6 +45,19 @@ def test_training_on_the_corpus_skips_and_counts_each_bad_file_once(corpus, tmp_
         assert printed.count(f"warning: skipping unreadable video {root / 'bad' / name}: ") == 1
 
 
+def test_a_split_of_unreadable_videos_stops_training_in_one_line(
+    tiny_dataset: Path, tmp_path: Path, capsys
+) -> None:
+    # --decoder frames on mp4 files: every video is skipped; the run "finished" with NaN metrics
+    out = tmp_path / "run"
+    flags = ["--data", str(tiny_dataset), "--out", str(out), "--epochs", "1", *TINY_TRAIN_FLAGS]
+    assert main(["train", *flags, "--decoder", "frames"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the bar
+    assert len(err) == 1 and err[0].startswith(f"comem train: error: no training video of {tiny_dataset}")
+    assert "(4 skipped; first: " in err[0] and "not a folder of frames" in err[0]
+    assert not (out / "metrics.json").exists()
+
+
 def test_readable_oddities_give_full_clips(corpus) -> None:
     root, expected = corpus
     records = [
@@ -74,8 +88,9 @@ def test_check_data_reports_the_corpus(corpus, tmp_path: Path, capsys) -> None:
 
 
 def test_bench_data_prints_both_ways(tmp_path: Path, capsys) -> None:
-    for i in range(2):
-        write_video(tmp_path / f"v{i}.mp4", i, num_frames=40)
+    write_video(tmp_path / "v0.mp4", 0, num_frames=40)
+    # WebM (as Something-Something V2) has neither a frame count nor a duration in its stream header
+    write_test_video(tmp_path / "v1.webm", 40, 32, 32, codec="libvpx-vp9")
     argv = ["bench", "data", "--data", str(tmp_path), "--clips", "2", "--clip-len", "4", "--crop-size", "24"]
     assert main(argv) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -83,6 +98,14 @@ def test_bench_data_prints_both_ways(tmp_path: Path, capsys) -> None:
         assert line[key] > 0
     assert line["clips_per_s"] == pytest.approx(2 * line["videos_per_s"], rel=0.02)
     assert (line["videos"], line["workers"]) == (2, 0)
+
+
+def test_bench_data_times_a_multi_label_dataset(tmp_path: Path, capsys) -> None:
+    data = write_charades(tmp_path / "charades", num_train=2, num_val=1)
+    argv = ["bench", "data", "--data", str(data), "--clips", "2", "--clip-len", "4", "--crop-size", "24"]
+    assert main(argv) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["videos"] == 2 and line["videos_per_s"] > 0 and line["naive_videos_per_s"] > 0
 
 
 REAL_VIDEOS = {

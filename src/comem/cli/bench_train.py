@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=("last-2", "last-1", "last"),
         help="stages followed by a memory [last-2,last-1,last]",
     )
-    parser.add_argument("--data", help="real PySlowFast-format data dir (default: random video)")
+    parser.add_argument("--data", help="real data dir, any format train reads (default: random video)")
     parser.add_argument("--workers", type=int, default=4, help="data loading processes [4]")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: known GPUs)")

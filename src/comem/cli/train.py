@@ -27,7 +27,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
         "--data",
         "data",
         str,
-        "PySlowFast-format data dir (train.csv, val.csv, classes.txt); default: built-in data",
+        "data dir in any format of --data-format (README: Datasets); default: built-in data",
     ),
     ("--out", "out", str, "output dir for checkpoints, metrics.json and TensorBoard logs"),
     ("--mode", "mode", str, "single | joint | comem"),
@@ -58,7 +58,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
         "--pretrained",
         "pretrained",
         str,
-        "local torchvision / PySlowFast / PyTorchVideo checkpoint for the backbone (keys renamed)",
+        "local torchvision / PySlowFast / PyTorchVideo / VMZ / comem checkpoint (keys renamed)",
     ),
     (
         "--pretrained-strict",
@@ -98,7 +98,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     (
         "--span-labels",
         "span_labels",
-        lambda s: s.lower() in ("1", "true", "yes", "on"),
+        lambda text: parse_bool("--span-labels", text),
         "true: multi-label train targets only the actions overlapping the sampled clips",
     ),
     ("--memory-chunk", "memory_chunk", int, "comem: clips of each video per no-grad memory-pass forward"),

@@ -8,6 +8,7 @@ clip's last frame; N clips of a video cost N opens and N overlapping decodes.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -37,9 +38,15 @@ class IndependentClipReader(ClosingReader):
                 self.fps = float(stream.average_rate or stream.guessed_rate)
                 self.time_base = stream.time_base or Fraction(1, 1)
                 self.start = stream.start_time or 0
-                self.num_frames = stream.frames or round(float(stream.duration * self.time_base) * self.fps)
+                if stream.duration is not None:
+                    seconds = float(stream.duration * self.time_base)
+                else:  # Matroska/WebM (Something-Something V2) give the container's duration only
+                    seconds = (container.duration or 0) / av.time_base
+                self.num_frames = stream.frames or round(seconds * self.fps)
         except (av.FFmpegError, OSError, IndexError) as error:
             raise VideoDecodeError(path, f"cannot open ({error})") from error
+        if self.num_frames < 1:
+            raise VideoDecodeError(path, "the header gives no frame count or duration")
 
     def frame_times(self) -> np.ndarray:
         return np.arange(self.num_frames) / self.fps
@@ -80,8 +87,8 @@ def bench_records(data: str | Path) -> list[VideoRecord]:
     data = Path(data)
     videos = index_videos(data)
     has_annotations = any(p.suffix in (".csv", ".json") for p in data.iterdir())
-    if has_annotations:
-        return load_splits(data).train
+    if has_annotations:  # labels play no part in decoding speed (multi-hot ones would need a class count)
+        return [dataclasses.replace(record, label=0) for record in load_splits(data).train]
     return [VideoRecord(path, 0) for _, path in sorted(videos.items())]
 
 

@@ -44,13 +44,14 @@ from comem.engine.modes import eval_batchnorm, preserved_batchnorm_stats
 from comem.engine.train import (
     EpochSampler,
     build_optimizer,
+    load_pretrained_weights,
     restore_rng_state,
     rng_state,
     seed_everything,
     warmup_cosine,
     write_json,
 )
-from comem.models.build import ModelSpec, build_model, load_pretrained
+from comem.models.build import ModelSpec, build_model
 
 
 def make_detector(spec: ModelSpec, num_classes: int, dropout: float) -> AvaDetector:
@@ -195,7 +196,7 @@ class AvaTrainer:
         )
         self.detector = make_detector(self.spec, self.data.num_classes, config.dropout)
         if config.pretrained:
-            load_pretrained(self.detector.video_model, config.pretrained, strict=config.pretrained_strict)
+            load_pretrained_weights(self.detector.video_model, config)
         self.detector.to(self.device)
         self.optimizer = build_optimizer(self.detector, config)
         size = len(self.data.train.keyframes)

@@ -342,6 +342,8 @@ def profile_cpu_memory(spec: BenchSpec, mode: str, num_clips: int, device: torch
 
 def run_bench(spec: BenchSpec, progress: Callable[[BenchRow], None] | None = None) -> BenchReport:
     spec = spec.validate()
+    if spec.data is not None:  # the model's classifier fits the data (multi-hot targets included)
+        spec = BenchSpec(**{**asdict(spec), "num_classes": load_splits(spec.data).num_classes})
     device = resolve_device(spec.device)
     report = BenchReport(spec=spec, environment=environment(device))
     plan = [(mode, 1) for mode in spec.modes if mode in ("plain", "single")]

@@ -219,6 +219,20 @@ def sum_over_ranks(values: list[float], context: DistContext) -> list[float]:
     return [sum(column) for column in zip(*gather_objects(list(values), context), strict=True)]
 
 
+def broadcast_buffers(model: nn.Module, context: DistContext) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    DDP broadcasts them at the start of each training forward, but that forward then updates each
+    rank's copy with its own batch, so after training the ranks hold different statistics. Rank 0's
+    are the ones the checkpoint stores: evaluating with them makes the gathered val metrics those
+    of the saved model (what ``comem eval`` of the checkpoint reports).
+    """
+    if not context.enabled:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def all_ranks(flag: bool, context: DistContext) -> bool:
     """Whether ``flag`` holds on every rank: a collective step must be taken by all ranks or none."""
     return all(gather_objects(bool(flag), context))

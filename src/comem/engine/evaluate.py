@@ -130,6 +130,12 @@ def evaluate_checkpoint(
     records = splits.val if split == "val" else splits.test
     if records is None:
         raise DatasetFormatError(f"{data_dir}: no labelled test split")
+    if splits.multi_label != trained.multi_label:  # sigmoid/mAP vs softmax/top-1: no common metric
+        kinds = {True: "multi-label", False: "single-label"}
+        raise DatasetFormatError(
+            f"{data_dir}: {kinds[splits.multi_label]} data but {checkpoint} was trained on "
+            f"{kinds[trained.multi_label]} data"
+        )
     if splits.num_classes > trained.spec.num_classes:
         raise DatasetFormatError(
             f"{data_dir}: has {splits.num_classes} classes "

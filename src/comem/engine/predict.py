@@ -20,7 +20,7 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from comem.data.decode import VideoReader
-from comem.data.sampling import clip_frame_indices, clip_span, eval_clip_starts
+from comem.data.sampling import clip_frame_indices, clip_span, eval_clip_starts, resample_grid
 from comem.data.transforms import center_crop_views, normalize, short_side_scale_size
 from comem.engine.evaluate import autocast_for, clip_probabilities, video_scores
 from comem.engine.trained import TrainedModel
@@ -132,8 +132,12 @@ def predict_video(
         count = number_of_clips(
             reader.num_frames, reader.fps, clips=clips, clips_per_second=clips_per_second, max_clips=max_clips
         )
-        starts = eval_clip_starts(reader.num_frames, count, span)
-        indices = clip_frame_indices(starts, config.clip_len, config.stride, reader.num_frames)
+        # the frame grid clips are sampled on, as the eval dataset does: every frame, or --target-fps's
+        grid = np.arange(reader.num_frames)
+        if config.target_fps is not None:
+            grid = resample_grid(reader.frame_times(), config.target_fps)
+        starts = eval_clip_starts(len(grid), count, span)
+        indices = grid[clip_frame_indices(starts, config.clip_len, config.stride, len(grid))]
         transform = views_and_thumbnail(
             reader.height, reader.width, crop_size=config.crop_size, eval_scale=eval_scale, crops=crops
         )

@@ -26,15 +26,18 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from comem.config import TrainConfig, comem_home
-from comem.data.datasets import VideoSplits
-from comem.data.formats import load_splits
+from comem.data.datasets import DatasetFormatError, VideoSplits
+from comem.data.formats import load_splits, require_training_labels
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.distributed import (
     DistContext,
+    DistributedSetupError,
     NullWriter,
     ShardSampler,
     all_ranks,
+    broadcast_buffers,
+    context_from_env,
     gather_objects,
     gather_video_scores,
     init_distributed,
@@ -132,6 +135,16 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def load_pretrained_weights(model: VideoModel, config: TrainConfig) -> None:
+    """``--pretrained``, warning in one line about tensors a non-strict load left at their init."""
+    missing = load_pretrained(model, config.pretrained, strict=config.pretrained_strict)
+    if missing:
+        print(
+            f"warning: {config.pretrained}: {len(missing)} tensors of the model are not in the file "
+            f"and keep their initialisation (first: {missing[0]})"
+        )
+
+
 class Trainer:
     """Owns one training run: model, optimizer, schedule, data, logs and checkpoints under ``out``."""
 
@@ -142,6 +155,7 @@ class Trainer:
         seed_everything(config.seed)
         self.data_dir = resolve_data(config)
         self.splits: VideoSplits = load_splits(self.data_dir, config.data_format)
+        require_training_labels(self.splits, self.data_dir)
         if self.splits.missing:
             print(
                 f"warning: {len(self.splits.missing)} listed videos not found, left out "
@@ -163,12 +177,7 @@ class Trainer:
         )
         self.model: VideoModel = build_model(self.model_spec)
         if config.pretrained:
-            missing = load_pretrained(self.model, config.pretrained, strict=config.pretrained_strict)
-            if missing:
-                print(
-                    f"warning: {config.pretrained}: {len(missing)} tensors of the model are not in the file "
-                    f"and keep their initialisation (first: {missing[0]})"
-                )
+            load_pretrained_weights(self.model, config)
         self.model.to(self.device)
         tune_model(self.model, self.device, channels_last=config.channels_last, compile=config.compile)
         self.train_model = wrap_for_training(
@@ -299,6 +308,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         sampler = ShardSampler(len(self.val_set), self.dist) if self.dist.enabled else None
+        broadcast_buffers(self.model, self.dist)  # score the model the checkpoint stores on every rank
         loader = make_loader(self.val_set, self.config, sampler, self.device, drop_last=False)
         result = predict_scores(
             self.model,
@@ -398,6 +408,12 @@ class Trainer:
             self.epoch_loss_sum, self.epoch_correct, self.epoch_videos = sum_over_ranks(running, self.dist)
             for skipped in gather_objects(self.skipped, self.dist):
                 self.skipped.update(skipped)
+        if self.epoch_videos == 0 and self.skipped:  # every video unreadable: nothing was trained
+            first = sorted(self.skipped.values())[0]
+            raise DatasetFormatError(
+                f"no training video of {self.data_dir} could be read "
+                f"({len(self.skipped)} skipped; first: {first})"
+            )
         record: dict[str, Any] = {
             "epoch": self.epoch + 1,
             "train_loss": self.epoch_loss_sum / max(self.epoch_videos, 1),
@@ -457,6 +473,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
     try:
         if config.task == "ava":
             from comem.detection.train import train_ava
+
+            if context_from_env().enabled:  # each rank would run the whole job into the same --out
+                raise DistributedSetupError(
+                    "--task ava runs in one process; start it without torchrun "
+                    "(no multi-process AVA training)"
+                )
 
             return train_ava(config)
         return Trainer(config).run()

@@ -42,6 +42,11 @@ def load_trained(checkpoint: str | Path, device: torch.device) -> TrainedModel:
     """Rebuild the model of a training checkpoint and load its weights onto ``device``."""
     path = Path(checkpoint)
     state = load_checkpoint(path)
+    if state.get("config", {}).get("task") == "ava":
+        raise CheckpointError(
+            f"{path}: an AVA detection checkpoint (comem train --task ava): score it with comem eval; "
+            "this command needs a video classification one"
+        )
     missing = [key for key in ("model_spec", "config", "class_names") if key not in state]
     if missing:
         raise CheckpointError(f"{path}: not a comem training checkpoint (no {', '.join(missing)})")

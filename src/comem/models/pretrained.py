@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -152,11 +153,17 @@ def to_comem_keys(model: nn.Module, state: dict[str, torch.Tensor], fmt: str) ->
     return {key: mine for key, mine in renamed.items() if mine in ours}
 
 
+# A comem checkpoint (last.pt/best.pt) also holds numpy's RNG state, an array: these are the only
+# globals beyond torch's own that ``weights_only`` loading must allow to read one.
+_NUMPY_ARRAY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def _read(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise PretrainedLoadError(f"{path}: pretrained weights file not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file; report it in one line
         raise PretrainedLoadError(f"{path}: cannot read weights ({type(error).__name__}: {error})") from None
     for wrapper in ("model_state", "state_dict", "model"):
@@ -166,6 +173,10 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
         raise PretrainedLoadError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
     if state and all(key.startswith("module.") for key in state):  # saved from a DDP-wrapped model
         state = {key.removeprefix("module."): value for key, value in state.items()}
+    if any(key.startswith("video_model.") for key in state):
+        # A `--task ava` detector: its video model (backbone, memories) loads; its RoI head is the
+        # detection task's own, left out like a classifier of another class count.
+        state = {key[len("video_model.") :]: v for key, v in state.items() if key.startswith("video_model.")}
     return state
 
 

@@ -57,3 +57,13 @@ def load_splits(data_dir: str | Path, data_format: str = "auto") -> VideoSplits:
         raise DatasetFormatError(f"data format must be one of {', '.join(DATA_FORMATS)}; got {data_format!r}")
     name = detect_format(data_dir) if data_format == "auto" else data_format
     return READERS[name](Path(data_dir))
+
+
+def require_training_labels(splits: VideoSplits, data_dir: str | Path) -> None:
+    """Multi-label training needs some positive labels: PySlowFast's AVA frame lists share the
+    Charades frame-list format with every label empty, and would train on nothing (val mAP NaN)."""
+    if not splits.multi_label or any(record.label for record in splits.train):
+        return
+    data_dir = Path(data_dir)
+    hint = " (an AVA directory: train it with --task ava)" if any(data_dir.glob("annotations/ava_*")) else ""
+    raise DatasetFormatError(f"{data_dir}/: no training video has a label{hint}")
