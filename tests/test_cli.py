@@ -193,3 +193,15 @@ def test_boolean_flags_take_true_or_false_only(capsys: pytest.CaptureFixture) ->
         parser.parse_args(["train", "--span-labels", "ture"])
     assert exit_info.value.code == 2
     assert "--span-labels takes true or false, not 'ture'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["train"], ["flops", "--backbone", "tiny"]])
+@pytest.mark.parametrize("value", ["", ",", " , "])
+def test_memory_stages_must_name_a_stage(
+    command: list[str], value: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--memory-stages", value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.endswith("argument --memory-stages: name at least one stage (e.g. last or layer3,layer4)")

@@ -5,6 +5,7 @@ Precedence: dataclass defaults < ``--config FILE.yaml`` < command-line flags.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -191,3 +192,11 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 def comem_home() -> Path:
     """Where the built-in dataset is cached: ``$COMEM_HOME`` or ``~/.cache/comem``."""
     return Path(os.environ.get("COMEM_HOME", Path.home() / ".cache" / "comem"))
+
+
+def stage_list(text: str) -> list[str]:
+    """``--memory-stages`` value: comma-separated stage names or aliases, at least one."""
+    stages = [part.strip() for part in text.split(",") if part.strip()]
+    if not stages:
+        raise argparse.ArgumentTypeError("name at least one stage (e.g. last or layer3,layer4)")
+    return stages

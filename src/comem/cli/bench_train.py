@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from comem.config import stage_list
+
 HELP = "time training steps of every mode: clips/s, memory, TFLOP/s, MFU"
 
 
@@ -35,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-chunk", type=int, default=1, help="comem: clips per no-grad forward [1]")
     parser.add_argument(
         "--memory-stages",
-        type=lambda text: tuple(text.split(",")),
+        type=lambda text: tuple(stage_list(text)),
         default=("last-2", "last-1", "last"),
         help="stages followed by a memory [last-2,last-1,last]",
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from comem.config import stage_list
+
 NAME = "flops"
 
 
@@ -16,7 +18,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     flops.add_argument("--backbone", required=True, help="a name from `comem models`")
     flops.add_argument(
         "--memory-stages",
-        type=lambda text: text.split(","),
+        type=stage_list,
         help="comma-separated stages followed by a memory (default: train's, last-2,last-1,last)",
     )
     flops.add_argument("--frames", type=int, help="frames per clip (default: the backbone's usual clip)")

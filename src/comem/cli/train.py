@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from comem.config import config_fields, load_config
+from comem.config import config_fields, load_config, stage_list
 
 NAME = "train"
 
@@ -69,7 +69,7 @@ TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
     (
         "--memory-stages",
         "memory_stages",
-        lambda s: s.split(","),
+        stage_list,
         "comma-separated stages to add memory after",
     ),
     ("--memory", "memory", str, "attention | average"),
