@@ -150,6 +150,10 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    expected = {"--official": "get_ava_performance.py", "--slowfast": "slowfast/utils/ava_eval_helper.py"}
+    flag, folder = ("--official", args.official) if args.official else ("--slowfast", args.slowfast)
+    if not (folder / expected[flag]).is_file():
+        parser.error(f"{flag} {folder}: no {expected[flag]} there")
     worst, nan_cases = 0.0, 0
     with tempfile.TemporaryDirectory() as tmp:
         for case in range(args.cases):
