@@ -31,11 +31,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from comem.detection.train import evaluate_ava_command, is_ava_checkpoint
-
-    if is_ava_checkpoint(args.checkpoint):  # AVA detection: detections CSV + official frame mAP
-        return evaluate_ava_command(args)
+    from comem.detection.train import evaluate_ava_command, is_ava_state
+    from comem.engine.checkpoint import load_checkpoint
     from comem.engine.evaluate import evaluate_checkpoint
+
+    state = load_checkpoint(args.checkpoint)  # read once, whichever evaluation it needs
+    if is_ava_state(state):  # AVA detection: detections CSV + official frame mAP
+        return evaluate_ava_command(args, state)
 
     metrics, out_dir = evaluate_checkpoint(
         args.checkpoint,
@@ -48,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         out=args.out,
+        state=state,
     )
     print(json.dumps({key: value for key, value in metrics.items() if not isinstance(value, list | dict)}))
     for pair in metrics.get("top_confused", [])[:5]:

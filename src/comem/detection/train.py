@@ -51,6 +51,7 @@ from comem.engine.train import (
     warmup_cosine,
     write_json,
 )
+from comem.engine.trained import config_from_state, spec_from_state
 from comem.models.build import ModelSpec, build_model
 
 
@@ -347,13 +348,14 @@ def train_ava(config: TrainConfig) -> dict[str, Any]:
     return AvaTrainer(config).run()
 
 
-def is_ava_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` is a checkpoint of ``comem train --task ava``."""
-    return load_checkpoint(path).get("config", {}).get("task") == "ava"
+def is_ava_state(state: dict) -> bool:
+    """Whether a loaded checkpoint is one of ``comem train --task ava``."""
+    return state.get("config", {}).get("task") == "ava"
 
 
-def evaluate_ava_command(args: Any) -> int:
-    """``comem eval`` of an AVA checkpoint (``args`` as ``comem eval`` parses them)."""
+def evaluate_ava_command(args: Any, state: dict | None = None) -> int:
+    """``comem eval`` of an AVA checkpoint (``args`` as ``comem eval`` parses them; ``state``: the
+    checkpoint, if already read)."""
     metrics, path = evaluate_ava_checkpoint(
         args.checkpoint,
         data=args.data,
@@ -363,6 +365,7 @@ def evaluate_ava_command(args: Any) -> int:
         workers=args.workers,
         device=args.device,
         out=getattr(args, "out", None),
+        state=state,
     )
     print(json.dumps(metrics))
     print(f"wrote {path} and {metrics['detections']}")
@@ -379,6 +382,7 @@ def evaluate_ava_checkpoint(
     workers: int | None = None,
     device: str = "auto",
     out: str | Path | None = None,
+    state: dict | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Score an AVA checkpoint: writes ``detections_val.csv`` and ``eval_val.json`` into ``out``
     (default: beside the checkpoint).
@@ -392,13 +396,13 @@ def evaluate_ava_checkpoint(
         )
     out_dir = Path(out) if out is not None else Path(checkpoint).parent
     checkpoint = Path(checkpoint)
-    state = load_checkpoint(checkpoint)
-    config = TrainConfig(**state["config"])
+    state = load_checkpoint(checkpoint) if state is None else state
+    config = config_from_state(state)
     overrides = {"views": views, "batch_size": batch_size, "workers": workers}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None}).validate()
     if views is not None and config.mode != "single":
         config = dataclasses.replace(config, clips=views)
-    spec = ModelSpec(**{**state["model_spec"], "memory_stages": tuple(state["model_spec"]["memory_stages"])})
+    spec = spec_from_state(state)
     data_dir = Path(data) if data is not None else Path(state["data_dir"])
     ava = load_ava(data_dir, config.ava_version, detection_thresh=config.ava_detection_thresh)
     torch_device = resolve_device(device)

@@ -110,6 +110,7 @@ def evaluate_checkpoint(
     workers: int | None = None,
     device: str = "auto",
     out: str | Path | None = None,
+    state: dict | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a training checkpoint on a split with multi-view testing; returns the metrics and
     the report directory (default ``eval_<split>_<checkpoint name>/`` beside the checkpoint, e.g.
@@ -122,7 +123,7 @@ def evaluate_checkpoint(
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
     torch_device = resolve_device(device)
-    trained = load_trained(checkpoint, torch_device)
+    trained = load_trained(checkpoint, torch_device, state=state)  # state: the checkpoint, if read
     if data is None and trained.data_dir is None:
         raise DatasetFormatError(f"{checkpoint}: records no data dir; pass --data")
     data_dir = Path(data) if data is not None else trained.data_dir

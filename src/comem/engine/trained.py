@@ -38,10 +38,24 @@ def is_multi_label(state: dict) -> bool:
     return any("val_mAP" in record for record in state.get("history", []))
 
 
-def load_trained(checkpoint: str | Path, device: torch.device) -> TrainedModel:
-    """Rebuild the model of a training checkpoint and load its weights onto ``device``."""
+def spec_from_state(state: dict) -> ModelSpec:
+    """The model spec a checkpoint was trained with (YAML/pickle turned its tuple into a list)."""
+    return ModelSpec(**{**state["model_spec"], "memory_stages": tuple(state["model_spec"]["memory_stages"])})
+
+
+def config_from_state(state: dict) -> TrainConfig:
+    """The training config of a checkpoint; fields another comem version added are left out."""
+    known = config_fields()
+    return TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
+
+
+def load_trained(checkpoint: str | Path, device: torch.device, *, state: dict | None = None) -> TrainedModel:
+    """Rebuild the model of a training checkpoint and load its weights onto ``device``.
+
+    ``state``: the checkpoint already read by the caller, so it is not read twice.
+    """
     path = Path(checkpoint)
-    state = load_checkpoint(path)
+    state = load_checkpoint(path) if state is None else state
     if state.get("config", {}).get("task") == "ava":
         raise CheckpointError(
             f"{path}: an AVA detection checkpoint (comem train --task ava): score it with comem eval; "
@@ -50,9 +64,8 @@ def load_trained(checkpoint: str | Path, device: torch.device) -> TrainedModel:
     missing = [key for key in ("model_spec", "config", "class_names") if key not in state]
     if missing:
         raise CheckpointError(f"{path}: not a comem training checkpoint (no {', '.join(missing)})")
-    known = config_fields()  # a checkpoint from another comem version may have other fields
-    config = TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
-    spec = ModelSpec(**{**state["model_spec"], "memory_stages": tuple(state["model_spec"]["memory_stages"])})
+    config = config_from_state(state)
+    spec = spec_from_state(state)
     model = build_model(spec)
     model.load_state_dict(state["model"])
     model.to(device).eval()
