@@ -116,10 +116,13 @@ class VideoSplits:
     val: list[VideoRecord]
     test: list[VideoRecord] | None
     class_names: list[str]
-    num_classes: int
     multi_label: bool = False
     missing: tuple[str, ...] = ()
     data_format: str = "slowfast"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 def load_kinetics_csv_dir(data_dir: str | Path) -> VideoSplits:
@@ -150,7 +153,6 @@ def load_kinetics_csv_dir(data_dir: str | Path) -> VideoSplits:
         val=splits["val"],
         test=splits.get("test"),
         class_names=class_names,
-        num_classes=len(class_names),
     )
 
 

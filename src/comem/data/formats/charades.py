@@ -95,7 +95,6 @@ def load_charades(data_dir: str | Path) -> VideoSplits:
         val=splits["val"],
         test=None,
         class_names=names,
-        num_classes=len(names),
         missing=tuple(missing),
         multi_label=True,
         data_format="charades",
@@ -152,7 +151,6 @@ def load_charades_frame_lists(data_dir: str | Path) -> VideoSplits:
         val=splits["val"],
         test=None,
         class_names=names,
-        num_classes=len(names),
         multi_label=True,
         data_format="charades-frames",
     )

@@ -96,7 +96,6 @@ def load_kinetics_official(data_dir: str | Path) -> VideoSplits:
         val=splits["val"],
         test=splits.get("test"),
         class_names=class_names,
-        num_classes=len(class_names),
         missing=tuple(missing),
         data_format="kinetics",
     )

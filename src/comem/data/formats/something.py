@@ -67,7 +67,6 @@ def load_ssv1(data_dir: str | Path) -> VideoSplits:
         val=splits["val"],
         test=None,
         class_names=names,
-        num_classes=len(names),
         data_format="ssv1",
     )
 
@@ -120,7 +119,6 @@ def load_ssv2(data_dir: str | Path) -> VideoSplits:
         val=splits["val"],
         test=None,
         class_names=names,
-        num_classes=len(names),
         missing=tuple(missing),
         data_format="ssv2",
     )
