@@ -233,9 +233,17 @@ def broadcast_buffers(model: nn.Module, context: DistContext) -> None:
         dist.broadcast(buffer, src=0)
 
 
-def all_ranks(flag: bool, context: DistContext) -> bool:
-    """Whether ``flag`` holds on every rank: a collective step must be taken by all ranks or none."""
-    return all(gather_objects(bool(flag), context))
+def all_ranks(flag: bool, context: DistContext, device: torch.device) -> bool:
+    """Whether ``flag`` holds on every rank: a collective step must be taken by all ranks or none.
+
+    Asked every training step, so it is one one-element all-reduce (on ``device``, as NCCL needs),
+    not an object gather.
+    """
+    if not context.enabled:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
 
 
 class NullWriter:

@@ -377,7 +377,7 @@ class Trainer:
             self.note_skipped(batch["skipped"], bar)
             # A batch left with one video by unreadable ones would break train-mode BatchNorm: skip it
             # (on every rank together, or DDP's gradient all-reduce would wait forever).
-            if all_ranks(batch["label"].shape[0] >= min(2, config.batch_size), self.dist):
+            if all_ranks(batch["label"].shape[0] >= min(2, config.batch_size), self.dist, self.device):
                 loss, correct = self.train_step(batch)
                 videos = int(batch["label"].shape[0])
                 clips_seen += videos * batch["video"].shape[1]
