@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tinydata import randomise_norms
 from torchvision.models import video as tv_video
 
 from comem.models.build import ModelSpec, PretrainedLoadError, build_model, load_pretrained
@@ -17,13 +18,7 @@ def randomised_torchvision_r2plus1d() -> torch.nn.Module:
     load which skipped them would show."""
     torch.manual_seed(1)
     model = tv_video.r2plus1d_18(weights=None)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm3d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.1)
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
+    randomise_norms(model)
     return model.eval()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tinydata import randomise_norms
 from torchvision.models import video as tv_video
 
 from comem.cli import build_parser
@@ -18,17 +19,6 @@ from comem.detection.model import AvaDetector
 from comem.engine.checkpoint import save_checkpoint
 from comem.engine.train import rng_state
 from comem.models.build import ModelSpec, PretrainedLoadError, VideoModel, build_model, load_pretrained
-
-
-def randomise_norms(model: torch.nn.Module) -> None:
-    """Non-default BatchNorm parameters and statistics, so a load that skipped them would show."""
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm3d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.1)
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
 
 
 def test_torchvision_r2plus1d_predicts_as_torchvision_behind_identity_memories(tmp_path: Path) -> None:

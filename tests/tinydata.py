@@ -1,4 +1,4 @@
-"""Tiny PySlowFast-format data directories of real H.264 videos, for CLI and training tests.
+"""Tiny PySlowFast-format data directories of real H.264 videos (and small model helpers) for tests.
 
 Class 0 videos are flat gray frames whose level rises over time, class 1 videos a horizontal ramp,
 so a model can tell the classes apart from a single clip and overfit them in a few steps.
@@ -6,6 +6,7 @@ so a model can tell the classes apart from a single clip and overfit them in a f
 
 from pathlib import Path
 
+import torch
 from videos import write_test_video
 
 FRAMES = 24
@@ -39,3 +40,14 @@ def write_dataset(root: Path, *, num_train: int = 4, num_val: int = 4) -> Path:
         (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
     (root / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n")
     return root
+
+
+def randomise_norms(model: torch.nn.Module) -> None:
+    """Non-default BatchNorm parameters and statistics, so a load that skipped them would show."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.1)
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
