@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from comem.data.transforms import normalize
-from comem.engine.modes import comem_step, joint_step, preserved_batchnorm_stats, single_step
+from comem.engine.modes import comem_step, joint_step, preserved_batchnorm_stats, single_step, tsn_step
 from comem.engine.performance import channels_last_clips
 from comem.models.build import ModelSpec, build_model
 
@@ -57,7 +57,6 @@ def test_joint_and_comem_agree_on_outputs_and_loss(memory_stages) -> None:
     comem = comem_step(comem_model, clips, targets, NO_AUTOCAST)
     torch.testing.assert_close(comem.logits, joint.logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(comem.loss, joint.loss, rtol=1e-5, atol=1e-6)
-    # Gradients differ on purpose (other clips' summaries are constants in comem) but both train.
     comem_grads = grads(comem_model)
     memory_grads = [g for name, g in comem_grads.items() if name.startswith("memories.")]
     assert memory_grads and all(g.abs().sum() > 0 for g in memory_grads)
@@ -138,3 +137,77 @@ def test_channels_last_clips_keep_values_and_give_convolutions_channels_last_inp
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(laid_out), model(normalize(clips)), rtol=1e-4, atol=1e-5)
+
+
+def _relative_error(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> float:
+    assert got.keys() == want.keys()
+    diff = sum(float((got[k] - want[k]).pow(2).sum()) for k in want)
+    return (diff / sum(float(want[k].pow(2).sum()) for k in want)) ** 0.5
+
+
+def test_comem_with_cross_clip_gradient_equals_joint_gradient() -> None:
+    """One memory stage: the two-pass step with the cross-clip gradient is joint training's exact
+    gradient (eval-mode BN, no dropout, so both see the same function); without it, it is not."""
+    clips, targets = video(), torch.tensor([0, 4])
+    joint_model = make_model()
+    joint_model.eval()
+    joint_step(joint_model, clips, targets, NO_AUTOCAST)
+    want = grads(joint_model)
+    errors = {}
+    for cross_clip in (True, False):
+        model = make_model()
+        model.eval()
+        comem_step(model, clips, targets, NO_AUTOCAST, cross_clip=cross_clip)
+        errors[cross_clip] = _relative_error(grads(model), want)
+    assert errors[True] < 1e-5
+    assert errors[False] > 1e-2
+
+
+def test_cross_clip_gradient_is_close_to_joint_with_several_memory_stages() -> None:
+    """Several stages: only the (small) terms through other clips' later summaries are missing."""
+    stages = ("layer2", "layer3", "layer4")
+    clips, targets = video(), torch.tensor([0, 4])
+    joint_model = make_model(stages)
+    joint_model.eval()
+    joint_step(joint_model, clips, targets, NO_AUTOCAST)
+    want = grads(joint_model)
+    errors = {}
+    for cross_clip in (True, False):
+        model = make_model(stages)
+        model.eval()
+        comem_step(model, clips, targets, NO_AUTOCAST, cross_clip=cross_clip)
+        errors[cross_clip] = _relative_error(grads(model), want)
+    assert errors[True] < 0.25 * errors[False]
+
+
+def test_cross_clip_gradient_keeps_the_step_reproducible_and_batchnorm_counted_once() -> None:
+    """Dropout masks are rewound (same as a plain step's) and BN running stats see each clip once."""
+    clips, targets = video(), torch.tensor([0, 4])
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(backbone="tiny", num_classes=5, memory_stages=("last",), dropout=0.5))
+    plain = make_model()
+    plain.load_state_dict(model.state_dict())
+    plain.head.dropout.p = 0.5
+    torch.manual_seed(7)
+    crossed = comem_step(model, clips, targets, NO_AUTOCAST, cross_clip=True)
+    after_cross = torch.rand(1)
+    torch.manual_seed(7)
+    uncrossed = comem_step(plain, clips, targets, NO_AUTOCAST, cross_clip=False)
+    torch.testing.assert_close(crossed.logits, uncrossed.logits)  # same dropout masks
+    assert torch.equal(after_cross, torch.rand(1))  # same RNG consumption
+    for name, value in plain.state_dict().items():
+        if "running" in name or "num_batches" in name:
+            torch.testing.assert_close(model.state_dict()[name], value, msg=name)
+
+
+def test_tsn_averages_clip_scores_before_the_loss_and_clips_do_not_meet() -> None:
+    model = make_model()
+    model.eval()
+    clips, targets = video(), torch.tensor([0, 4])
+    out = tsn_step(model, clips, targets, NO_AUTOCAST)
+    with torch.no_grad():
+        alone = torch.stack([model(clips[:, i : i + 1])[:, 0] for i in range(clips.shape[1])], dim=1)
+    torch.testing.assert_close(out.logits, alone, rtol=1e-4, atol=1e-5)
+    want = torch.nn.functional.cross_entropy(alone.mean(dim=1), targets)
+    torch.testing.assert_close(out.loss, want, rtol=1e-5, atol=1e-6)
+    assert all(p.grad is not None for p in model.head.parameters())

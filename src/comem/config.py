@@ -126,6 +126,10 @@ class TrainConfig:
         for name, allowed in (("task", ("classify", "ava")), ("ava_version", ("2.1", "2.2"))):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.task == "ava" and self.mode == "tsn":
+            raise ConfigError(
+                "mode tsn averages clip scores of a video label; AVA detection trains single, joint or comem"
+            )
         return self
 
     @property
@@ -140,8 +144,9 @@ class TrainConfig:
     @property
     def shares_eval_memory(self) -> bool:
         """Whether evaluation builds one memory from all views of a video. A ``single`` model was
-        trained with a memory of its own clip only, so each of its views is scored on its own."""
-        return self.mode != "single"
+        trained with a memory of its own clip only, so each of its views is scored on its own; so
+        was a ``tsn`` model (its clips meet only in the averaged scores)."""
+        return self.mode not in ("single", "tsn")
 
 
 def config_fields() -> dict[str, dataclasses.Field]:

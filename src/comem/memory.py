@@ -24,6 +24,30 @@ MEMORY_KINDS: tuple[str, ...] = ("attention", "average")
 FUSION_KINDS: tuple[str, ...] = ("gate", "add")
 
 
+class _AddGradient(torch.autograd.Function):
+    """Identity in the forward pass; the backward pass adds a fixed tensor to the incoming gradient."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, extra: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.extra = extra  # type: ignore[attr-defined]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad + ctx.extra.to(grad.dtype), None  # type: ignore[attr-defined]
+
+
+def add_gradient(x: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+    """``x`` unchanged, but whatever gradient reaches it during backward gets ``extra`` added.
+
+    The two-pass scheme uses it to hand a clip's summary the gradient that the OTHER clips' losses
+    send to it through their memory reads (computed beforehand, see ``engine/modes.py``).
+    """
+    return x if extra is None else _AddGradient.apply(x, extra)
+
+
 class CollaborativeMemory(nn.Module):
     """Associative memory over the clips of a video plus channel-wise feature gating.
 
@@ -99,7 +123,13 @@ class CollaborativeMemory(nn.Module):
         clip_memory = self.read(bank, bank).reshape(-1, self.channels)
         return self.fuse(features, clip_memory)
 
-    def forward_one(self, features: torch.Tensor, bank: torch.Tensor, clip_index: int) -> torch.Tensor:
+    def forward_one(
+        self,
+        features: torch.Tensor,
+        bank: torch.Tensor,
+        clip_index: int,
+        cross_grad: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Apply the memory to clip ``clip_index`` of each video, given the other clips' summaries.
 
         The two-pass scheme's second pass: ``bank`` (B, N, C) was built without gradients; the
@@ -109,8 +139,11 @@ class CollaborativeMemory(nn.Module):
         Args:
             features: (B, C, T, H, W), clip ``clip_index`` of each of the B videos.
             bank: (B, N, C) summaries of all N clips of each video.
+            cross_grad: (B, C) gradient of the other clips' losses with respect to this clip's
+                summary, added to the summary's gradient in backward (None: the other clips'
+                losses do not train this clip's path, the plain two-pass scheme).
         """
-        live = self.summarize(features).float()
+        live = add_gradient(self.summarize(features).float(), cross_grad)
         onehot = torch.zeros(bank.shape[1], device=bank.device, dtype=bank.dtype)
         onehot[clip_index] = 1.0
         mixed = bank * (1.0 - onehot)[None, :, None] + live[:, None, :] * onehot[None, :, None]

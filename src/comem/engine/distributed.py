@@ -118,10 +118,12 @@ class TrainingForward(nn.Module):
         inputs: torch.Tensor,
         clip_index: int | None = None,
         banks: dict[str, torch.Tensor] | None = None,
+        cross_grads: dict[str, torch.Tensor] | None = None,
+        share_memory: bool = True,
     ) -> torch.Tensor:
         if clip_index is None:
-            return self.model(inputs)
-        return self.model.forward_clip(inputs, clip_index, banks)
+            return self.model(inputs, share_memory=share_memory)
+        return self.model.forward_clip(inputs, clip_index, banks, cross_grads)
 
 
 def wrap_for_training(

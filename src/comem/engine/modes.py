@@ -4,6 +4,8 @@ Each function computes the loss of one batch and calls ``backward``; the caller 
 before and steps the optimizer after, so the three modes differ only in how gradients are made:
 
 - ``single``: one clip per video; the usual baseline.
+- ``tsn``: N clips per video, each on its own (no shared memory), clip scores averaged before the
+  loss (the segment consensus of Temporal Segment Networks); the multi-clip baseline.
 - ``joint``: all N clips of a video in one graph; exact gradients, activation memory x N.
 - ``comem``: a no-grad pass builds the memory of all N clips, then each clip runs forward and
   backward on its own reading that memory; gradients accumulate over the clips. Peak activation
@@ -20,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from comem.models.build import VideoModel
+from comem.models.build import Bank, MemoryPass, VideoModel
 
-MODES: tuple[str, ...] = ("single", "joint", "comem")
+MODES: tuple[str, ...] = ("single", "tsn", "joint", "comem")
 MemoryPassBN = Literal["batch", "eval"]
 
 
@@ -109,6 +111,84 @@ def single_step(
     return joint_step(model, video, targets, autocast)
 
 
+def _bank_leaves(banks: dict[str, Bank]) -> dict[str, Bank]:
+    """Detached copies of the banks that collect gradients."""
+
+    def leaf(bank: torch.Tensor) -> torch.Tensor:
+        return bank.detach().requires_grad_(True)
+
+    return {
+        name: [leaf(b) for b in bank] if isinstance(bank, list) else leaf(bank)
+        for name, bank in banks.items()
+    }
+
+
+def _flat(banks: dict[str, Bank]) -> list[torch.Tensor]:
+    return [t for bank in banks.values() for t in (bank if isinstance(bank, list) else [bank])]
+
+
+def cross_clip_gradients(
+    model: VideoModel,
+    memory: MemoryPass,
+    targets: torch.Tensor,
+    autocast: Callable,
+) -> dict[str, Bank]:
+    """Gradient of the video's loss (mean of its clips' losses) with respect to every bank entry
+    through the OTHER clips' memory reads: entry i of the result, (B, C) per stage, is
+    sum over j != i of d loss_j / d summary_i.
+
+    This is the gradient the plain two-pass scheme drops (it treats the other clips' entries as
+    constants), so a clip's features never learn to be useful to the other clips. Each clip's
+    loss is recomputed from its kept first-memory-stage output (``MemoryPass.maps``), so the cost
+    is a forward and an input-only backward of the stages from the first memory on (for a memory
+    after the last stage: the head alone), one clip at a time. The head's dropout draws the same
+    masks as the gradient pass that follows (the RNG is rewound), and BatchNorm sees the same
+    per-clip batches, so the gradient is that of the step's own forward.
+    """
+    num_clips = len(memory.maps)
+    leaves = _bank_leaves(memory.banks)
+    flat = _flat(leaves)
+    totals = [torch.zeros_like(t) for t in flat]
+    device = flat[0].device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with preserved_batchnorm_stats(model):
+            for index in range(num_clips):
+                with autocast():
+                    logits = model.logits_from_maps(memory.maps[index], index, leaves)
+                target = targets[:, index] if targets.ndim == 3 else targets
+                loss = clip_loss(logits, target) / num_clips
+                grads = torch.autograd.grad(loss, flat, allow_unused=True)
+                for total, grad in zip(totals, grads, strict=True):
+                    if grad is not None:
+                        total += grad
+    result: dict[str, Bank] = {}
+    position = 0
+    for name, bank in leaves.items():
+        count = len(bank) if isinstance(bank, list) else 1
+        parts = totals[position : position + count]
+        result[name] = parts if isinstance(bank, list) else parts[0]
+        position += count
+    return result
+
+
+def tsn_step(
+    model: Callable[..., torch.Tensor],
+    video: torch.Tensor,
+    targets: torch.Tensor,
+    autocast: Callable,
+) -> StepOutput:
+    """Segment consensus: every clip of ``video`` (B, N, C, T, H, W) runs on its own (its memory
+    sees that clip only, as in ``single``) and the loss is that of the clips' mean logits, so
+    clips are combined by averaging scores, never by comparing what they saw."""
+    with autocast():
+        logits = model(video, share_memory=False)
+    consensus = logits.mean(dim=1)
+    video_targets = targets.float().mean(dim=1) if targets.ndim == 3 else targets
+    loss = clip_loss(consensus, video_targets)
+    loss.backward()
+    return StepOutput(loss.detach(), logits.detach())
+
+
 def comem_step(
     model: VideoModel,
     video: torch.Tensor,
@@ -117,21 +197,28 @@ def comem_step(
     *,
     memory_pass_bn: MemoryPassBN = "batch",
     memory_chunk: int = 1,
+    cross_clip: bool = True,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
-    forward_clip: Callable[[torch.Tensor, int, dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    forward_clip: Callable[..., torch.Tensor] | None = None,
 ) -> StepOutput:
     """The two-pass, memory-flat scheme. ``video`` is (B, N, C, T, H, W).
 
-    ``memory_chunk`` clips of each video run per no-grad forward (see ``VideoModel.memory_bank``).
-    Under DDP, ``forward_clip`` is the DDP-wrapped ``model.forward_clip`` (gradients are only
-    all-reduced for forwards that go through DDP) and ``no_sync`` its ``no_sync``, which suppresses
-    the all-reduce for every clip but the last.
+    ``memory_chunk`` clips of each video run per no-grad forward (see ``VideoModel.memory_pass``).
+    ``cross_clip`` also trains each clip's path by the gradient the other clips' losses send to
+    its summaries (``cross_clip_gradients``), which joint training has and the plain two-pass
+    scheme drops. Under DDP, ``forward_clip`` is the DDP-wrapped ``model.forward_clip`` (gradients
+    are only all-reduced for forwards that go through DDP) and ``no_sync`` its ``no_sync``, which
+    suppresses the all-reduce for every clip but the last.
     """
     num_clips = video.shape[1]
     forward_clip = forward_clip or model.forward_clip
+    cross_clip = cross_clip and num_clips > 1
     guard = preserved_batchnorm_stats(model) if memory_pass_bn == "batch" else eval_batchnorm(model)
     with guard, autocast():
-        banks = model.memory_bank(video, chunk=memory_chunk)
+        memory = model.memory_pass(video, chunk=memory_chunk, keep_maps=cross_clip)
+    cross = cross_clip_gradients(model, memory, targets, autocast) if cross_clip else None
+    banks = memory.banks
+    del memory
     total = torch.zeros((), device=video.device)
     clip_logits = []
     for index in range(num_clips):
@@ -139,7 +226,7 @@ def comem_step(
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             with autocast():
-                logits = forward_clip(video[:, index], index, banks)
+                logits = forward_clip(video[:, index], index, banks, cross)
             loss = clip_loss(logits, targets[:, index] if targets.ndim == 3 else targets) / num_clips
             loss.backward()
         total += loss.detach()

@@ -48,7 +48,7 @@ from comem.engine.distributed import (
 )
 from comem.engine.evaluate import autocast_for, predict_scores, video_scores
 from comem.engine.loaders import drops_last, make_dataset, make_loader, resolve_device
-from comem.engine.modes import comem_step, joint_step, single_step
+from comem.engine.modes import comem_step, joint_step, single_step, tsn_step
 from comem.engine.performance import prepare_video, tune_model
 from comem.engine.reports import plot_training_curves
 from comem.metrics import classification_metrics
@@ -295,6 +295,8 @@ class Trainer:
             )
         elif self.config.mode == "joint":
             output = joint_step(self.train_model, video, targets, self.autocast)
+        elif self.config.mode == "tsn":
+            output = tsn_step(self.train_model, video, targets, self.autocast)
         else:
             output = single_step(self.train_model, video, targets, self.autocast)
         if self.config.clip_grad:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -60,6 +60,32 @@ def _cat_clips(parts: list[Bank]) -> Bank:
     if isinstance(parts[0], list):
         return [torch.cat(per_path, dim=1) for per_path in zip(*parts, strict=True)]
     return torch.cat(parts, dim=1)
+
+
+def _clip_entry(bank: Bank, clip_index: int) -> Bank:
+    """Entry ``clip_index`` (B, C) of a bank (B, N, C), pathway by pathway."""
+    if isinstance(bank, list):
+        return [part[:, clip_index] for part in bank]
+    return bank[:, clip_index]
+
+
+def _split_clips(features: Any, batch: int, count: int) -> list[Any]:
+    """Stage outputs of ``count`` consecutive clips of each video (video-major, B·count rows) ->
+    one output of B rows per clip."""
+    if isinstance(features, list):
+        return [list(parts) for parts in zip(*(_split_clips(f, batch, count) for f in features), strict=True)]
+    if isinstance(features, tuple) and hasattr(features, "_replace"):  # Tokens
+        return [features._replace(tokens=t) for t in _split_clips(features[0], batch, count)]
+    grouped = features.view(batch, count, *features.shape[1:])
+    return [grouped[:, offset] for offset in range(count)]
+
+
+class MemoryPass(NamedTuple):
+    """What the no-grad memory pass gives: the banks, and (if asked) every clip's raw output of
+    the first memory stage (``maps[i]``: clip i of each of the B videos)."""
+
+    banks: dict[str, Bank]
+    maps: list[Any]
 
 
 class VideoModel(nn.Module):
@@ -131,6 +157,11 @@ class VideoModel(nn.Module):
 
     @torch.no_grad()
     def memory_bank(self, video: torch.Tensor, *, chunk: int = 1) -> dict[str, Bank]:
+        """The banks of ``memory_pass``: summaries (B, N, C) of every clip at every memory stage."""
+        return self.memory_pass(video, chunk=chunk).banks
+
+    @torch.no_grad()
+    def memory_pass(self, video: torch.Tensor, *, chunk: int = 1, keep_maps: bool = False) -> MemoryPass:
         """Summaries (B, N, C) of every clip at every memory stage, without gradients (a list of
         them, one per pathway, at a two-pathway stage).
 
@@ -144,6 +175,10 @@ class VideoModel(nn.Module):
         ``chunk`` clips of each video run per forward (all B videos together). ``chunk=1`` gives
         BatchNorm the same batches as the per-clip second pass; larger chunks fill a GPU better
         (in train-mode BatchNorm they normalise over B·chunk clips instead of B).
+
+        ``keep_maps`` also returns every clip's raw output of the first memory stage (``maps[i]``:
+        clip i of each video), from which ``logits_from_maps`` finishes a clip's forward; the
+        cross-clip gradient of the two-pass scheme needs them. They cost one stage output per clip.
         """
         batch, num_clips = video.shape[:2]
         if chunk < 1:
@@ -152,6 +187,7 @@ class VideoModel(nn.Module):
         spans = [slice(start, min(start + chunk, num_clips)) for start in range(0, num_clips, chunk)]
         carried: list[Any] = [None] * len(spans)  # raw maps at the last bank's stage
         banks: dict[str, Bank] = {}
+        kept: list[Any] = []
         begin, previous = 0, None
         for target in self.memory_stage_names:
             end = names.index(target) + 1
@@ -164,23 +200,60 @@ class VideoModel(nn.Module):
                 for name in names[begin:end]:
                     features = self.backbone.stages[name](features)
                 carried[position] = features
+                if keep_maps and previous is None:
+                    kept.extend(_split_clips(features, batch, span.stop - span.start))
                 summaries.append(_per_video(self.memories[target].summarize(features), batch))
             banks[target] = _cat_clips(summaries)
             begin, previous = end, target
-        return banks
+        return MemoryPass(banks, kept)
 
-    def forward_clip(self, clip: torch.Tensor, clip_index: int, banks: dict[str, Bank]) -> torch.Tensor:
-        """Logits (B, K) of clip ``clip_index`` (B, C, T, H, W) of each video, reading ``banks``."""
-        return self.head(self.clip_features(clip, clip_index, banks))
+    def forward_clip(
+        self,
+        clip: torch.Tensor,
+        clip_index: int,
+        banks: dict[str, Bank],
+        cross_grads: dict[str, Bank] | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, K) of clip ``clip_index`` (B, C, T, H, W) of each video, reading ``banks``.
 
-    def clip_features(self, clip: torch.Tensor, clip_index: int, banks: dict[str, Bank]) -> Features:
+        ``cross_grads`` (as ``banks``): the gradient the other clips' losses send to every clip's
+        summaries; clip ``clip_index``'s entries are added to its summaries' gradients in backward.
+        """
+        return self.head(self.clip_features(clip, clip_index, banks, cross_grads))
+
+    def clip_features(
+        self,
+        clip: torch.Tensor,
+        clip_index: int,
+        banks: dict[str, Bank],
+        cross_grads: dict[str, Bank] | None = None,
+    ) -> Features:
         """Last-stage feature map of clip ``clip_index`` gated by its clip-specific memories
         (per-pathway list for SlowFast, as in ``features``)."""
-        features: Any = clip
-        for name, stage in self.backbone.stages.items():
-            features = stage(features)
+        return self._run_stages(clip, self.backbone.stage_names, clip_index, banks, cross_grads)
+
+    def logits_from_maps(self, maps: Features, clip_index: int, banks: dict[str, Bank]) -> torch.Tensor:
+        """Logits (B, K) of clip ``clip_index`` from its raw output of the first memory stage
+        (``memory_pass(keep_maps=True).maps[clip_index]``): the part of the forward that reads
+        the memory, so the gradient of a clip's loss with respect to every bank entry is cheap."""
+        names = self.backbone.stage_names
+        first = names.index(self.memory_stage_names[0])
+        features = self.memories[names[first]].forward_one(maps, banks[names[first]], clip_index)
+        return self.head(self._run_stages(features, names[first + 1 :], clip_index, banks, None))
+
+    def _run_stages(
+        self,
+        features: Any,
+        names: Sequence[str],
+        clip_index: int,
+        banks: dict[str, Bank],
+        cross_grads: dict[str, Bank] | None,
+    ) -> Features:
+        for name in names:
+            features = self.backbone.stages[name](features)
             if name in self.memories:
-                features = self.memories[name].forward_one(features, banks[name], clip_index)
+                cross = None if cross_grads is None else _clip_entry(cross_grads[name], clip_index)
+                features = self.memories[name].forward_one(features, banks[name], clip_index, cross)
         return features
 
 

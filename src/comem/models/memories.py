@@ -55,11 +55,16 @@ class PathwayMemory(nn.Module):
         return [memory(x, num_clips) for memory, x in zip(self.pathways, features, strict=True)]
 
     def forward_one(
-        self, features: list[torch.Tensor], bank: list[torch.Tensor], clip_index: int
+        self,
+        features: list[torch.Tensor],
+        bank: list[torch.Tensor],
+        clip_index: int,
+        cross_grad: list[torch.Tensor] | None = None,
     ) -> list[torch.Tensor]:
+        cross = cross_grad or [None] * len(self.pathways)
         return [
-            memory.forward_one(x, pathway_bank, clip_index)
-            for memory, x, pathway_bank in zip(self.pathways, features, bank, strict=True)
+            memory.forward_one(x, pathway_bank, clip_index, extra)
+            for memory, x, pathway_bank, extra in zip(self.pathways, features, bank, cross, strict=True)
         ]
 
     def forward_bank(
