@@ -61,6 +61,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     clip_grad: float | None = None
     memory_pass_bn: str = "batch"
+    cross_clip: bool = True  # comem: other clips' losses train each clip's summaries (joint's gradient)
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     # run
     out: str = "runs/comem"

@@ -18,9 +18,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-MemoryKind = Literal["attention", "average"]
+MemoryKind = Literal["attention", "sigmoid", "sink", "average"]
 FusionKind = Literal["gate", "add"]
-MEMORY_KINDS: tuple[str, ...] = ("attention", "average")
+MEMORY_KINDS: tuple[str, ...] = ("attention", "sigmoid", "sink", "average")
 FUSION_KINDS: tuple[str, ...] = ("gate", "add")
 
 
@@ -84,6 +84,7 @@ class CollaborativeMemory(nn.Module):
         self.key = nn.Linear(channels, self.key_dim, bias=False)
         self.value = nn.Linear(channels, channels, bias=False)
         self.out = nn.Linear(channels, channels)
+        self.sink = nn.Parameter(torch.zeros(())) if memory == "sink" else None
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -101,6 +102,11 @@ class CollaborativeMemory(nn.Module):
         if self.memory == "average":
             return values.mean(dim=1, keepdim=True).expand(-1, queries.shape[1], -1)
         scores = self.query(queries) @ self.key(bank).transpose(1, 2) / math.sqrt(self.key_dim)
+        if self.memory == "sigmoid":
+            return scores.sigmoid() @ values / bank.shape[1]
+        if self.memory == "sink":
+            sink = self.sink.expand(*scores.shape[:-1], 1)
+            return torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1] @ values
         return scores.softmax(dim=-1) @ values
 
     def fuse(self, features: torch.Tensor, clip_memory: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     synthetic.add_argument("--size", type=int, default=64, help="frame side in pixels")
     synthetic.add_argument("--frames", type=int, default=72, help="frames per video")
     synthetic.add_argument("--parts", type=int, default=3, help="parts (events) per video")
+    synthetic.add_argument("--fps", type=int, default=24, help="frame rate")
+    synthetic.add_argument("--distractors", type=int, default=1, help="grey squares moving through the video")
+    synthetic.add_argument(
+        "--coloured-distractors", type=int, default=0, help="small squares of palette colours in every part"
+    )
+    synthetic.add_argument("--codec", default="h264", choices=["h264", "mpeg4", "vp9"])
     synthetic.add_argument("--seed", type=int, default=0)
 
 
@@ -28,8 +34,12 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         num_frames=args.frames,
         num_parts=args.parts,
+        fps=args.fps,
         task=args.task,
         seed=args.seed,
+        distractors=args.distractors,
+        coloured_distractors=args.coloured_distractors,
+        codec=args.codec,
     )
     out = make_synthetic(args.out, spec)
     print(f"wrote {spec.num_train} train and {spec.num_val} val videos to {out}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -30,6 +31,11 @@ import numpy as np
 GENERATOR_VERSION = 2  # bump when the rendering changes, so cached copies are regenerated
 SyntheticTask = Literal["distinct", "parity"]
 SYNTHETIC_TASKS: tuple[str, ...] = ("distinct", "parity")
+CODECS: dict[str, tuple[str, str]] = {
+    "h264": ("libx264", ".mp4"),
+    "mpeg4": ("mpeg4", ".avi"),
+    "vp9": ("libvpx-vp9", ".webm"),
+}
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
     "green": (40, 200, 60),
@@ -50,6 +56,9 @@ class SyntheticSpec:
     fps: int = 24
     task: str = "distinct"
     seed: int = 0
+    distractors: int = 1  # grey squares moving through the whole video
+    coloured_distractors: int = 0  # squares of palette colours present in every part (no label information)
+    codec: str = "h264"  # h264 (.mp4) | mpeg4 (.avi) | vp9 (.webm)
     version: int = GENERATOR_VERSION
 
 
@@ -97,18 +106,32 @@ def _trajectory(num_frames: int, size: int, square: int, rng: np.random.Generato
 
 
 def render_video(colours: list[str], spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
-    """Frames (num_frames, size, size, 3) uint8 of one video whose parts show ``colours``."""
+    """Frames (num_frames, size, size, 3) uint8 of one video whose parts show ``colours``.
+
+    Distractors move through the whole video: grey squares, and ``coloured_distractors`` smaller
+    squares of random palette colours, the same in every part, so they say nothing of the label.
+    """
     size, num_frames = spec.size, spec.num_frames
     square = max(size // 4, 4)
+    small = max(size // 8, 2)
     background = _background(size, rng)
-    distractor = _trajectory(num_frames, size, square, rng)
+    grey = [_trajectory(num_frames, size, square, rng) for _ in range(spec.distractors)]
+    names = list(PALETTE)
+    tinted = [
+        (_trajectory(num_frames, size, small, rng), PALETTE[names[int(rng.integers(len(names)))]])
+        for _ in range(spec.coloured_distractors)
+    ]
     part_of_frame = np.minimum(np.arange(num_frames) * len(colours) // num_frames, len(colours) - 1)
     event_paths = [_trajectory(num_frames, size, square, rng) for _ in colours]
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for t in range(num_frames):
         frame = background.copy()
-        y, x = distractor[t]
-        frame[y : y + square, x : x + square] = 128
+        for path in grey:
+            y, x = path[t]
+            frame[y : y + square, x : x + square] = 128
+        for path, colour in tinted:
+            y, x = path[t]
+            frame[y : y + small, x : x + small] = colour
         part = part_of_frame[t]
         y, x = event_paths[part][t]
         frame[y : y + square, x : x + square] = PALETTE[colours[part]]
@@ -116,18 +139,26 @@ def render_video(colours: list[str], spec: SyntheticSpec, rng: np.random.Generat
     return frames
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
-    """Encode RGB frames (T, H, W, 3) as H.264 (yuv420p) with PyAV."""
+def write_video(path: Path, frames: np.ndarray, fps: int, codec: str = "h264") -> None:
+    """Encode RGB frames (T, H, W, 3) with PyAV (yuv420p) in ``codec`` (see ``CODECS``)."""
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream(CODECS[codec][0], rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
+        if codec == "h264":
+            stream.options = {"crf": "18", "preset": "veryfast"}
+        else:
+            stream.bit_rate = 2_000_000
         for image in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    """Encode RGB frames (T, H, W, 3) as H.264 (yuv420p) with PyAV."""
+    write_video(path, frames, fps, "h264")
 
 
 def make_synthetic(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
@@ -137,6 +168,8 @@ def make_synthetic(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -
     """
     if spec.task not in SYNTHETIC_TASKS:
         raise ValueError(f"task must be one of {SYNTHETIC_TASKS}, got {spec.task!r}")
+    if spec.codec not in CODECS:
+        raise ValueError(f"codec must be one of {tuple(CODECS)}, got {spec.codec!r}")
     if spec.num_frames < spec.num_parts:
         raise ValueError(f"num_frames ({spec.num_frames}) must be at least num_parts ({spec.num_parts})")
     out = Path(out_dir)
@@ -148,8 +181,8 @@ def make_synthetic(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -
         for index in range(count):
             label = index % len(names)
             colours = _part_colours(spec.task, label, spec.num_parts, rng)
-            relative = Path("videos") / f"{split}_{index:05d}.mp4"
-            write_mp4(out / relative, render_video(colours, spec, rng), spec.fps)
+            relative = Path("videos") / f"{split}_{index:05d}{CODECS[spec.codec][1]}"
+            write_video(out / relative, render_video(colours, spec, rng), spec.fps, spec.codec)
             rows.append((relative.as_posix(), label))
         with open(out / f"{split}.csv", "w", newline="") as handle:
             csv.writer(handle, delimiter=" ").writerows(rows)
@@ -160,7 +193,11 @@ def make_synthetic(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -
 
 def ensure_synthetic(cache_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
     """The built-in dataset under ``cache_dir``, generated on first use (and again if the spec changed)."""
-    out = Path(cache_dir) / f"synthetic-{spec.task}-{spec.size}px-seed{spec.seed}-v{spec.version}"
+    name = f"synthetic-{spec.task}-{spec.size}px-seed{spec.seed}-v{spec.version}"
+    default = SyntheticSpec(task=spec.task, size=spec.size, seed=spec.seed)
+    if spec != default:  # other variants get a directory of their own
+        name += "-" + hashlib.sha1(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:8]
+    out = Path(cache_dir) / name
     marker = out / "synthetic.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f".{out.name}.lock", "w") as lock:

@@ -291,6 +291,7 @@ class Trainer:
                 self.autocast,
                 memory_pass_bn=config.memory_pass_bn,
                 memory_chunk=config.memory_chunk,
+                cross_clip=config.cross_clip,
                 **step_hooks(self.train_model),
             )
         elif self.config.mode == "joint":
