@@ -79,12 +79,13 @@ def center_crop_views(
         raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
     scaled = _check_clip(clip, crop_size, short_side)
     slack_y, slack_x = scaled[0] - crop_size, scaled[1] - crop_size
+    mid_y, mid_x = -(-slack_y // 2), -(-slack_x // 2)  # rounded up, as PySlowFast's uniform_crop
     if num_crops == 1:
-        corners = [(slack_y // 2, slack_x // 2)]
+        corners = [(mid_y, mid_x)]
     elif scaled[0] > scaled[1]:
-        corners = [(0, slack_x // 2), (slack_y // 2, slack_x // 2), (slack_y, slack_x // 2)]
+        corners = [(0, mid_x), (mid_y, mid_x), (slack_y, mid_x)]
     else:
-        corners = [(slack_y // 2, 0), (slack_y // 2, slack_x // 2), (slack_y // 2, slack_x)]
+        corners = [(mid_y, 0), (mid_y, mid_x), (mid_y, slack_x)]
     return [_scaled_crop(clip, top, left, crop_size, scaled) for top, left in corners]
 
 

@@ -48,6 +48,7 @@ from comem.engine.train import (
     restore_rng_state,
     rng_state,
     seed_everything,
+    settle_normalization,
     warmup_cosine,
     write_json,
 )
@@ -95,7 +96,7 @@ def detection_step(
     detector: AvaDetector, batch: dict[str, Any], config: TrainConfig, device: torch.device, autocast: Any
 ) -> float:
     """Forward and backward of one batch in ``config.mode``; returns the BCE loss over its boxes."""
-    video = normalize(batch["video"].to(device))
+    video = normalize(batch["video"].to(device), *detector.video_model.normalization)
     boxes, box_index = batch["boxes"].to(device), batch["box_index"].to(device)
     targets = batch["targets"].to(device)
     if config.mode == "comem" and video.shape[1] > 1:
@@ -126,7 +127,7 @@ def predict_boxes(
     detector.eval()
     rows = []
     for batch in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True):
-        video = normalize(batch["video"].to(device))
+        video = normalize(batch["video"].to(device), *detector.video_model.normalization)
         boxes, box_index = batch["boxes"].to(device), batch["box_index"].to(device)
         with autocast():
             if video.shape[1] > 1:
@@ -198,6 +199,7 @@ class AvaTrainer:
         self.detector = make_detector(self.spec, self.data.num_classes, config.dropout)
         if config.pretrained:
             load_pretrained_weights(self.detector.video_model, config)
+        self.spec = settle_normalization(self.detector.video_model, self.spec, config)
         self.detector.to(self.device)
         self.optimizer = build_optimizer(self.detector, config)
         size = len(self.data.train.keyframes)

@@ -53,6 +53,7 @@ from comem.engine.performance import prepare_video, tune_model
 from comem.engine.reports import plot_training_curves
 from comem.metrics import classification_metrics
 from comem.models.build import ModelSpec, VideoModel, build_model, load_pretrained
+from comem.models.normalization import normalization
 
 
 def seed_everything(seed: int) -> None:
@@ -135,6 +136,14 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def settle_normalization(model: VideoModel, spec: ModelSpec, config: TrainConfig) -> ModelSpec:
+    """``spec`` recording the model's input normalisation: ``config.mean/std`` when given, else that
+    of the loaded weights' source (or the backbone's), so checkpoints, eval and predict use it."""
+    if config.mean is not None and config.std is not None:
+        model.normalization = normalization(config.mean, config.std)
+    return spec.with_normalization(model.normalization)
+
+
 def load_pretrained_weights(model: VideoModel, config: TrainConfig) -> None:
     """``--pretrained``, warning in one line about tensors a non-strict load left at their init."""
     missing = load_pretrained(model, config.pretrained, strict=config.pretrained_strict)
@@ -178,6 +187,7 @@ class Trainer:
         self.model: VideoModel = build_model(self.model_spec)
         if config.pretrained:
             load_pretrained_weights(self.model, config)
+        self.model_spec = settle_normalization(self.model, self.model_spec, config)
         self.model.to(self.device)
         tune_model(self.model, self.device, channels_last=config.channels_last, compile=config.compile)
         self.train_model = wrap_for_training(
@@ -279,7 +289,13 @@ class Trainer:
 
     def train_step(self, batch: dict[str, Any]) -> tuple[float, int]:
         config = self.config
-        video = prepare_video(batch["video"], self.device, amp=config.amp, channels_last=config.channels_last)
+        video = prepare_video(
+            batch["video"],
+            self.device,
+            amp=config.amp,
+            channels_last=config.channels_last,
+            normalization=self.model.normalization,
+        )
         targets = batch["label"].to(self.device, non_blocking=True)
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
