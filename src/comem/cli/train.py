@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from comem.cli.logs import log_file
 from comem.config import CHOICES, TrainConfig, config_fields, config_yaml, load_config, stage_list
 
 NAME = "train"
+log = logging.getLogger(__name__)
 
 # A sentence per field for ``-h`` (the flag, its type and default come from the dataclass).
 HELP: dict[str, str] = {
@@ -195,14 +198,17 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         sys.stdout.write(config_yaml(config))
         return 0
-    metrics = train(config)
-    if not is_main_process():  # under torchrun, rank 0 reports
+    if not is_main_process():  # under torchrun, rank 0 reports and keeps the log
+        train(config)
         return 0
-    summary = {
-        k: v
-        for k, v in metrics.items()
-        if k.startswith("val_") or k in ("mode", "clips", "epochs", "skipped_videos")
-    }
-    print(json.dumps(summary))
-    print(f"wrote {Path(config.out) / 'metrics.json'}")
+    with log_file(Path(config.out) / "train.log"):
+        log.info("comem train: %s", " ".join(sys.argv[1:]))
+        metrics = train(config)
+        summary = {
+            k: v
+            for k, v in metrics.items()
+            if k.startswith("val_") or k in ("mode", "clips", "epochs", "skipped_videos")
+        }
+        log.info(json.dumps(summary))
+        log.info(f"wrote {Path(config.out) / 'metrics.json'}")
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import json
+import logging
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Literal
 
 import av
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 2  # bump when the rendering changes, so cached copies are regenerated
 SyntheticTask = Literal["distinct", "parity"]
@@ -170,7 +173,7 @@ def ensure_synthetic(cache_dir: str | Path, spec: SyntheticSpec = SyntheticSpec(
         tmp = out.with_name(out.name + ".partial")
         if tmp.exists():
             shutil.rmtree(tmp)
-        print(f"generating the built-in dataset ({spec.num_train} + {spec.num_val} videos) in {out}")
+        log.info(f"generating the built-in dataset ({spec.num_train} + {spec.num_val} videos) in {out}")
         make_synthetic(tmp, spec)
         if out.exists():
             shutil.rmtree(out)
