@@ -177,7 +177,9 @@ class Trainer:
         # Multi-label data (Charades) is scored and checkpointed by mAP, single-label by top-1.
         self.selection_metric = "val_mAP" if self.splits.multi_label else "val_top1"
         classes = self.splits.num_classes
-        self.train_set = make_dataset(self.splits.train, config, train=True, num_classes=classes)
+        self.train_set = make_dataset(
+            self.splits.train, config, train=True, num_classes=classes, splits=self.splits
+        )
         self.val_set = make_dataset(self.splits.val, config, train=False, num_classes=classes)
         self.model_spec = ModelSpec(
             backbone=config.backbone,
