@@ -106,14 +106,11 @@ class TrainConfig:
     # source, else the backbone's. Stored in checkpoints; eval and predict use it.
     mean: list[float] | None = None
     std: list[float] | None = None
-    # augmentation and regularisation (README "Recipes"); each is off unless a recipe turns it on
+    # augmentation (README "Recipes"); each is off unless a recipe turns it on
     flip: str = "auto"  # auto (off for Something-Something) | on | off | swap-labels (left/right classes)
     resized_crop_scale: list[float] | None = None  # Inception-style crop of this area range; None: jitter
     randaug_ops: int = 0  # RandAugment operations per clip (same for every frame); 0: off
     randaug_magnitude: int = 9
-    mixup_alpha: float = 0.0  # video-level mixup (all clips of a video, one partner and weight); 0: off
-    cutmix_alpha: float = 0.0  # video-level cutmix (one box for all clips and frames); 0: off
-    label_smoothing: float = 0.0
 
     def validate(self) -> TrainConfig:
         for name, allowed in CHOICES.items():
@@ -164,12 +161,6 @@ class TrainConfig:
                 f"randaug_ops must be >= 0 and randaug_magnitude in [0, 30]; "
                 f"got {self.randaug_ops} and {self.randaug_magnitude}"
             )
-        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
-            raise ConfigError(
-                f"mixup_alpha and cutmix_alpha must be >= 0; got {self.mixup_alpha}, {self.cutmix_alpha}"
-            )
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
 
     @property
     def train_clips(self) -> int:

@@ -83,9 +83,6 @@ HELP: dict[str, str] = {
     "0.08,1 (none: short-side jitter crop)",
     "randaug_ops": "RandAugment operations per clip, the same for all its frames (0: off)",
     "randaug_magnitude": "RandAugment magnitude (0..30)",
-    "mixup_alpha": "video-level mixup Beta(alpha, alpha) (0: off)",
-    "cutmix_alpha": "video-level cutmix Beta(alpha, alpha) (0: off; with mixup, one of the two per batch)",
-    "label_smoothing": "label smoothing of single-label cross-entropy",
 }
 
 
