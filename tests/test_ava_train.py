@@ -245,7 +245,7 @@ def test_missing_ava_files_are_one_line_errors(
 
 
 def test_non_strict_pretrained_load_warns_about_missing_tensors(
-    ava_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    ava_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     state = build_model(ModelSpec(backbone="tiny", num_classes=1)).state_dict()
     del state["backbone.stages.layer4.conv1.weight"]
@@ -255,7 +255,7 @@ def test_non_strict_pretrained_load_warns_about_missing_tensors(
         pretrained=str(tmp_path / "weights.pt"), pretrained_strict=False,
     )  # fmt: skip
     AvaTrainer(config)
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "weights.pt: 1 tensors of the model are not in the file" in out
     assert "backbone.stages.layer4.conv1.weight" in out
 

@@ -25,6 +25,23 @@ class ConfigError(UserError, ValueError):
     """A bad configuration value or file (one-line message)."""
 
 
+# The values a string option takes (``comem train -h`` shows them; ``validate`` checks them).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "mode": MODES,
+    "memory": MEMORY_KINDS,
+    "fusion": FUSION_KINDS,
+    "optimizer": ("sgd", "adamw"),
+    "memory_pass_bn": ("batch", "eval"),
+    "device": ("auto", "cpu", "cuda"),
+    "synthetic_task": ("distinct", "parity"),
+    "data_format": DATA_FORMATS,
+    "decoder": DECODERS,
+    "task": ("classify", "ava"),
+    "ava_version": ("2.1", "2.2"),
+    "flip": ("auto", "on", "off", "swap-labels"),
+}
+
+
 @dataclass
 class TrainConfig:
     # data
@@ -86,20 +103,18 @@ class TrainConfig:
     ava_version: str = "2.2"  # AVA annotation files: 2.1 | 2.2
     ava_detection_thresh: float = 0.9  # evaluate person proposals with score >= this (PySlowFast's default)
     ava_box_jitter: float = 0.05  # training boxes' sides move by up to this fraction of the box size
+    # input normalisation (RGB mean/std of pixels in [0, 1]); None: that of the pretrained weights'
+    # source, else the backbone's. Stored in checkpoints; eval and predict use it.
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    # augmentation (README "Recipes"); each is off unless a recipe turns it on
+    flip: str = "auto"  # auto (off for Something-Something) | on | off | swap-labels (left/right classes)
+    resized_crop_scale: list[float] | None = None  # Inception-style crop of this area range; None: jitter
+    randaug_ops: int = 0  # RandAugment operations per clip (same for every frame); 0: off
+    randaug_magnitude: int = 9
 
     def validate(self) -> TrainConfig:
-        choices = {
-            "mode": MODES,
-            "memory": MEMORY_KINDS,
-            "fusion": FUSION_KINDS,
-            "optimizer": ("sgd", "adamw"),
-            "memory_pass_bn": ("batch", "eval"),
-            "device": ("auto", "cpu", "cuda"),
-            "synthetic_task": ("distinct", "parity"),
-            "data_format": DATA_FORMATS,
-            "decoder": DECODERS,
-        }
-        for name, allowed in choices.items():
+        for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value not in allowed and not (name == "device" and str(value).startswith("cuda:")):
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
@@ -124,14 +139,29 @@ class TrainConfig:
             raise ConfigError(f"target_fps must be > 0; got {self.target_fps}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0; got {self.workers}")
-        for name, allowed in (("task", ("classify", "ava")), ("ava_version", ("2.1", "2.2"))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         if self.task == "ava" and self.mode == "tsn":
             raise ConfigError(
                 "mode tsn averages clip scores of a video label; AVA detection trains single, joint or comem"
             )
+        self._validate_inputs()
         return self
+
+    def _validate_inputs(self) -> None:
+        """Normalisation and augmentation options."""
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("mean and std are given together (or neither, to follow the weights)")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None and (len(value) != 3 or (name == "std" and min(value) <= 0)):
+                raise ConfigError(f"{name} needs 3 values (R, G, B), std > 0; got {value}")
+        scale = self.resized_crop_scale
+        if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+            raise ConfigError(f"resized_crop_scale must be two area fractions 0 < a <= b <= 1; got {scale}")
+        if self.randaug_ops < 0 or not 0 <= self.randaug_magnitude <= 30:
+            raise ConfigError(
+                f"randaug_ops must be >= 0 and randaug_magnitude in [0, 30]; "
+                f"got {self.randaug_ops} and {self.randaug_magnitude}"
+            )
 
     @property
     def train_clips(self) -> int:
@@ -161,6 +191,7 @@ _YAML_TYPES: dict[str, tuple[type, ...]] = {
     "bool": (bool,),
     "None": (type(None),),
     "list[str]": (list,),
+    "list[float]": (list,),
 }
 
 
@@ -193,6 +224,12 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             _check_yaml_type(path, name, value)
     values.update(overrides or {})
     return TrainConfig(**values).validate()
+
+
+def config_yaml(config: TrainConfig) -> str:
+    """``config`` as a YAML ``--config`` file: every field, in the dataclass's order."""
+    header = "# comem train configuration (resolved); repeat the run with: comem train --config THIS_FILE\n"
+    return header + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
 
 
 def comem_home() -> Path:

@@ -23,6 +23,7 @@ from comem.cli import (
     synthetic_ava,
     train,
 )
+from comem.cli.logs import configure_console
 from comem.errors import UserError
 
 COMMANDS: list[ModuleType] = [
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_console()
     handlers = {command.NAME: command.run for command in COMMANDS}
     try:
         return handlers[args.command](args)

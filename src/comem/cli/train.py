@@ -1,16 +1,95 @@
-"""``comem train``: every option of :class:`comem.config.TrainConfig` as a flag over an optional YAML file."""
+"""``comem train``: one flag per field of :class:`comem.config.TrainConfig`, over an optional YAML file.
+
+The flags are generated from the dataclass, so a new field is a new flag with its default in ``-h``;
+``HELP`` only adds a sentence to it. Spellings: ``--clip-len`` for ``clip_len``; a boolean field
+``x`` takes ``--x`` (true), ``--x false`` or ``--no-x``; lists are comma-separated (``--mean
+0.45,0.45,0.45``); an optional value takes ``none``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import logging
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from comem.config import config_fields, load_config, stage_list
+from comem.cli.logs import log_file
+from comem.config import CHOICES, TrainConfig, config_fields, config_yaml, load_config, stage_list
 
 NAME = "train"
+log = logging.getLogger(__name__)
+
+# A sentence per field for ``-h`` (the flag, its type and default come from the dataclass).
+HELP: dict[str, str] = {
+    "data": "data dir in any format of --data-format (README: Datasets); none: the built-in data",
+    "synthetic_task": "built-in data task when --data is not given",
+    "clips": "clips per video per step (N); also the eval views unless --views",
+    "clip_len": "frames per clip",
+    "stride": "frame sampling stride within a clip",
+    "crop_size": "square crop side in pixels",
+    "min_scale": "train short-side jitter minimum (none: crop size)",
+    "max_scale": "train short-side jitter maximum (none: 8/7 crop size)",
+    "eval_scale": "eval short side (none: crop size)",
+    "views": "eval clips per video (none: --clips)",
+    "crops": "eval spatial crops per clip: 1 or 3",
+    "workers": "data loading processes",
+    "backbone": "network (comem models lists them)",
+    "pretrained": "weights file: torchvision / PySlowFast / PyTorchVideo / VMZ / comem checkpoint "
+    "(keys renamed); 'torchvision': the backbone's file in $TORCH_HOME/hub/checkpoints",
+    "pretrained_strict": "fail on missing or unexpected checkpoint keys (false: load the keys that match)",
+    "memory_stages": "comma-separated stages followed by a memory (names or last, last-1, ...)",
+    "memory": "memory read: attention (softmax), sigmoid (keeps how many clips match), sink, average",
+    "fusion": "how the memory enters the features: gate or add",
+    "key_dim": "memory key width (none: channels / 4)",
+    "dropout": "dropout before the classifier",
+    "mode": "training mode (README: Training modes)",
+    "epochs": "training epochs",
+    "batch_size": "videos per step (per process under torchrun)",
+    "optimizer": "optimizer (no weight decay on norms and biases)",
+    "lr": "peak learning rate",
+    "weight_decay": "weight decay",
+    "momentum": "SGD momentum (Nesterov)",
+    "warmup_epochs": "linear warm-up length before cosine decay",
+    "clip_grad": "clip the gradient norm to this value (none: no clipping)",
+    "memory_pass_bn": "BatchNorm in comem's no-grad memory pass",
+    "cross_clip": "comem: the other clips' losses also train each clip's summaries (joint's gradient at flat "
+    "memory, one more pass of the stages from the first memory on); false: the plain two-pass gradient",
+    "amp": "bf16 autocast on CUDA (ignored on CPU)",
+    "out": "output dir: checkpoints, metrics.json, config.yaml, train.log, env.json, TensorBoard",
+    "device": "auto, cpu, cuda or cuda:i",
+    "seed": "random seed (video order, clips, augmentation, initialisation)",
+    "eval_every": "evaluate every this many epochs",
+    "save_every": "also checkpoint every this many steps (0: epoch ends only)",
+    "resume": "continue from OUT/last.pt (same epoch, step, optimizer, schedule, RNG)",
+    "data_format": "annotation format (auto: from the files)",
+    "decoder": "video decoding backend",
+    "target_fps": "sample clips on this frame-rate grid (none: every frame)",
+    "span_labels": "multi-label: train targets only the actions overlapping the sampled clips",
+    "memory_chunk": "comem: clips of each video per no-grad memory-pass forward",
+    "channels_last": "channels-last-3d layout on CUDA",
+    "compile": "torch.compile every backbone stage",
+    "sync_bn": "under torchrun: BatchNorm statistics over all processes (GPUs only)",
+    "task": "classify (video labels) or ava (person-box action detection, AVA layout)",
+    "ava_version": "AVA annotation files",
+    "ava_detection_thresh": "keep person proposals with score >= this",
+    "ava_box_jitter": "training box jitter, fraction of the box size",
+    "mean": "input RGB mean (none: that of the pretrained weights' source, else the backbone's)",
+    "std": "input RGB std (given with --mean)",
+    "flip": "horizontal flips: auto is off for Something-Something (left/right labels) and on otherwise; "
+    "swap-labels flips a video and swaps its class with the mirrored one",
+    "resized_crop_scale": "Inception-style random-resized crop over this area fraction range, e.g. "
+    "0.08,1 (none: short-side jitter crop)",
+    "randaug_ops": "RandAugment operations per clip, the same for all its frames (0: off)",
+    "randaug_magnitude": "RandAugment magnitude (0..30)",
+}
+
+
+METAVARS = {"int": "N", "float": "X", "str": "TEXT", "list[str]": "A,B", "list[float]": "X,Y"}
+METAVARS.update({f"{kind} | None": metavar for kind, metavar in METAVARS.items()})
 
 
 def parse_bool(flag: str, text: str) -> bool:
@@ -21,149 +100,114 @@ def parse_bool(flag: str, text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{flag} takes true or false, not {text!r}")
 
 
-# Flags of ``comem train``: (flag, config field, type, help). Every one overrides the YAML config.
-TRAIN_FLAGS: list[tuple[str, str, Any, str]] = [
-    (
-        "--data",
-        "data",
-        str,
-        "data dir in any format of --data-format (README: Datasets); default: built-in data",
-    ),
-    ("--out", "out", str, "output dir for checkpoints, metrics.json and TensorBoard logs"),
-    ("--mode", "mode", str, "single | tsn | joint | comem"),
-    ("--clips", "clips", int, "clips per video per step (N); also the eval views unless --views"),
-    ("--clip-len", "clip_len", int, "frames per clip"),
-    ("--stride", "stride", int, "frame sampling stride within a clip"),
-    ("--crop-size", "crop_size", int, "square crop side in pixels"),
-    ("--min-scale", "min_scale", int, "train short-side jitter minimum (default: crop size)"),
-    ("--max-scale", "max_scale", int, "train short-side jitter maximum (default: 8/7 crop size)"),
-    ("--eval-scale", "eval_scale", int, "eval short side (default: crop size)"),
-    ("--views", "views", int, "eval clips per video (default: --clips)"),
-    ("--crops", "crops", int, "eval spatial crops per clip: 1 or 3"),
-    ("--epochs", "epochs", int, "training epochs"),
-    ("--batch-size", "batch_size", int, "videos per step"),
-    ("--lr", "lr", float, "peak learning rate"),
-    ("--optimizer", "optimizer", str, "adamw | sgd"),
-    ("--weight-decay", "weight_decay", float, "weight decay (not applied to norms and biases)"),
-    ("--warmup-epochs", "warmup_epochs", float, "linear warm-up length before cosine decay"),
-    ("--clip-grad", "clip_grad", float, "clip the gradient norm to this value"),
-    (
-        "--backbone",
-        "backbone",
-        str,
-        "tiny | r3d_18 | mc3_18 | r2plus1d_18 | s3d | mvit_v2_s | swin3d_t | r2plus1d_50 | ir_csn_101 "
-        "| ir_csn_152 | ip_csn_152 | slowfast_r50 | x3d_s | x3d_m (see comem models)",
-    ),
-    (
-        "--pretrained",
-        "pretrained",
-        str,
-        "local torchvision / PySlowFast / PyTorchVideo / VMZ / comem checkpoint (keys renamed)",
-    ),
-    (
-        "--pretrained-strict",
-        "pretrained_strict",
-        lambda text: parse_bool("--pretrained-strict", text),
-        "true: fail on missing or unexpected checkpoint keys; false: load the keys that match",
-    ),
-    (
-        "--memory-stages",
-        "memory_stages",
-        stage_list,
-        "comma-separated stages to add memory after",
-    ),
-    ("--memory", "memory", str, "memory read: attention | sigmoid | sink | average"),
-    ("--fusion", "fusion", str, "gate | add"),
-    ("--dropout", "dropout", float, "dropout before the classifier"),
-    ("--memory-pass-bn", "memory_pass_bn", str, "BatchNorm in the no-grad memory pass: batch | eval"),
-    (
-        "--cross-clip",
-        "cross_clip",
-        lambda text: parse_bool("--cross-clip", text),
-        "comem: true: the other clips' losses also train each clip's summaries (joint's gradient, "
-        "flat memory, +1 pass of the stages from the first memory on); false: the plain two-pass gradient",
-    ),
-    ("--device", "device", str, "auto | cpu | cuda"),
-    ("--workers", "workers", int, "data loading processes"),
-    ("--seed", "seed", int, "random seed"),
-    ("--eval-every", "eval_every", int, "evaluate every this many epochs"),
-    ("--save-every", "save_every", int, "also checkpoint every this many steps (0: epoch ends only)"),
-    (
-        "--synthetic-task",
-        "synthetic_task",
-        str,
-        "built-in data task when --data is not given: distinct | parity",
-    ),
-    (
-        "--data-format",
-        "data_format",
-        str,
-        "auto | slowfast | kinetics | charades | charades-frames | ssv1 | ssv2 (auto: from the files)",
-    ),
-    ("--decoder", "decoder", str, "pyav | torchcodec | frames"),
-    ("--target-fps", "target_fps", float, "sample clips on this frame-rate grid (default: every frame)"),
-    (
-        "--span-labels",
-        "span_labels",
-        lambda text: parse_bool("--span-labels", text),
-        "true: multi-label train targets only the actions overlapping the sampled clips",
-    ),
-    ("--memory-chunk", "memory_chunk", int, "comem: clips of each video per no-grad memory-pass forward"),
-    ("--task", "task", str, "classify (video labels) | ava (person-box action detection, AVA layout)"),
-    ("--ava-version", "ava_version", str, "AVA annotation files: 2.1 | 2.2"),
-    ("--ava-detection-thresh", "ava_detection_thresh", float, "keep person proposals with score >= this"),
-    ("--ava-box-jitter", "ava_box_jitter", float, "training box jitter, fraction of the box size"),
-]
+def _parser_of(annotation: str, flag: str) -> Callable[[str], Any]:
+    """Text -> value for a field typed ``annotation`` (``"int | None"``, ``"list[float]"``, ...)."""
+    parts = annotation.split(" | ")
+    optional = "None" in parts
+    base = next(part for part in parts if part != "None")
+    if base == "list[str]":
+        item: Callable[[str], Any] = stage_list if flag == "--memory-stages" else _str_list
+    elif base == "list[float]":
+        item = _float_list
+    else:
+        item = {"int": int, "float": float, "str": str}[base]
 
-# On/off flags: (flag, config field, value the flag sets, help).
-TRAIN_SWITCHES: list[tuple[str, str, bool, str]] = [
-    ("--compile", "compile", True, "torch.compile every backbone stage"),
-    ("--no-channels-last", "channels_last", False, "keep the default memory layout on CUDA"),
-    ("--sync-bn", "sync_bn", True, "under torchrun: BatchNorm statistics over all processes (GPUs only)"),
-]
+    def parse(text: str) -> Any:
+        if optional and text.lower() in ("none", "null"):
+            return None
+        return item(text)
+
+    parse.__name__ = base  # argparse names the type in "invalid int value" messages
+    return parse
+
+
+def _str_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    train = commands.add_parser(NAME, help="train a model (default: the built-in long-range data)")
-    train.add_argument("--config", help="YAML file of options (flags override it)")
-    fields = config_fields()
-    for flag, name, kind, text in TRAIN_FLAGS:
-        default = fields[name].default
-        shown = "" if default is None or default is dataclasses.MISSING else f" [{default}]"
-        train.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=text + shown)
-    for flag, name, value, text in TRAIN_SWITCHES:
-        action = "store_true" if value else "store_false"
-        train.add_argument(flag, dest=name, action=action, default=argparse.SUPPRESS, help=text)
+    train = commands.add_parser(
+        NAME,
+        help="train a model (default: the built-in long-range data)",
+        description="Every option can also come from --config FILE.yaml (keys are the option names); "
+        "flags override the file. Defaults in brackets.",
+    )
+    train.add_argument("--config", help="YAML file of options (flags override it; configs/ has recipes)")
     train.add_argument(
-        "--resume",
-        dest="resume",
+        "--print-config",
         action="store_true",
-        default=argparse.SUPPRESS,
-        help="continue from OUT/last.pt (same epoch, step, optimizer, schedule, RNG)",
+        help="print the resolved configuration as YAML (a valid --config file) and exit",
     )
-    train.add_argument(
-        "--no-amp",
-        dest="amp",
-        action="store_false",
-        default=argparse.SUPPRESS,
-        help="disable bf16 autocast on CUDA",
-    )
+    defaults = dataclasses.asdict(TrainConfig())
+    for name, field in config_fields().items():
+        flag = "--" + name.replace("_", "-")
+        annotation = str(field.type)
+        text = HELP.get(name, name.replace("_", " ")) + f" [{_shown(defaults[name])}]"
+        if annotation == "bool":
+            text += f" (--no-{flag[2:]}: false)"
+            train.add_argument(
+                flag,
+                dest=name,
+                nargs="?",
+                const=True,
+                type=lambda value, flag=flag: parse_bool(flag, value),
+                default=argparse.SUPPRESS,
+                metavar="true|false",
+                help=text,
+            )
+            train.add_argument(
+                "--no-" + flag[2:],
+                dest=name,
+                action="store_false",
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+            )
+        else:
+            metavar = "{" + ",".join(CHOICES[name]) + "}" if name in CHOICES else METAVARS[annotation]
+            train.add_argument(
+                flag,
+                dest=name,
+                type=_parser_of(annotation, flag),
+                default=argparse.SUPPRESS,
+                metavar=metavar,
+                help=text,
+            )
 
 
 def run(args: argparse.Namespace) -> int:
     from comem.engine.distributed import is_main_process
     from comem.engine.train import train
 
-    overrides = {key: value for key, value in vars(args).items() if key not in ("command", "config")}
+    skip = ("command", "config", "print_config")
+    overrides = {key: value for key, value in vars(args).items() if key not in skip}
     config = load_config(args.config, overrides)
-    metrics = train(config)
-    if not is_main_process():  # under torchrun, rank 0 reports
+    if args.print_config:
+        sys.stdout.write(config_yaml(config))
         return 0
-    summary = {
-        k: v
-        for k, v in metrics.items()
-        if k.startswith("val_") or k in ("mode", "clips", "epochs", "skipped_videos")
-    }
-    print(json.dumps(summary))
-    print(f"wrote {Path(config.out) / 'metrics.json'}")
+    if not is_main_process():  # under torchrun, rank 0 reports and keeps the log
+        train(config)
+        return 0
+    with log_file(Path(config.out) / "train.log"):
+        log.info("comem train: %s", " ".join(sys.argv[1:]))
+        metrics = train(config)
+        summary = {
+            k: v
+            for k, v in metrics.items()
+            if k.startswith("val_") or k in ("mode", "clips", "epochs", "skipped_videos")
+        }
+        log.info(json.dumps(summary))
+        log.info(f"wrote {Path(config.out) / 'metrics.json'}")
     return 0

@@ -22,7 +22,7 @@ from comem.data.sampling import (
     spans_overlapping,
     train_clip_starts,
 )
-from comem.data.transforms import center_crop_views, train_crop
+from comem.data.transforms import center_crop_views, rand_augment, random_resized_crop, train_crop
 from comem.errors import UserError
 
 _FORMAT_HINT = "expected PySlowFast format: one 'path label' per line"
@@ -184,6 +184,11 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         decoder: str = "pyav",
         target_fps: float | None = None,
         span_labels: bool = False,
+        flip: bool = True,
+        label_mirror: Sequence[int] | None = None,
+        resized_crop_scale: tuple[float, float] | None = None,
+        randaug_ops: int = 0,
+        randaug_magnitude: int = 9,
         opener: Callable[..., ClipSource] = open_video,
     ) -> None:
         self.records = list(records)
@@ -195,6 +200,15 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         self.target_fps = target_fps
         self.span_labels = span_labels
         self.opener = opener  # how a record is opened; the data benchmark swaps in a naive reader
+        # Training augmentation. ``flip``: each clip mirrored with probability 1/2; with
+        # ``label_mirror`` (class -> class of the mirrored video) a whole video is mirrored or not and
+        # its label follows. ``resized_crop_scale``: Inception-style crops instead of the short-side
+        # jitter; ``randaug_ops`` > 0: RandAugment, the same for all frames of a clip.
+        self.flip = flip
+        self.label_mirror = None if label_mirror is None else torch.as_tensor(list(label_mirror))
+        self.resized_crop_scale = resized_crop_scale
+        self.randaug_ops = randaug_ops
+        self.randaug_magnitude = randaug_magnitude
         self.num_clips = num_clips
         self.clip_len = clip_len
         self.stride = stride
@@ -244,10 +258,16 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         except VideoDecodeError as error:
             return {"error": str(error), "video_index": index, "path": str(record.path)}
         clips = torch.from_numpy(frames).permute(0, 1, 4, 2, 3)  # (N, T, C, H, W)
-        views = [view.transpose(0, 1) for clip in clips for view in self._views(clip, rng)]
+        mirrored = self.train and self.label_mirror is not None and bool(rng.random() < 0.5)
+        views = [view.transpose(0, 1) for clip in clips for view in self._views(clip, rng, mirrored)]
+        target = self._target(record, times[indices])
+        if mirrored:
+            target = (
+                int(self.label_mirror[target]) if isinstance(target, int) else target[..., self.label_mirror]
+            )
         return {
             "video": torch.stack(views),
-            "label": self._target(record, times[indices]),
+            "label": target,
             "video_index": index,
             "path": str(record.path),
         }
@@ -278,15 +298,27 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         target[list(labels)] = 1.0
         return target
 
-    def _views(self, clip: torch.Tensor, rng: np.random.Generator) -> list[torch.Tensor]:
-        """Spatial views ``(T, C, crop, crop)`` of one clip ``(T, C, H, W)``; each clip draws its own."""
+    def _views(self, clip: torch.Tensor, rng: np.random.Generator, mirrored: bool) -> list[torch.Tensor]:
+        """Spatial views ``(T, C, crop, crop)`` of one clip ``(T, C, H, W)``; each clip draws its own
+        crop (and flip, unless the video's ``mirrored`` decides it)."""
         if not self.train:
             return center_crop_views(
                 clip, crop_size=self.crop_size, short_side=self.eval_scale, num_crops=self.num_crops
             )
         short_side = int(rng.integers(self.min_scale, self.max_scale + 1))
-        flip = bool(rng.random() < 0.5)
-        return [train_crop(clip, crop_size=self.crop_size, short_side=short_side, flip=flip, rng=rng)]
+        flip = bool(rng.random() < 0.5) and self.flip  # drawn even when off: the crops stay the same
+        if self.label_mirror is not None:
+            flip = mirrored
+        if self.resized_crop_scale is None:
+            view = train_crop(clip, crop_size=self.crop_size, short_side=short_side, flip=flip, rng=rng)
+        else:
+            view = random_resized_crop(
+                clip, crop_size=self.crop_size, scale=self.resized_crop_scale, rng=rng, flip=flip
+            )
+        if self.randaug_ops:
+            seed = int(rng.integers(2**31))
+            view = rand_augment(view, ops=self.randaug_ops, magnitude=self.randaug_magnitude, seed=seed)
+        return [view]
 
 
 def collate_clips(samples: list[dict]) -> dict:

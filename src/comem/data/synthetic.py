@@ -20,6 +20,7 @@ import csv
 import fcntl
 import hashlib
 import json
+import logging
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Literal
 
 import av
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 2  # bump when the rendering changes, so cached copies are regenerated
 SyntheticTask = Literal["distinct", "parity"]
@@ -207,7 +210,7 @@ def ensure_synthetic(cache_dir: str | Path, spec: SyntheticSpec = SyntheticSpec(
         tmp = out.with_name(out.name + ".partial")
         if tmp.exists():
             shutil.rmtree(tmp)
-        print(f"generating the built-in dataset ({spec.num_train} + {spec.num_val} videos) in {out}")
+        log.info(f"generating the built-in dataset ({spec.num_train} + {spec.num_val} videos) in {out}")
         make_synthetic(tmp, spec)
         if out.exists():
             shutil.rmtree(out)

@@ -6,10 +6,12 @@ one ``resized_crop`` of the matching region of the original frame, so only the k
 resampled.
 """
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 KINETICS_MEAN = (0.45, 0.45, 0.45)
@@ -79,12 +81,13 @@ def center_crop_views(
         raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
     scaled = _check_clip(clip, crop_size, short_side)
     slack_y, slack_x = scaled[0] - crop_size, scaled[1] - crop_size
+    mid_y, mid_x = -(-slack_y // 2), -(-slack_x // 2)  # rounded up, as PySlowFast's uniform_crop
     if num_crops == 1:
-        corners = [(slack_y // 2, slack_x // 2)]
+        corners = [(mid_y, mid_x)]
     elif scaled[0] > scaled[1]:
-        corners = [(0, slack_x // 2), (slack_y // 2, slack_x // 2), (slack_y, slack_x // 2)]
+        corners = [(0, mid_x), (mid_y, mid_x), (slack_y, mid_x)]
     else:
-        corners = [(slack_y // 2, 0), (slack_y // 2, slack_x // 2), (slack_y // 2, slack_x)]
+        corners = [(mid_y, 0), (mid_y, mid_x), (mid_y, slack_x)]
     return [_scaled_crop(clip, top, left, crop_size, scaled) for top, left in corners]
 
 
@@ -105,3 +108,67 @@ def normalize(
     mean_t = torch.tensor(mean, dtype=torch.float32, device=video.device).view(shape)
     std_t = torch.tensor(std, dtype=torch.float32, device=video.device).view(shape)
     return (video.to(torch.float32) / 255 - mean_t) / std_t
+
+
+def random_resized_crop(
+    clip: torch.Tensor,
+    *,
+    crop_size: int,
+    scale: tuple[float, float],
+    rng: np.random.Generator,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = False,
+) -> torch.Tensor:
+    """Inception-style crop: a region of ``scale`` of the frame area and aspect ``ratio``, resized to
+    ``crop_size``², the same for every frame. ``clip`` is uint8 ``(T, C, H, W)``.
+
+    Ten draws look for a region that fits (as torchvision's ``RandomResizedCrop``); otherwise the
+    centred region of the clamped aspect ratio is used. Every random choice comes from ``rng``.
+    """
+    if clip.ndim != 4:
+        raise ValueError(f"clip must be (T, C, H, W), got shape {tuple(clip.shape)}")
+    height, width = clip.shape[-2:]
+    area = height * width
+    log_ratio = (np.log(ratio[0]), np.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = float(np.exp(rng.uniform(*log_ratio)))
+        w, h = round((target * aspect) ** 0.5), round((target / aspect) ** 0.5)
+        if 0 < w <= width and 0 < h <= height:
+            top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            break
+    else:
+        aspect = min(max(width / height, ratio[0]), ratio[1])
+        w, h = (
+            (width, min(height, round(width / aspect)))
+            if width / height < aspect
+            else (min(width, round(height * aspect)), height)
+        )
+        top, left = (height - h) // 2, (width - w) // 2
+    out = F.resized_crop(clip, top, left, h, w, [crop_size, crop_size], antialias=True)
+    return out.flip(-1) if flip else out
+
+
+def rand_augment(clip: torch.Tensor, *, ops: int, magnitude: int, seed: int) -> torch.Tensor:
+    """torchvision's ``RandAugment`` with the same operations and magnitudes on every frame of ``clip``
+    (uint8 ``(T, C, H, W)``: the frames are one batch, for which it draws once).
+
+    Its draws come from torch's generator, seeded here with ``seed`` inside a forked RNG state, so the
+    result is a function of ``seed`` alone and the caller's torch RNG is untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return v2.RandAugment(num_ops=ops, magnitude=magnitude)(clip)
+
+
+def mirrored_classes(class_names: Sequence[str]) -> list[int]:
+    """For each class, the class a horizontally mirrored video shows: the one whose name swaps the
+    words left and right (Something-Something's "Pushing something from left to right" and "...
+    from right to left"), else the class itself."""
+    swap = {"left": "right", "right": "left"}
+    index = {name: i for i, name in enumerate(class_names)}
+
+    def mirrored(name: str) -> str:
+        return re.sub(r"\b(left|right)\b", lambda match: swap[match[1]], name)
+
+    return [index.get(mirrored(name), i) for i, name in enumerate(class_names)]

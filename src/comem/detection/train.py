@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.evaluate import autocast_for
 from comem.engine.loaders import resolve_device
 from comem.engine.modes import eval_batchnorm, preserved_batchnorm_stats
+from comem.engine.provenance import write_run_record
 from comem.engine.train import (
     EpochSampler,
     build_optimizer,
@@ -48,11 +50,14 @@ from comem.engine.train import (
     restore_rng_state,
     rng_state,
     seed_everything,
+    settle_normalization,
     warmup_cosine,
     write_json,
 )
 from comem.engine.trained import config_from_state, spec_from_state
 from comem.models.build import ModelSpec, build_model
+
+log = logging.getLogger(__name__)
 
 
 def make_detector(spec: ModelSpec, num_classes: int, dropout: float) -> AvaDetector:
@@ -95,7 +100,7 @@ def detection_step(
     detector: AvaDetector, batch: dict[str, Any], config: TrainConfig, device: torch.device, autocast: Any
 ) -> float:
     """Forward and backward of one batch in ``config.mode``; returns the BCE loss over its boxes."""
-    video = normalize(batch["video"].to(device))
+    video = normalize(batch["video"].to(device), *detector.video_model.normalization)
     boxes, box_index = batch["boxes"].to(device), batch["box_index"].to(device)
     targets = batch["targets"].to(device)
     if config.mode == "comem" and video.shape[1] > 1:
@@ -126,7 +131,7 @@ def predict_boxes(
     detector.eval()
     rows = []
     for batch in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True):
-        video = normalize(batch["video"].to(device))
+        video = normalize(batch["video"].to(device), *detector.video_model.normalization)
         boxes, box_index = batch["boxes"].to(device), batch["box_index"].to(device)
         with autocast():
             if video.shape[1] > 1:
@@ -198,6 +203,7 @@ class AvaTrainer:
         self.detector = make_detector(self.spec, self.data.num_classes, config.dropout)
         if config.pretrained:
             load_pretrained_weights(self.detector.video_model, config)
+        self.spec = settle_normalization(self.detector.video_model, self.spec, config)
         self.detector.to(self.device)
         self.optimizer = build_optimizer(self.detector, config)
         size = len(self.data.train.keyframes)
@@ -251,9 +257,11 @@ class AvaTrainer:
 
     def run(self) -> dict[str, Any]:
         config = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
+        write_run_record(self.out, config)
         if config.resume and self.resume():
-            print(f"resumed from {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
+            log.info(
+                f"resumed from {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step_in_epoch}"
+            )
         writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step)
         try:
             while self.epoch < config.epochs:
@@ -261,7 +269,7 @@ class AvaTrainer:
                 self.finish_epoch(writer)
         except KeyboardInterrupt:
             self.save()
-            print(f"interrupted: saved {self.out / 'last.pt'}; continue with --resume")
+            log.info(f"interrupted: saved {self.out / 'last.pt'}; continue with --resume")
             raise
         finally:
             writer.close()
@@ -311,7 +319,7 @@ class AvaTrainer:
             if key.startswith("val_"):
                 writer.add_scalar(key.replace("_", "/", 1), value, self.epoch + 1)
         self.history.append(record)
-        print(f"epoch {self.epoch + 1}/{config.epochs}: " + ", ".join(
+        log.info(f"epoch {self.epoch + 1}/{config.epochs}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in record.items() if k in ("train_loss", "val_frame_mAP")
         ))  # fmt: skip
         self.epoch += 1

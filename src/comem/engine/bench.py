@@ -234,7 +234,9 @@ def make_step(mode: str, model: VideoModel, device: torch.device, spec: BenchSpe
     optimizer = build_optimizer(model, TrainConfig())
 
     def step(batch: dict) -> None:
-        video = prepare_video(batch["video"], device, amp=amp, channels_last=amp)
+        video = prepare_video(
+            batch["video"], device, amp=amp, channels_last=amp, normalization=model.normalization
+        )
         targets = batch["label"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         if mode == "comem":

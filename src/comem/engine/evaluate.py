@@ -86,7 +86,7 @@ def predict_scores(
         skipped.extend(batch["skipped"])
         if batch["label"].numel() == 0:
             continue
-        video = normalize(batch["video"].to(device, non_blocking=True))
+        video = normalize(batch["video"].to(device, non_blocking=True), *model.normalization)
         with autocast():
             logits = model(video, share_memory=share_memory)
         multi_label = batch["label"].is_floating_point()

@@ -6,8 +6,9 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from comem.config import TrainConfig
-from comem.data.datasets import MultiClipVideoDataset, collate_clips
+from comem.data.datasets import MultiClipVideoDataset, VideoSplits, collate_clips
 from comem.data.decode import check_decoder
+from comem.data.transforms import mirrored_classes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -18,11 +19,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def flip_policy(config: TrainConfig, splits: VideoSplits | None) -> tuple[bool, list[int] | None]:
+    """Whether training flips, and the mirrored class of each class when a flip swaps labels.
+
+    ``flip auto`` is off for Something-Something (its left/right classes would change meaning)."""
+    mode = config.flip
+    data_format = splits.data_format if splits is not None else config.data_format
+    if mode == "auto":
+        mode = "off" if data_format in ("ssv1", "ssv2") else "on"
+    if mode == "swap-labels":
+        return True, mirrored_classes(splits.class_names if splits is not None else [])
+    return mode == "on", None
+
+
 def make_dataset(
-    records: list, config: TrainConfig, *, train: bool, num_classes: int | None = None
+    records: list,
+    config: TrainConfig,
+    *,
+    train: bool,
+    num_classes: int | None = None,
+    splits: VideoSplits | None = None,
 ) -> MultiClipVideoDataset:
-    """``num_classes`` sizes the multi-hot targets of multi-label records."""
+    """``num_classes`` sizes the multi-hot targets of multi-label records; ``splits`` (the data's
+    format and class names) decides the flips of a training set (``flip_policy``)."""
     check_decoder(config.decoder)
+    flip, label_mirror = flip_policy(config, splits)
+    scale = config.resized_crop_scale
     return MultiClipVideoDataset(
         records,
         num_clips=config.train_clips if train else config.eval_views,
@@ -39,6 +61,11 @@ def make_dataset(
         decoder=config.decoder,
         target_fps=config.target_fps,
         span_labels=config.span_labels,
+        flip=flip,
+        label_mirror=label_mirror,
+        resized_crop_scale=None if scale is None else (scale[0], scale[1]),
+        randaug_ops=config.randaug_ops,
+        randaug_magnitude=config.randaug_magnitude,
     )
 
 

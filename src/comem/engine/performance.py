@@ -12,6 +12,7 @@ import torch
 
 from comem.data.transforms import normalize
 from comem.models.build import VideoModel
+from comem.models.normalization import Normalization
 
 
 def tune_model(model: VideoModel, device: torch.device, *, channels_last: bool, compile: bool) -> None:
@@ -31,9 +32,15 @@ def tune_model(model: VideoModel, device: torch.device, *, channels_last: bool, 
 
 
 def prepare_video(
-    video: torch.Tensor, device: torch.device, *, amp: bool, channels_last: bool
+    video: torch.Tensor,
+    device: torch.device,
+    *,
+    amp: bool,
+    channels_last: bool,
+    normalization: Normalization,
 ) -> torch.Tensor:
-    """uint8 (B, N, C, T, H, W) batch -> normalised model input on ``device``.
+    """uint8 (B, N, C, T, H, W) batch -> model input on ``device`` normalised with ``normalization``
+    (the model's: ``VideoModel.normalization``).
 
     With ``channels_last`` (CUDA only) the result is a (B, N, C, T, H, W) view of a
     (B, N, T, H, W, C) tensor: every clip ``video[:, i]`` and the flattened (B·N, C, T, H, W)
@@ -44,7 +51,7 @@ def prepare_video(
     if channels_last and on_cuda:  # re-laid out as uint8 (a quarter of the bytes); the
         # element-wise normalisation below keeps the layout of its input
         video = channels_last_clips(video)
-    video = normalize(video)
+    video = normalize(video, *normalization)
     return video.to(torch.bfloat16) if amp and on_cuda else video
 
 

@@ -145,7 +145,7 @@ def predict_video(
         num_frames, fps, height, width = reader.num_frames, reader.fps, reader.height, reader.width
     # (N, T, crops, crop, crop, C) -> views (N * crops, C, T, crop, crop), clip-major as in eval
     views = torch.from_numpy(kept["views"]).permute(0, 2, 5, 1, 3, 4).flatten(0, 1)
-    video = normalize(views[None].to(device))
+    video = normalize(views[None].to(device), *trained.model.normalization)
     with autocast_for(device, config.amp)():
         logits = view_logits(trained.model, video, share_memory=config.shares_eval_memory)
     logits = logits.view(1, count * crops, -1).float().cpu()

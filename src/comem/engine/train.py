@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
@@ -50,9 +51,13 @@ from comem.engine.evaluate import autocast_for, predict_scores, video_scores
 from comem.engine.loaders import drops_last, make_dataset, make_loader, resolve_device
 from comem.engine.modes import comem_step, joint_step, single_step, tsn_step
 from comem.engine.performance import prepare_video, tune_model
+from comem.engine.provenance import write_run_record
 from comem.engine.reports import plot_training_curves
 from comem.metrics import classification_metrics
 from comem.models.build import ModelSpec, VideoModel, build_model, load_pretrained
+from comem.models.normalization import normalization
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int) -> None:
@@ -135,12 +140,20 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def settle_normalization(model: VideoModel, spec: ModelSpec, config: TrainConfig) -> ModelSpec:
+    """``spec`` recording the model's input normalisation: ``config.mean/std`` when given, else that
+    of the loaded weights' source (or the backbone's), so checkpoints, eval and predict use it."""
+    if config.mean is not None and config.std is not None:
+        model.normalization = normalization(config.mean, config.std)
+    return spec.with_normalization(model.normalization)
+
+
 def load_pretrained_weights(model: VideoModel, config: TrainConfig) -> None:
     """``--pretrained``, warning in one line about tensors a non-strict load left at their init."""
     missing = load_pretrained(model, config.pretrained, strict=config.pretrained_strict)
     if missing:
-        print(
-            f"warning: {config.pretrained}: {len(missing)} tensors of the model are not in the file "
+        log.warning(
+            f"{config.pretrained}: {len(missing)} tensors of the model are not in the file "
             f"and keep their initialisation (first: {missing[0]})"
         )
 
@@ -157,14 +170,16 @@ class Trainer:
         self.splits: VideoSplits = load_splits(self.data_dir, config.data_format)
         require_training_labels(self.splits, self.data_dir)
         if self.splits.missing:
-            print(
-                f"warning: {len(self.splits.missing)} listed videos not found, left out "
+            log.warning(
+                f"{len(self.splits.missing)} listed videos not found, left out "
                 f"(first: {self.splits.missing[0]}); `comem check-data` lists them all"
             )
         # Multi-label data (Charades) is scored and checkpointed by mAP, single-label by top-1.
         self.selection_metric = "val_mAP" if self.splits.multi_label else "val_top1"
         classes = self.splits.num_classes
-        self.train_set = make_dataset(self.splits.train, config, train=True, num_classes=classes)
+        self.train_set = make_dataset(
+            self.splits.train, config, train=True, num_classes=classes, splits=self.splits
+        )
         self.val_set = make_dataset(self.splits.val, config, train=False, num_classes=classes)
         self.model_spec = ModelSpec(
             backbone=config.backbone,
@@ -178,6 +193,7 @@ class Trainer:
         self.model: VideoModel = build_model(self.model_spec)
         if config.pretrained:
             load_pretrained_weights(self.model, config)
+        self.model_spec = settle_normalization(self.model, self.model_spec, config)
         self.model.to(self.device)
         tune_model(self.model, self.device, channels_last=config.channels_last, compile=config.compile)
         self.train_model = wrap_for_training(
@@ -270,16 +286,22 @@ class Trainer:
         return True
 
     # --- the loop ----------------------------------------------------------------------------
-    def note_skipped(self, messages: list[str], bar: tqdm | None = None) -> None:
+    def note_skipped(self, messages: list[str]) -> None:
         for message in messages:
             path = message.split(": ", 1)[0]
             if path not in self.skipped:
                 self.skipped[path] = message
-                (bar.write if bar else print)(f"warning: skipping unreadable video {message}")
+                log.warning(f"skipping unreadable video {message}")
 
     def train_step(self, batch: dict[str, Any]) -> tuple[float, int]:
         config = self.config
-        video = prepare_video(batch["video"], self.device, amp=config.amp, channels_last=config.channels_last)
+        video = prepare_video(
+            batch["video"],
+            self.device,
+            amp=config.amp,
+            channels_last=config.channels_last,
+            normalization=self.model.normalization,
+        )
         targets = batch["label"].to(self.device, non_blocking=True)
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -330,8 +352,11 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
             (self.out / "classes.txt").write_text("\n".join(self.splits.class_names) + "\n")
+            write_run_record(self.out, config, self.dist.world_size)
         if config.resume and self.resume() and self.dist.is_main:
-            print(f"resumed from {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step_in_epoch}")
+            log.info(
+                f"resumed from {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step_in_epoch}"
+            )
         main = self.dist.is_main
         writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step) if main else NullWriter()
         try:
@@ -341,9 +366,9 @@ class Trainer:
         except KeyboardInterrupt:
             if not self.dist.enabled:  # under DDP the ranks stop at different points: no collective save
                 self.save()
-                print(f"interrupted: saved {self.out / 'last.pt'}; continue with --resume")
+                log.info(f"interrupted: saved {self.out / 'last.pt'}; continue with --resume")
             elif main:
-                print(
+                log.info(
                     f"interrupted: {self.out / 'last.pt'} holds the last periodic checkpoint (--save-every)"
                 )
             raise
@@ -377,7 +402,7 @@ class Trainer:
         waiting_since = started
         for batch in bar:
             loader_wait = time.perf_counter() - waiting_since  # > 0: the loader starves the model
-            self.note_skipped(batch["skipped"], bar)
+            self.note_skipped(batch["skipped"])
             # A batch left with one video by unreadable ones would break train-mode BatchNorm: skip it
             # (on every rank together, or DDP's gradient all-reduce would wait forever).
             if all_ranks(batch["label"].shape[0] >= min(2, config.batch_size), self.dist, self.device):
@@ -434,7 +459,7 @@ class Trainer:
         self.history.append(record)
         summary = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch")
         if self.dist.is_main:
-            print(f"epoch {self.epoch + 1}/{config.epochs}: {summary}")
+            log.info(f"epoch {self.epoch + 1}/{config.epochs}: {summary}")
         self.epoch += 1
         self.step_in_epoch = 0
         self.epoch_loss_sum, self.epoch_correct, self.epoch_videos = 0.0, 0, 0

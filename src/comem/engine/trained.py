@@ -15,6 +15,7 @@ import torch
 from comem.config import TrainConfig, config_fields
 from comem.engine.checkpoint import CheckpointError, load_checkpoint
 from comem.models.build import ModelSpec, VideoModel, build_model
+from comem.models.normalization import PYSLOWFAST, normalization
 
 
 @dataclass
@@ -39,8 +40,14 @@ def is_multi_label(state: dict) -> bool:
 
 
 def spec_from_state(state: dict) -> ModelSpec:
-    """The model spec a checkpoint was trained with (YAML/pickle turned its tuple into a list)."""
-    return ModelSpec(**{**state["model_spec"], "memory_stages": tuple(state["model_spec"]["memory_stages"])})
+    """The model spec a checkpoint was trained with (YAML/pickle turned its tuple into a list).
+
+    Checkpoints that predate the stored input normalisation were all trained with PySlowFast's."""
+    stored = state["model_spec"]
+    spec = ModelSpec(**{**stored, "memory_stages": tuple(stored["memory_stages"])})
+    if stored.get("mean") is None:
+        return spec.with_normalization(PYSLOWFAST)
+    return spec.with_normalization(normalization(stored["mean"], stored["std"]))
 
 
 def config_from_state(state: dict) -> TrainConfig:

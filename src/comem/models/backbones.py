@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,6 +18,8 @@ from torchvision.models import video as tv_video
 
 from comem.errors import UserError
 from comem.models import resnets, slowfast, torchvision_nets, x3d
+from comem.models.normalization import PYSLOWFAST, Normalization
+from comem.models.normalization import VMZ as VMZ_NORMALIZATION
 from comem.models.stages import VideoBackbone
 
 
@@ -88,11 +91,23 @@ class Published:
 
 @dataclass(frozen=True)
 class BackboneEntry:
+    """``normalization``: the input normalisation of the weights the network is usually loaded with
+    (a model trained from scratch uses it too); ``torchvision_weights``: torchvision's weights enum
+    for the networks it publishes (``--pretrained torchvision``)."""
+
     build: Callable[..., VideoBackbone]
     frames: int  # the clip the network is usually run at (train recipe), for FLOPs
     size: int
     summary: str
     published: Published | None = None
+    normalization: Normalization = PYSLOWFAST
+    torchvision_weights: Any = None
+
+
+def torchvision_normalization(weights: Any) -> Normalization:
+    """The mean/std of torchvision's own transforms for ``weights`` (a weights enum class)."""
+    transforms = weights.DEFAULT.transforms()
+    return Normalization(tuple(transforms.mean), tuple(transforms.std))
 
 
 def _torchvision(weights: type, frames: int, size: int) -> Published:
@@ -115,6 +130,8 @@ BACKBONES: dict[str, BackboneEntry] = {
         112,
         "torchvision R3D-18",
         _torchvision(tv_video.R3D_18_Weights, 16, 112),
+        torchvision_normalization(tv_video.R3D_18_Weights),
+        tv_video.R3D_18_Weights,
     ),
     "mc3_18": BackboneEntry(
         torchvision_nets.mc3_18,
@@ -122,6 +139,8 @@ BACKBONES: dict[str, BackboneEntry] = {
         112,
         "torchvision MC3-18",
         _torchvision(tv_video.MC3_18_Weights, 16, 112),
+        torchvision_normalization(tv_video.MC3_18_Weights),
+        tv_video.MC3_18_Weights,
     ),
     "r2plus1d_18": BackboneEntry(
         torchvision_nets.r2plus1d_18,
@@ -129,6 +148,8 @@ BACKBONES: dict[str, BackboneEntry] = {
         112,
         "torchvision R(2+1)D-18",
         _torchvision(tv_video.R2Plus1D_18_Weights, 16, 112),
+        torchvision_normalization(tv_video.R2Plus1D_18_Weights),
+        tv_video.R2Plus1D_18_Weights,
     ),
     "s3d": BackboneEntry(
         torchvision_nets.s3d,
@@ -136,6 +157,8 @@ BACKBONES: dict[str, BackboneEntry] = {
         224,
         "torchvision S3D",
         _torchvision(tv_video.S3D_Weights, 16, 224),
+        torchvision_normalization(tv_video.S3D_Weights),
+        tv_video.S3D_Weights,
     ),
     "mvit_v2_s": BackboneEntry(
         torchvision_nets.mvit_v2_s,
@@ -143,6 +166,8 @@ BACKBONES: dict[str, BackboneEntry] = {
         224,
         "torchvision MViTv2-S (head pools patch tokens)",
         _torchvision(tv_video.MViT_V2_S_Weights, 16, 224),
+        torchvision_normalization(tv_video.MViT_V2_S_Weights),
+        tv_video.MViT_V2_S_Weights,
     ),
     "swin3d_t": BackboneEntry(
         torchvision_nets.swin3d_t,
@@ -150,6 +175,8 @@ BACKBONES: dict[str, BackboneEntry] = {
         224,
         "torchvision Video Swin-T",
         _torchvision(tv_video.Swin3D_T_Weights, 16, 224),
+        torchvision_normalization(tv_video.Swin3D_T_Weights),
+        tv_video.Swin3D_T_Weights,
     ),
     "r2plus1d_50": BackboneEntry(
         resnets.r2plus1d_50,
@@ -166,10 +193,20 @@ BACKBONES: dict[str, BackboneEntry] = {
         Published(75.62, 22.21, 32, 256, PTV, norm_flops=5),
     ),
     "ir_csn_152": BackboneEntry(
-        resnets.ir_csn_152, 32, 224, "ir-CSN-152 (Tran et al. 2019)", Published(96.7, 29.6, 32, 256, VMZ)
+        resnets.ir_csn_152,
+        32,
+        224,
+        "ir-CSN-152 (Tran et al. 2019)",
+        Published(96.7, 29.6, 32, 256, VMZ),
+        normalization=VMZ_NORMALIZATION,
     ),
     "ip_csn_152": BackboneEntry(
-        resnets.ip_csn_152, 32, 224, "ip-CSN-152 (Tran et al. 2019)", Published(108.8, 32.8, 32, 256, VMZ)
+        resnets.ip_csn_152,
+        32,
+        224,
+        "ip-CSN-152 (Tran et al. 2019)",
+        Published(108.8, 32.8, 32, 256, VMZ),
+        normalization=VMZ_NORMALIZATION,
     ),
     "slowfast_r50": BackboneEntry(
         slowfast.slowfast_r50,
@@ -196,6 +233,8 @@ class UnknownBackboneError(UserError, ValueError):
 def build_backbone(name: str) -> VideoBackbone:
     if name not in BACKBONES:
         raise UnknownBackboneError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    backbone = BACKBONES[name].build()
+    entry = BACKBONES[name]
+    backbone = entry.build()
     backbone.name = name
+    backbone.normalization = entry.normalization
     return backbone

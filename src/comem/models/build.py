@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -21,6 +22,7 @@ from torch import nn
 from comem.errors import UserError
 from comem.models.backbones import build_backbone
 from comem.models.heads import ClipHead
+from comem.models.normalization import Normalization, normalization
 from comem.models.pretrained import PretrainedLoadError, load_pretrained
 from comem.models.stages import VideoBackbone
 
@@ -38,6 +40,13 @@ class ModelSpec:
     fusion: str = "gate"
     key_dim: int | None = None
     dropout: float = 0.5
+    # input normalisation (RGB, pixels in [0, 1]); None: the backbone's (``BackboneEntry.normalization``)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def with_normalization(self, norm: Normalization) -> ModelSpec:
+        """This spec recording ``norm`` (what a checkpoint stores once the weights decided it)."""
+        return dataclasses.replace(self, mean=tuple(norm.mean), std=tuple(norm.std))
 
 
 class MemoryStageError(UserError, ValueError):
@@ -91,7 +100,9 @@ class MemoryPass(NamedTuple):
 class VideoModel(nn.Module):
     """A video classifier whose clips share a collaborative memory.
 
-    Input videos are (B, N, C, T, H, W); logits are per clip, (B, N, num_classes).
+    Input videos are (B, N, C, T, H, W), normalised with ``normalization`` (``comem.data.transforms
+    .normalize(video, *model.normalization)``); logits are per clip, (B, N, num_classes).
+    ``normalization`` defaults to the backbone's; loading pretrained weights sets that of their source.
     """
 
     def __init__(
@@ -104,9 +115,11 @@ class VideoModel(nn.Module):
         fusion: str = "gate",
         key_dim: int | None = None,
         dropout: float = 0.5,
+        normalization: Normalization | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.normalization: Normalization = normalization or backbone.normalization
         names = backbone.stage_names
         aliases = {"last": names[-1], **{f"last-{k}": names[-1 - k] for k in range(1, len(names))}}
         resolved = [aliases.get(stage, stage) for stage in memory_stages]
@@ -266,4 +279,5 @@ def build_model(spec: ModelSpec) -> VideoModel:
         fusion=spec.fusion,
         key_dim=spec.key_dim,
         dropout=spec.dropout,
+        normalization=None if spec.mean is None else normalization(spec.mean, spec.std or ()),
     )

@@ -15,7 +15,12 @@ The three formats name the same tensors differently; each is renamed onto comem'
 
 The classifier is loaded only when its class count matches; otherwise it keeps its fresh
 initialisation. Memory modules are never in a pretrained file: they start as the identity, so a
-loaded model predicts exactly as the pretrained network does.
+loaded model predicts exactly as the pretrained network does, and the model takes on the input
+normalisation its source was trained with (``normalization.py``).
+
+``"torchvision"`` instead of a path reads the backbone's torchvision Kinetics-400 weights from
+torch's hub cache (``$TORCH_HOME/hub/checkpoints/<file>``, where ``torchvision`` itself keeps them);
+nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ import torch
 from torch import nn
 
 from comem.errors import UserError
+from comem.models import normalization as norms
+from comem.models.backbones import BACKBONES, torchvision_normalization
+from comem.models.normalization import Normalization
 
 
 class PretrainedLoadError(UserError, RuntimeError):
@@ -158,7 +166,59 @@ def to_comem_keys(model: nn.Module, state: dict[str, torch.Tensor], fmt: str) ->
 _NUMPY_ARRAY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
-def _read(path: Path) -> dict[str, torch.Tensor]:
+TORCHVISION = "torchvision"  # --pretrained torchvision: the backbone's file in torch's hub cache
+
+
+def torchvision_weights_file(backbone: str) -> tuple[Path, str]:
+    """Where torch's hub cache keeps ``backbone``'s torchvision weights, and the URL they come from."""
+    weights = BACKBONES[backbone].torchvision_weights if backbone in BACKBONES else None
+    if weights is None:
+        having = ", ".join(name for name, entry in BACKBONES.items() if entry.torchvision_weights is not None)
+        raise PretrainedLoadError(
+            f"--pretrained torchvision: torchvision publishes no weights for backbone {backbone} "
+            f"(it does for {having}); give the path of a weights file instead"
+        )
+    url = weights.DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1], url
+
+
+def resolve_weights_path(source: str | Path, backbone: str) -> Path:
+    """The file ``--pretrained`` names: a path, or for ``torchvision`` the backbone's cached file."""
+    if str(source) != TORCHVISION:
+        return Path(source)
+    path, url = torchvision_weights_file(backbone)
+    if not path.is_file():
+        raise PretrainedLoadError(
+            f"{path}: torchvision weights of {backbone} not found; on a machine with internet fetch "
+            f"{url} and copy it there (or set TORCH_HOME to the folder above hub/)"
+        )
+    return path
+
+
+def _stored_normalization(checkpoint: Any) -> Normalization | None:
+    """The input normalisation a comem checkpoint records (None for other files)."""
+    spec = checkpoint.get("model_spec") if isinstance(checkpoint, dict) else None
+    if not isinstance(spec, dict) or "backbone" not in spec:
+        return None
+    if spec.get("mean") is None:  # checkpoints that predate the field were all trained this way
+        return norms.PYSLOWFAST
+    return norms.normalization(spec["mean"], spec["std"])
+
+
+def source_normalization(fmt: str, backbone: str, stored: Normalization | None) -> Normalization:
+    """The input normalisation the weights of a file in naming ``fmt`` were trained with."""
+    if fmt == "comem":
+        return stored or norms.PYSLOWFAST
+    weights = BACKBONES[backbone].torchvision_weights if backbone in BACKBONES else None
+    if fmt == "torchvision" and weights is not None:
+        return torchvision_normalization(weights)
+    if fmt == "VMZ":
+        return norms.VMZ
+    return norms.PYSLOWFAST
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], Normalization | None]:
+    """The file's state dict, and the normalisation it records if it is a comem checkpoint."""
     if not path.is_file():
         raise PretrainedLoadError(f"{path}: pretrained weights file not found")
     try:
@@ -166,6 +226,7 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a bad file; report it in one line
         raise PretrainedLoadError(f"{path}: cannot read weights ({type(error).__name__}: {error})") from None
+    stored = _stored_normalization(state)
     for wrapper in ("model_state", "state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -177,7 +238,7 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
         # A `--task ava` detector: its video model (backbone, memories) loads; its RoI head is the
         # detection task's own, left out like a classifier of another class count.
         state = {key[len("video_model.") :]: v for key, v in state.items() if key.startswith("video_model.")}
-    return state
+    return state, stored
 
 
 def _first(keys: list[str], count: int = 5) -> str:
@@ -186,14 +247,16 @@ def _first(keys: list[str], count: int = 5) -> str:
 
 def load_pretrained(model: nn.Module, path: str | Path, *, strict: bool = True) -> list[str]:
     """Load a local torchvision / PySlowFast / PyTorchVideo / VMZ checkpoint, or a comem one (its
-    memories included), into ``model`` (a ``VideoModel``).
+    memories included), into ``model`` (a ``VideoModel``), and set ``model.normalization`` to the
+    one the file's weights expect. ``path`` ``"torchvision"``: the backbone's torchvision weights
+    from torch's hub cache.
 
     Returns our keys the file did not provide (empty when ``strict``; memory modules and a
     re-initialised classifier are not counted). With ``strict``, any such key, or any file key
     with no counterpart, is an error naming them; a shape mismatch is always an error.
     """
-    path = Path(path)
-    state = _read(path)
+    path = resolve_weights_path(path, model.backbone.name)
+    state, stored = _read(path)
     # The format is the naming under which most of the file's keys find a tensor in the model
     # (key prefixes alone mislead: torchvision's MViT and PyTorchVideo both use "blocks.").
     fmt, mapping = max(
@@ -228,4 +291,5 @@ def load_pretrained(model: nn.Module, path: str | Path, *, strict: bool = True) 
             f"{len(unexpected)} unexpected [{_first(unexpected)}]); --pretrained-strict false loads the rest"
         )
     model.load_state_dict(loaded, strict=False)
+    model.normalization = source_normalization(fmt, name, stored)
     return missing

@@ -17,6 +17,7 @@ from torch import nn
 
 from comem.memory import CollaborativeMemory
 from comem.models.memories import PathwayMemory, TokenMemory
+from comem.models.normalization import PYSLOWFAST, Normalization
 
 Channels = int | tuple[int, ...]
 
@@ -50,6 +51,8 @@ class VideoBackbone(nn.Module):
         self.token_stages = tuple(token_stages)
         self.family = family
         self.name = type(self).__name__  # build_backbone sets the registered name
+        # the input normalisation of the weights it is usually loaded with (build_backbone sets it)
+        self.normalization: Normalization = PYSLOWFAST
         # torchvision state-dict key -> our model key, for backbones built from torchvision models
         self.torchvision_keys: dict[str, str] = {}
 
