@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from comem.config import stage_list
+from comem.engine.bench import BENCH_MODES, DEFAULT_BENCH_MODES
 
 HELP = "time training steps of every mode: clips/s, memory, TFLOP/s, MFU"
 
@@ -28,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--modes",
         type=lambda text: tuple(text.split(",")),
-        default=("plain", "single", "joint", "comem"),
-        help="comma-separated subset of plain,single,joint,comem [all]",
+        default=DEFAULT_BENCH_MODES,
+        help=f"comma-separated subset of {','.join(BENCH_MODES)} [{','.join(DEFAULT_BENCH_MODES)}]",
     )
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row [10]")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them [3]")

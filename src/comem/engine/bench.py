@@ -38,14 +38,16 @@ from comem.data.datasets import collate_clips
 from comem.data.formats import load_splits
 from comem.engine.evaluate import autocast_for
 from comem.engine.loaders import make_dataset, make_loader, resolve_device
-from comem.engine.modes import comem_step, joint_step, single_step
+from comem.engine.modes import comem_step, joint_step, single_step, tsn_step
 from comem.engine.performance import prepare_video, tune_model
 from comem.engine.train import EpochSampler, build_optimizer
 from comem.errors import UserError
 from comem.models.backbones import BACKBONES
 from comem.models.build import ModelSpec, VideoModel, build_model
 
-BENCH_MODES: tuple[str, ...] = ("plain", "single", "joint", "comem")
+BENCH_MODES: tuple[str, ...] = ("plain", "single", "tsn", "joint", "comem", "comem-local")
+DEFAULT_BENCH_MODES: tuple[str, ...] = ("plain", "single", "joint", "comem", "comem-local")
+MULTI_CLIP_MODES: tuple[str, ...] = ("tsn", "joint", "comem", "comem-local")
 
 # Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendors' datasheets: (bf16, tf32).
 # float32 convolutions run as TF32 on these GPUs by default (torch.backends.cudnn.allow_tf32).
@@ -73,7 +75,7 @@ class BenchSpec:
     batch_size: int = 16
     clip_len: int = 16
     crop_size: int = 112
-    modes: tuple[str, ...] = BENCH_MODES
+    modes: tuple[str, ...] = DEFAULT_BENCH_MODES
     steps: int = 10
     warmup: int = 3
     compile: bool = False
@@ -227,6 +229,27 @@ def _repeat(loader: DataLoader) -> Iterator[dict]:
         yield from loader
 
 
+def train_step(
+    mode: str,
+    model: VideoModel,
+    video: torch.Tensor,
+    targets: torch.Tensor,
+    autocast: Callable,
+    spec: BenchSpec,
+) -> None:
+    """Forward and backward of one step of a bench mode (``comem-local``: comem without the
+    cross-clip gradient, the plain two-pass scheme)."""
+    if mode.startswith("comem"):
+        cross_clip = mode == "comem"
+        comem_step(model, video, targets, autocast, memory_chunk=spec.memory_chunk, cross_clip=cross_clip)
+    elif mode == "tsn":
+        tsn_step(model, video, targets, autocast)
+    elif mode == "joint":
+        joint_step(model, video, targets, autocast)
+    else:
+        single_step(model, video, targets, autocast)
+
+
 def make_step(mode: str, model: VideoModel, device: torch.device, spec: BenchSpec) -> Callable[[dict], None]:
     """One training step of ``mode`` on a loader batch, optimizer included."""
     amp = mode != "plain"
@@ -239,12 +262,7 @@ def make_step(mode: str, model: VideoModel, device: torch.device, spec: BenchSpe
         )
         targets = batch["label"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        if mode == "comem":
-            comem_step(model, video, targets, autocast, memory_chunk=spec.memory_chunk)
-        elif mode == "joint":
-            joint_step(model, video, targets, autocast)
-        else:
-            single_step(model, video, targets, autocast)
+        train_step(mode, model, video, targets, autocast, spec)
         optimizer.step()
 
     return step
@@ -349,7 +367,7 @@ def run_bench(spec: BenchSpec, progress: Callable[[BenchRow], None] | None = Non
     device = resolve_device(spec.device)
     report = BenchReport(spec=spec, environment=environment(device))
     plan = [(mode, 1) for mode in spec.modes if mode in ("plain", "single")]
-    plan += [(mode, n) for n in spec.clips for mode in spec.modes if mode in ("joint", "comem")]
+    plan += [(mode, n) for n in spec.clips for mode in spec.modes if mode in MULTI_CLIP_MODES]
     for mode, num_clips in plan:
         if spec.flops_only:
             row = BenchRow(
@@ -392,10 +410,8 @@ def meta_step_flops(spec: BenchSpec, mode: str, num_clips: int) -> int:
     targets = torch.zeros(spec.batch_size, dtype=torch.long, device="meta")
     counter = FlopCounterMode(display=False)
     with counter:
-        if mode == "comem":
-            comem_step(model, video, targets, contextlib.nullcontext, memory_chunk=spec.memory_chunk)
-        else:
-            joint_step(model, video, targets, contextlib.nullcontext)
+        counted = "joint" if mode in ("plain", "single") else mode
+        train_step(counted, model, video, targets, contextlib.nullcontext, spec)
     return counter.get_total_flops()
 
 
