@@ -66,6 +66,7 @@ class TrainConfig:
     memory: str = "attention"
     fusion: str = "gate"
     key_dim: int | None = None
+    gate_hidden: int | None = None  # hidden ReLU layer between the memory read and the gate
     dropout: float = 0.2
     # optimisation
     mode: str = "comem"
@@ -75,6 +76,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.05
     momentum: float = 0.9
+    memory_lr_scale: float = 1.0  # the memories' learning rate, relative to lr
     warmup_epochs: float = 1.0
     clip_grad: float | None = None
     memory_pass_bn: str = "batch"
@@ -135,6 +137,8 @@ class TrainConfig:
             raise ConfigError(f"crops must be 1 or 3; got {self.crops}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
+        if self.memory_lr_scale <= 0:
+            raise ConfigError(f"memory_lr_scale must be > 0; got {self.memory_lr_scale}")
         if self.target_fps is not None and self.target_fps <= 0:
             raise ConfigError(f"target_fps must be > 0; got {self.target_fps}")
         if self.workers < 0:

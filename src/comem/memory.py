@@ -70,6 +70,7 @@ class CollaborativeMemory(nn.Module):
         key_dim: int | None = None,
         memory: MemoryKind = "attention",
         fusion: FusionKind = "gate",
+        gate_hidden: int | None = None,
     ) -> None:
         super().__init__()
         if memory not in MEMORY_KINDS:
@@ -83,7 +84,12 @@ class CollaborativeMemory(nn.Module):
         self.query = nn.Linear(channels, self.key_dim, bias=False)
         self.key = nn.Linear(channels, self.key_dim, bias=False)
         self.value = nn.Linear(channels, channels, bias=False)
-        self.out = nn.Linear(channels, channels)
+        # The clip memory reaches the gate through a hidden ReLU layer when ``gate_hidden`` is set,
+        # so the gate can be any (also non-monotone) function of what the memory read returns.
+        self.hidden: nn.Module = nn.Identity()
+        if gate_hidden:
+            self.hidden = nn.Sequential(nn.Linear(channels, gate_hidden), nn.ReLU())
+        self.out = nn.Linear(gate_hidden or channels, channels)
         self.sink = nn.Parameter(torch.zeros(())) if memory == "sink" else None
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -111,7 +117,7 @@ class CollaborativeMemory(nn.Module):
 
     def fuse(self, features: torch.Tensor, clip_memory: torch.Tensor) -> torch.Tensor:
         """Infuse the clip memory (B·Q, C) into the features (B·Q, C, T, H, W)."""
-        projected = self.out(clip_memory).to(features.dtype)[:, :, None, None, None]
+        projected = self.out(self.hidden(clip_memory)).to(features.dtype)[:, :, None, None, None]
         if self.fusion == "gate":
             return features * (2.0 * torch.sigmoid(projected))
         return features + projected
@@ -166,4 +172,7 @@ class CollaborativeMemory(nn.Module):
         return self.fuse(features, clip_memory)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, key_dim={self.key_dim}, memory={self.memory}, fusion={self.fusion}"
+        return (
+            f"channels={self.channels}, key_dim={self.key_dim}, memory={self.memory}, fusion={self.fusion}, "
+            f"gate_hidden={self.out.in_features if isinstance(self.hidden, nn.Sequential) else None}"
+        )

@@ -198,6 +198,7 @@ class AvaTrainer:
             memory=config.memory,
             fusion=config.fusion,
             key_dim=config.key_dim,
+            gate_hidden=config.gate_hidden,
             dropout=0.0,
         )
         self.detector = make_detector(self.spec, self.data.num_classes, config.dropout)

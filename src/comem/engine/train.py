@@ -102,13 +102,27 @@ class EpochSampler(Sampler[int]):
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD+momentum or AdamW; no weight decay on norms and biases (1-D parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    """SGD+momentum or AdamW; no weight decay on norms and biases (1-D parameters).
+
+    The collaborative memories' parameters (``memories.`` in their names) learn at
+    ``memory_lr_scale`` times the backbone's rate: they start at the identity, from which the
+    gate must grow before the memory can say anything, while the backbone may be pretrained.
+    """
+    groups = []
+    for is_memory in (False, True):
+        named = [
+            (name, p)
+            for name, p in model.named_parameters()
+            if p.requires_grad and ("memories." in name) == is_memory
+        ]
+        lr = config.lr * (config.memory_lr_scale if is_memory else 1.0)
+        decay = [p for _, p in named if p.ndim > 1]
+        no_decay = [p for _, p in named if p.ndim <= 1]
+        groups += [
+            {"params": decay, "weight_decay": config.weight_decay, "lr": lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+        ]
+    groups = [group for group in groups if group["params"]]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=config.lr)
@@ -188,6 +202,7 @@ class Trainer:
             memory=config.memory,
             fusion=config.fusion,
             key_dim=config.key_dim,
+            gate_hidden=config.gate_hidden,
             dropout=config.dropout,
         )
         self.model: VideoModel = build_model(self.model_spec)

@@ -39,6 +39,7 @@ class ModelSpec:
     memory: str = "attention"
     fusion: str = "gate"
     key_dim: int | None = None
+    gate_hidden: int | None = None
     dropout: float = 0.5
     # input normalisation (RGB, pixels in [0, 1]); None: the backbone's (``BackboneEntry.normalization``)
     mean: tuple[float, ...] | None = None
@@ -114,6 +115,7 @@ class VideoModel(nn.Module):
         memory: str = "attention",
         fusion: str = "gate",
         key_dim: int | None = None,
+        gate_hidden: int | None = None,
         dropout: float = 0.5,
         normalization: Normalization | None = None,
     ) -> None:
@@ -131,7 +133,9 @@ class VideoModel(nn.Module):
             )
         self.memories = nn.ModuleDict(
             {
-                stage: backbone.memory_for(stage, key_dim=key_dim, memory=memory, fusion=fusion)
+                stage: backbone.memory_for(
+                    stage, key_dim=key_dim, memory=memory, fusion=fusion, gate_hidden=gate_hidden
+                )
                 for stage in names
                 if stage in resolved
             }
@@ -278,6 +282,7 @@ def build_model(spec: ModelSpec) -> VideoModel:
         memory=spec.memory,
         fusion=spec.fusion,
         key_dim=spec.key_dim,
+        gate_hidden=spec.gate_hidden,
         dropout=spec.dropout,
         normalization=None if spec.mean is None else normalization(spec.mean, spec.std or ()),
     )

@@ -34,7 +34,7 @@ class TokenMemory(CollaborativeMemory):
         return features.tokens[:, 1:].mean(dim=1)
 
     def fuse(self, features: Tokens, clip_memory: torch.Tensor) -> Tokens:  # type: ignore[override]
-        projected = self.out(clip_memory).to(features.tokens.dtype)[:, None, :]
+        projected = self.out(self.hidden(clip_memory)).to(features.tokens.dtype)[:, None, :]
         if self.fusion == "gate":
             return Tokens(features.tokens * (2.0 * torch.sigmoid(projected)), features.thw)
         return Tokens(features.tokens + projected, features.thw)
