@@ -107,13 +107,21 @@ class CollaborativeMemory(nn.Module):
         values = self.value(bank)
         if self.memory == "average":
             return values.mean(dim=1, keepdim=True).expand(-1, queries.shape[1], -1)
+        return self.attention(queries, bank) @ values
+
+    def attention(self, queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        """Read weights (B, Q, N) of ``queries`` (B, Q, C) over the N clips of ``bank`` (B, N, C):
+        how much each query draws on each clip. Rows sum to 1 (``attention``; uniform with
+        ``average``), to at most 1 (``sink``), or are sigmoids / N (``sigmoid``)."""
+        if self.memory == "average":
+            return bank.new_full((bank.shape[0], queries.shape[1], bank.shape[1]), 1.0 / bank.shape[1])
         scores = self.query(queries) @ self.key(bank).transpose(1, 2) / math.sqrt(self.key_dim)
         if self.memory == "sigmoid":
-            return scores.sigmoid() @ values / bank.shape[1]
+            return scores.sigmoid() / bank.shape[1]
         if self.memory == "sink":
             sink = self.sink.expand(*scores.shape[:-1], 1)
-            return torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1] @ values
-        return scores.softmax(dim=-1) @ values
+            return torch.cat([scores, sink], dim=-1).softmax(dim=-1)[..., :-1]
+        return scores.softmax(dim=-1)
 
     def fuse(self, features: torch.Tensor, clip_memory: torch.Tensor) -> torch.Tensor:
         """Infuse the clip memory (B·Q, C) into the features (B·Q, C, T, H, W)."""

@@ -26,6 +26,7 @@ from comem.models.build import Bank, MemoryPass, VideoModel
 
 MODES: tuple[str, ...] = ("single", "tsn", "joint", "comem")
 MemoryPassBN = Literal["batch", "eval"]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (clip logits, their targets) -> scalar
 
 
 class StepOutput(NamedTuple):
@@ -86,6 +87,8 @@ def joint_step(
     video: torch.Tensor,
     targets: torch.Tensor,
     autocast: Callable,
+    *,
+    loss_fn: LossFn = clip_loss,
 ) -> StepOutput:
     """All N clips in one graph. ``video`` is (B, N, C, T, H, W).
 
@@ -94,7 +97,7 @@ def joint_step(
     num_clips = video.shape[1]
     with autocast():
         logits = model(video)
-    loss = clip_loss(logits.flatten(0, 1), clip_targets(targets, num_clips))
+    loss = loss_fn(logits.flatten(0, 1), clip_targets(targets, num_clips))
     loss.backward()
     return StepOutput(loss.detach(), logits.detach())
 
@@ -104,11 +107,13 @@ def single_step(
     video: torch.Tensor,
     targets: torch.Tensor,
     autocast: Callable,
+    *,
+    loss_fn: LossFn = clip_loss,
 ) -> StepOutput:
     """The one-clip baseline: ``video`` is (B, 1, C, T, H, W); the memory sees that clip only."""
     if video.shape[1] != 1:
         raise ValueError(f"single mode trains on one clip per video, got {video.shape[1]}")
-    return joint_step(model, video, targets, autocast)
+    return joint_step(model, video, targets, autocast, loss_fn=loss_fn)
 
 
 def _bank_leaves(banks: dict[str, Bank]) -> dict[str, Bank]:
@@ -132,6 +137,7 @@ def cross_clip_gradients(
     memory: MemoryPass,
     targets: torch.Tensor,
     autocast: Callable,
+    loss_fn: LossFn = clip_loss,
 ) -> dict[str, Bank]:
     """Gradient of the video's loss (mean of its clips' losses) with respect to every bank entry
     through the OTHER clips' memory reads: entry i of the result, (B, C) per stage, is
@@ -156,7 +162,7 @@ def cross_clip_gradients(
                 with autocast():
                     logits = model.logits_from_maps(memory.maps[index], index, leaves)
                 target = targets[:, index] if targets.ndim == 3 else targets
-                loss = clip_loss(logits, target) / num_clips
+                loss = loss_fn(logits, target) / num_clips
                 grads = torch.autograd.grad(loss, flat, allow_unused=True)
                 for total, grad in zip(totals, grads, strict=True):
                     if grad is not None:
@@ -176,6 +182,8 @@ def tsn_step(
     video: torch.Tensor,
     targets: torch.Tensor,
     autocast: Callable,
+    *,
+    loss_fn: LossFn = clip_loss,
 ) -> StepOutput:
     """Segment consensus: every clip of ``video`` (B, N, C, T, H, W) runs on its own (its memory
     sees that clip only, as in ``single``) and the loss is that of the clips' mean logits, so
@@ -184,7 +192,7 @@ def tsn_step(
         logits = model(video, share_memory=False)
     consensus = logits.mean(dim=1)
     video_targets = targets.float().mean(dim=1) if targets.ndim == 3 else targets
-    loss = clip_loss(consensus, video_targets)
+    loss = loss_fn(consensus, video_targets)
     loss.backward()
     return StepOutput(loss.detach(), logits.detach())
 
@@ -200,6 +208,7 @@ def comem_step(
     cross_clip: bool = True,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
     forward_clip: Callable[..., torch.Tensor] | None = None,
+    loss_fn: LossFn = clip_loss,
 ) -> StepOutput:
     """The two-pass, memory-flat scheme. ``video`` is (B, N, C, T, H, W).
 
@@ -216,7 +225,7 @@ def comem_step(
     guard = preserved_batchnorm_stats(model) if memory_pass_bn == "batch" else eval_batchnorm(model)
     with guard, autocast():
         memory = model.memory_pass(video, chunk=memory_chunk, keep_maps=cross_clip)
-    cross = cross_clip_gradients(model, memory, targets, autocast) if cross_clip else None
+    cross = cross_clip_gradients(model, memory, targets, autocast, loss_fn) if cross_clip else None
     banks = memory.banks
     del memory
     total = torch.zeros((), device=video.device)
@@ -227,7 +236,7 @@ def comem_step(
         with sync:
             with autocast():
                 logits = forward_clip(video[:, index], index, banks, cross)
-            loss = clip_loss(logits, targets[:, index] if targets.ndim == 3 else targets) / num_clips
+            loss = loss_fn(logits, targets[:, index] if targets.ndim == 3 else targets) / num_clips
             loss.backward()
         total += loss.detach()
         clip_logits.append(logits.detach())

@@ -146,12 +146,23 @@ class VideoModel(nn.Module):
     def memory_stage_names(self) -> list[str]:
         return list(self.memories.keys())
 
-    def forward(self, video: torch.Tensor, *, share_memory: bool = True) -> torch.Tensor:
+    def forward(
+        self,
+        video: torch.Tensor,
+        clip_index: int | None = None,
+        banks: dict[str, Bank] | None = None,
+        cross_grads: dict[str, Bank] | None = None,
+        *,
+        share_memory: bool = True,
+    ) -> torch.Tensor:
         """Logits (B, N, K) for video (B, N, C, T, H, W).
 
         ``share_memory=False`` gives every clip a memory of itself alone (the single-clip baseline
-        evaluated over several views).
+        evaluated over several views). With ``clip_index`` and ``banks`` (and ``cross_grads``) this
+        is :meth:`forward_clip`, so a ``DistributedDataParallel`` wrapper can run both passes.
         """
+        if clip_index is not None:
+            return self.forward_clip(video, clip_index, banks or {}, cross_grads)
         batch, num_clips = video.shape[:2]
         return self.head(self.features(video, share_memory=share_memory)).view(batch, num_clips, -1)
 

@@ -1,8 +1,7 @@
 """Collaborative memories for stage outputs that are not one (B, C, T, H, W) map.
 
 Both keep ``CollaborativeMemory``'s interface (``summarize``, ``forward``, ``forward_one``,
-``forward_bank``), so
-``VideoModel`` runs them unchanged:
+``forward_bank``, ``attention``), so ``VideoModel`` runs them unchanged:
 
 - ``PathwayMemory``: one memory per pathway of a multi-pathway net (SlowFast), as the paper does
   ("each pathway gets its own module"). Features and banks are lists, one entry per pathway.
@@ -73,4 +72,11 @@ class PathwayMemory(nn.Module):
         return [
             memory.forward_bank(x, pathway_bank, clips)
             for memory, x, pathway_bank in zip(self.pathways, features, bank, strict=True)
+        ]
+
+    def attention(self, queries: list[torch.Tensor], bank: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Read weights (B, Q, N) of each pathway's memory (see ``CollaborativeMemory.attention``)."""
+        return [
+            memory.attention(pathway_queries, pathway_bank)
+            for memory, pathway_queries, pathway_bank in zip(self.pathways, queries, bank, strict=True)
         ]
