@@ -18,7 +18,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--top", type=int, default=5, metavar="K", help="classes to print (default 5)")
     predict.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     predict.add_argument(
-        "--plot", metavar="OUT.png", help="timeline PNG (several videos: OUT-<video name>.png each)"
+        "--plot",
+        metavar="OUT.png",
+        help="timeline PNG with each memory stage's clips x clips read weights "
+        "(several videos: OUT-<video name>.png each)",
     )
     predict.add_argument(
         "--views",
@@ -48,31 +51,27 @@ def run(args: argparse.Namespace) -> int:
     from comem.config import ConfigError
     from comem.data.decode import VideoDecodeError
     from comem.engine.loaders import resolve_device
-    from comem.engine.predict import predict_video
+    from comem.engine.predictor import load
     from comem.engine.timeline import plot_timeline
-    from comem.engine.trained import load_trained
 
     for flag, value in (("--top", args.top), ("--views", args.clips), ("--max-clips", args.max_clips)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1; got {value}")
     if args.clips_per_second is not None and args.clips_per_second <= 0:
         raise ConfigError(f"--clips-per-second must be > 0; got {args.clips_per_second}")
-    device = resolve_device(args.device)
-    trained = load_trained(args.checkpoint, device)
-    names = trained.class_names
+    predictor = load(args.checkpoint, device=resolve_device(args.device))
+    names = predictor.class_names
     results: list[dict[str, Any]] = []
     failed = 0
     for video in args.videos:
         try:
-            prediction = predict_video(
-                trained,
+            prediction = predictor.predict(
                 video,
                 clips=args.clips,
                 clips_per_second=args.clips_per_second,
                 max_clips=args.max_clips,
                 crops=args.crops,
                 aggregate=args.aggregate,
-                device=device,
             )
         except VideoDecodeError as error:
             print(f"comem {NAME}: error: {error}", file=sys.stderr)
@@ -90,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
             "clip_scores": {
                 item["class"]: [round(float(p), 6) for p in prediction.clip_probabilities[:, index]]
                 for item, (index, _) in zip(top, prediction.top(args.top), strict=True)
+            },
+            # per memory stage, row i: how much clip i read from each clip
+            "attention": {
+                stage: [[round(float(w), 6) for w in row] for row in weights]
+                for stage, weights in prediction.attention.items()
             },
         }
         if args.plot:

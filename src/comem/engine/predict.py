@@ -1,38 +1,66 @@
-"""Predict the classes of any video file with a trained checkpoint, clip by clip along its timeline.
+"""Predict the classes of a video with a trained model, clip by clip along its timeline.
 
-The video is decoded once: K clips uniformly spread over its whole length (the eval convention),
-each kept frame reduced on the fly to its test crops and a thumbnail, so long high-resolution videos
-fit in memory and the crops equal those ``comem eval`` scores. The
-collaborative memory is built from all K clips, each clip is scored reading it, and the clip
-probabilities give both the video's score (their mean or max) and a timeline of where the evidence
-lies. Videos shorter than a clip repeat their last frame, as in training.
+The input is a file, its decoded frames, or clips already cut and normalised. A file is decoded
+once: K clips uniformly spread over its whole length (the eval convention), each kept frame reduced
+on the fly to its test crops and a thumbnail, so long high-resolution videos fit in memory and the
+crops equal those ``comem eval`` scores. The collaborative memory is built from all K clips, each
+clip is scored reading it, and the clip probabilities give both the video's score (their mean or
+max) and a timeline of where the evidence lies; each memory stage's read weights show which clips
+every clip drew on. Videos shorter than a clip repeat their last frame, as in training.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from comem.config import TrainConfig
 from comem.data.decode import VideoReader
 from comem.data.sampling import clip_frame_indices, clip_span, eval_clip_starts, resample_grid
 from comem.data.transforms import center_crop_views, normalize, short_side_scale_size
 from comem.engine.evaluate import autocast_for, clip_probabilities, video_scores
-from comem.engine.trained import TrainedModel
-from comem.models.build import VideoModel
+from comem.errors import UserError
+from comem.models.build import Bank
+from comem.models.normalization import Normalization
 
 # Thumbnails (each clip's middle frame) are kept at most this short side: legible in a timeline.
 THUMBNAIL_SHORT_SIDE = 160
 
 
+class ScoringModel(Protocol):
+    """What prediction needs: a model that runs like a ``VideoModel`` (in eval mode, on its device),
+    the settings it was trained with (clip sampling and crops) and its kind of labels."""
+
+    model: torch.nn.Module
+    config: TrainConfig
+    multi_label: bool
+
+
+def input_normalization(trained: ScoringModel) -> Normalization:
+    """The mean and std pixels are normalised with: the scorer's own (``Predictor.normalization``),
+    else its model's (a ``VideoModel`` carries that of its weights)."""
+    return getattr(trained, "normalization", None) or trained.model.normalization
+
+
+class FramesError(UserError, ValueError):
+    """Frames or clips given to predict that do not have the documented shape or type."""
+
+
 @dataclass
 class VideoPrediction:
-    """Scores of one video: per clip (N, K) and for the video (K,), with where each clip lies."""
+    """Scores of one video: per clip (N, K) and for the video (K,), with where each clip lies.
+
+    ``attention`` maps each memory stage to its read weights (N, N): row i is how much clip i drew
+    on each clip (spatial crops of a clip pooled). For clips given as tensors there are no frame
+    positions (``clip_frames`` is empty) and no thumbnails.
+    """
 
     path: str
     num_frames: int
@@ -44,6 +72,12 @@ class VideoPrediction:
     scores: np.ndarray  # (K,) the video-level score
     thumbnails: list[np.ndarray]  # the middle frame of each clip, (h, w, 3) uint8
     multi_label: bool
+    attention: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def clip_scores(self) -> np.ndarray:
+        """Per-clip class probabilities (N, K) (same as ``clip_probabilities``)."""
+        return self.clip_probabilities
 
     @property
     def duration_s(self) -> float:
@@ -96,19 +130,90 @@ def views_and_thumbnail(
 
 
 @torch.no_grad()
-def view_logits(model: VideoModel, video: torch.Tensor, *, share_memory: bool) -> torch.Tensor:
-    """Logits (V, K) of the V views of one video (1, V, C, T, H, W), run one view at a time so peak
-    memory is that of one clip whatever V; with ``share_memory`` every view still reads the
-    collaborative memory of all V views (``memory_bank`` then ``forward_clip``)."""
+def score_views(
+    model: torch.nn.Module, video: torch.Tensor, *, share_memory: bool
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits (V, K) of the V views of one video (1, V, C, T, H, W) and each memory stage's read
+    weights (V, V). Views run one at a time, so peak memory is that of one clip whatever V; with
+    ``share_memory`` every view reads the collaborative memory of all V views (``memory_bank`` then
+    ``forward_clip``), else each view's memory is its own clip (identity read weights)."""
     num_views = video.shape[1]
+    stages = model.memory_stage_names
     if not share_memory:
-        return torch.cat([model(video[:, i : i + 1], share_memory=False)[0] for i in range(num_views)])
+        logits = torch.cat([model(video[:, i : i + 1])[0] for i in range(num_views)])
+        return logits, {stage: torch.eye(num_views) for stage in stages}
     banks = model.memory_bank(video)
-    return torch.cat([model.forward_clip(video[:, i], i, banks) for i in range(num_views)])
+    logits = torch.cat([model.forward_clip(video[:, i], i, banks) for i in range(num_views)])
+    return logits, read_weights(model, banks)
+
+
+def read_weights(model: torch.nn.Module, banks: dict[str, Bank]) -> dict[str, torch.Tensor]:
+    """Read weights (V, V) of each memory stage over one video's bank (1, V, C); a stage with one
+    memory per pathway gives one entry per pathway, ``stage[p]``."""
+    weights: dict[str, torch.Tensor] = {}
+    for stage, memory in zip(model.memory_stage_names, model.memories.values(), strict=True):
+        bank = banks[stage]
+        read = memory.attention(bank, bank)
+        if isinstance(read, list):
+            weights.update({f"{stage}[{p}]": part[0].float().cpu() for p, part in enumerate(read)})
+        else:
+            weights[stage] = read[0].float().cpu()
+    return weights
+
+
+def clip_indices(
+    config: TrainConfig,
+    num_frames: int,
+    frame_times: Callable[[], np.ndarray] | None,
+    *,
+    clips: int,
+    fps: float,
+    clips_per_second: float | None,
+    max_clips: int,
+) -> np.ndarray:
+    """Frame indices (N, clip_len) of the clips spread uniformly over a video of ``num_frames``,
+    sampled on the frame grid the model was trained on (every frame, or ``target_fps``'s ticks
+    from ``frame_times()``, the frames' times in seconds)."""
+    count = number_of_clips(
+        num_frames, fps, clips=clips, clips_per_second=clips_per_second, max_clips=max_clips
+    )
+    grid = np.arange(num_frames)
+    if config.target_fps is not None:
+        if frame_times is None:
+            raise FramesError(f"this model samples clips at {config.target_fps} fps: give the frames' fps")
+        grid = resample_grid(frame_times(), config.target_fps)
+    starts = eval_clip_starts(len(grid), count, clip_span(config.clip_len, config.stride))
+    return grid[clip_frame_indices(starts, config.clip_len, config.stride, len(grid))]
+
+
+def score_clips(
+    trained: ScoringModel,
+    views: torch.Tensor,
+    *,
+    crops: int,
+    aggregate: str,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Per-clip probabilities (N, K), video scores (K,) and read weights (N, N) per memory stage of
+    ``views`` (N·crops, C, T, H, W), normalised, clip-major."""
+    count = views.shape[0] // crops
+    with autocast_for(device, trained.config.amp)():
+        logits, weights = score_views(
+            trained.model, views[None].to(device), share_memory=trained.config.shares_eval_memory
+        )
+    logits = logits.view(1, count * crops, -1).float().cpu()
+    per_clip = clip_probabilities(logits, multi_label=trained.multi_label).view(count, crops, -1).mean(dim=1)
+    scores = video_scores(logits, multi_label=trained.multi_label, aggregate=aggregate)[0]
+    # a clip's crops: the reader's rows averaged, the read columns summed (rows still sum to 1)
+    pooled = {
+        stage: weight.view(count, crops, count, crops).mean(dim=1).sum(dim=-1).numpy()
+        for stage, weight in weights.items()
+    }
+    return per_clip.numpy(), scores.numpy(), pooled
 
 
 def predict_video(
-    trained: TrainedModel,
+    trained: ScoringModel,
     path: str | Path,
     *,
     clips: int | None = None,
@@ -123,43 +228,126 @@ def predict_video(
     ``clips`` and ``crops`` default to the checkpoint's eval setting.
     """
     config = trained.config
-    clips = clips or config.eval_views
     crops = crops or config.crops
     device = device or next(trained.model.parameters()).device
-    eval_scale = config.eval_scale or config.crop_size
-    span = clip_span(config.clip_len, config.stride)
     with VideoReader(path) as reader:
-        count = number_of_clips(
-            reader.num_frames, reader.fps, clips=clips, clips_per_second=clips_per_second, max_clips=max_clips
+        indices = clip_indices(
+            config,
+            reader.num_frames,
+            reader.frame_times,
+            clips=clips or config.eval_views,
+            fps=reader.fps,
+            clips_per_second=clips_per_second,
+            max_clips=max_clips,
         )
-        # the frame grid clips are sampled on, as the eval dataset does: every frame, or --target-fps's
-        grid = np.arange(reader.num_frames)
-        if config.target_fps is not None:
-            grid = resample_grid(reader.frame_times(), config.target_fps)
-        starts = eval_clip_starts(len(grid), count, span)
-        indices = grid[clip_frame_indices(starts, config.clip_len, config.stride, len(grid))]
-        transform = views_and_thumbnail(
-            reader.height, reader.width, crop_size=config.crop_size, eval_scale=eval_scale, crops=crops
-        )
-        kept = reader.read(indices, transform)  # (N, T) records
+        kept = reader.read(indices, _transform(config, reader.height, reader.width, crops))  # (N, T) records
         num_frames, fps, height, width = reader.num_frames, reader.fps, reader.height, reader.width
-    # (N, T, crops, crop, crop, C) -> views (N * crops, C, T, crop, crop), clip-major as in eval
-    views = torch.from_numpy(kept["views"]).permute(0, 2, 5, 1, 3, 4).flatten(0, 1)
-    video = normalize(views[None].to(device), *trained.model.normalization)
-    with autocast_for(device, config.amp)():
-        logits = view_logits(trained.model, video, share_memory=config.shares_eval_memory)
-    logits = logits.view(1, count * crops, -1).float().cpu()
-    per_clip = clip_probabilities(logits, multi_label=trained.multi_label).view(count, crops, -1).mean(dim=1)
-    scores = video_scores(logits, multi_label=trained.multi_label, aggregate=aggregate)[0]
+    return _prediction(
+        trained, kept, indices, str(path), (num_frames, fps, height, width), crops, aggregate, device
+    )
+
+
+def predict_frames(
+    trained: ScoringModel,
+    frames: torch.Tensor | np.ndarray,
+    *,
+    fps: float | None = None,
+    clips: int | None = None,
+    clips_per_second: float | None = None,
+    max_clips: int = 64,
+    crops: int | None = None,
+    aggregate: str = "mean",
+    device: torch.device | None = None,
+) -> VideoPrediction:
+    """Score a decoded video, frames (T, H, W, 3) uint8, exactly as its file would be scored.
+
+    ``fps`` is needed only by a model trained with ``target_fps`` (and by ``clips_per_second``).
+    """
+    frames = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise FramesError(
+            f"frames must be a (T, H, W, 3) uint8 video, got {frames.dtype} of shape {tuple(frames.shape)}"
+        )
+    config = trained.config
+    crops = crops or config.crops
+    device = device or next(trained.model.parameters()).device
+    times = None if fps is None else (lambda: np.arange(len(frames)) / fps)
+    indices = clip_indices(
+        config,
+        len(frames),
+        times,
+        clips=clips or config.eval_views,
+        fps=fps or 0.0,
+        clips_per_second=clips_per_second,
+        max_clips=max_clips,
+    )
+    height, width = frames.shape[1:3]
+    transform = _transform(config, height, width, crops)
+    done = {int(index): transform(frames[index]) for index in np.unique(indices)}
+    kept = np.stack([[done[int(index)] for index in row] for row in indices])
+    meta = (len(frames), fps or 0.0, height, width)
+    return _prediction(trained, kept, indices, "<frames>", meta, crops, aggregate, device)
+
+
+def predict_clips(
+    trained: ScoringModel, clips: torch.Tensor, *, aggregate: str = "mean", device: torch.device | None = None
+) -> VideoPrediction:
+    """Score the N clips (N, C, T, H, W) of one video, already cut and normalised as in training."""
+    if not isinstance(clips, torch.Tensor) or clips.ndim != 5 or not clips.is_floating_point():
+        shape = tuple(clips.shape) if hasattr(clips, "shape") else type(clips).__name__
+        raise FramesError(f"clips must be a float (N, C, T, H, W) tensor, got {shape}")
+    device = device or next(trained.model.parameters()).device
+    per_clip, scores, weights = score_clips(
+        trained, clips.float(), crops=1, aggregate=aggregate, device=device
+    )
     return VideoPrediction(
-        path=str(path),
+        path="<clips>",
+        num_frames=0,
+        fps=0.0,
+        height=int(clips.shape[-2]),
+        width=int(clips.shape[-1]),
+        clip_frames=np.empty((0, 2), dtype=np.int64),
+        clip_probabilities=per_clip,
+        scores=scores,
+        thumbnails=[],
+        multi_label=trained.multi_label,
+        attention=weights,
+    )
+
+
+def _transform(
+    config: TrainConfig, height: int, width: int, crops: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    eval_scale = config.eval_scale or config.crop_size
+    return views_and_thumbnail(height, width, crop_size=config.crop_size, eval_scale=eval_scale, crops=crops)
+
+
+def _prediction(
+    trained: ScoringModel,
+    kept: np.ndarray,
+    indices: np.ndarray,
+    path: str,
+    meta: tuple[int, float, int, int],
+    crops: int,
+    aggregate: str,
+    device: torch.device,
+) -> VideoPrediction:
+    """Score the per-frame records ``kept`` (N, T) of clips at frame ``indices`` (N, T)."""
+    # (N, T, crops, crop, crop, C) -> views (N * crops, C, T, crop, crop), clip-major as in eval
+    views = torch.from_numpy(kept["views"]).permute(0, 2, 5, 1, 3, 4).flatten(0, 1).to(device)
+    views = normalize(views, *input_normalization(trained))
+    per_clip, scores, weights = score_clips(trained, views, crops=crops, aggregate=aggregate, device=device)
+    num_frames, fps, height, width = meta
+    return VideoPrediction(
+        path=path,
         num_frames=num_frames,
         fps=fps,
         height=height,
         width=width,
         clip_frames=np.stack([indices[:, 0], indices[:, -1]], axis=1),
-        clip_probabilities=per_clip.numpy(),
-        scores=scores.numpy(),
-        thumbnails=list(kept["thumbnail"][:, config.clip_len // 2]),
+        clip_probabilities=per_clip,
+        scores=scores,
+        thumbnails=list(kept["thumbnail"][:, trained.config.clip_len // 2]),
         multi_label=trained.multi_label,
+        attention=weights,
     )

@@ -2,14 +2,18 @@
 
 A strip of thumbnails (the middle frame of evenly chosen clips, numbered) over a plot of the
 per-clip probabilities of the video's top classes against time, with each clip's extent shaded, so
-a user can match a rise in a class's probability to what the frames show.
+a user can match a rise in a class's probability to what the frames show. Below it, one map per
+memory stage of the clips x clips read weights: row i shows which clips clip i drew its memory from.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.gridspec import SubplotSpec
 
 from comem.engine.predict import VideoPrediction
 from comem.engine.reports import save_figure
@@ -32,9 +36,11 @@ def plot_timeline(path: Path, prediction: VideoPrediction, class_names: list[str
     column_width = width * (right - left) / max(len(shown), 4)
     thumb_height = min(column_width * aspect, 3.0)
     plot_height = 3.4
-    figure = Figure(figsize=(width, thumb_height + plot_height + 1.6))
+    maps_height = 3.0 if prediction.attention else 0.0
+    heights = [thumb_height, plot_height] + ([maps_height] if maps_height else [])
+    figure = Figure(figsize=(width, sum(heights) + 1.6 + (0.9 if maps_height else 0.0)))
     grid = figure.add_gridspec(
-        2, len(shown), height_ratios=[thumb_height, plot_height], hspace=0.3, left=left, right=right
+        len(heights), len(shown), height_ratios=heights, hspace=0.45, left=left, right=right
     )
     times = prediction.clip_times_s
     seconds = prediction.fps > 0
@@ -68,6 +74,8 @@ def plot_timeline(path: Path, prediction: VideoPrediction, class_names: list[str
     plot.set_ylabel("clip probability (sigmoid)" if prediction.multi_label else "clip probability")
     plot.grid(alpha=0.3)
     plot.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, title="top classes")
+    if prediction.attention:
+        plot_read_weights(figure, grid[2, :], prediction.attention)
     name = Path(prediction.path).name
     best, score = prediction.top(1)[0]
     length = f"{prediction.duration_s:.1f}{'s' if seconds else ' frames'}"
@@ -78,3 +86,19 @@ def plot_timeline(path: Path, prediction: VideoPrediction, class_names: list[str
     )
     figure.subplots_adjust(top=1 - 0.75 / figure.get_figheight(), bottom=0.6 / figure.get_figheight())
     save_figure(figure, Path(path))
+
+
+def plot_read_weights(figure: Figure, cell: SubplotSpec, attention: dict[str, np.ndarray]) -> None:
+    """One heat map per memory stage in ``cell``: rows are the reading clips, columns the clips read."""
+    maps = cell.subgridspec(1, max(len(attention), 3), wspace=0.5)
+    for column, (stage, weights) in enumerate(attention.items()):
+        axes = figure.add_subplot(maps[0, column])
+        image = axes.imshow(weights, vmin=0.0, vmax=max(float(weights.max()), 1e-6), cmap="viridis")
+        count = len(weights)
+        ticks = range(0, count, max(1, math.ceil(count / 8)))
+        axes.set_xticks(list(ticks), [f"#{i + 1}" for i in ticks], fontsize=7)
+        axes.set_yticks(list(ticks), [f"#{i + 1}" for i in ticks], fontsize=7)
+        axes.set_xlabel("clip read", fontsize=8)
+        axes.set_ylabel("reading clip", fontsize=8)
+        axes.set_title(f"memory after {stage}", fontsize=9)
+        figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04).ax.tick_params(labelsize=7)

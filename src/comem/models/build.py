@@ -286,6 +286,8 @@ class VideoModel(nn.Module):
 
 
 def build_model(spec: ModelSpec) -> VideoModel:
+    """The ``VideoModel`` a spec describes: one of comem's backbones (``comem models`` lists them)
+    with memories after ``spec.memory_stages`` and a per-clip head, freshly initialised."""
     return VideoModel(
         build_backbone(spec.backbone),
         spec.num_classes,

@@ -216,7 +216,11 @@ class WrappedModel(nn.Module):
         if state.kind == "off":
             return None
         memory = self.memories[memory_key(stage)]
-        expected = tuple(m.channels for m in memory.pathways) if isinstance(memory, PathwayMemory) else memory.channels
+        expected = (
+            tuple(m.channels for m in memory.pathways)
+            if isinstance(memory, PathwayMemory)
+            else memory.channels
+        )
         if _width_of(output) != expected:
             raise MemoryStageError(
                 f"{stage} outputs {_width_of(output)} channels, its memory was built for {expected}: "
