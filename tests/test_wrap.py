@@ -202,7 +202,7 @@ def test_comem_with_one_clip_equals_single_and_keeps_batchnorm_counts() -> None:
     assert int(model.blocks[0][1].num_batches_tracked) == 3  # the 3 per-clip passes, not the bank passes
 
 
-@pytest.mark.parametrize("mode", ["single", "joint", "comem"])
+@pytest.mark.parametrize("mode", ["single", "tsn", "joint", "comem"])
 def test_step_trains_a_wrapped_torchvision_network_in_each_mode(mode: str) -> None:
     torch.manual_seed(0)
     model = comem.wrap(tv_video.mc3_18(num_classes=3), ["layer3", "layer4"])
@@ -276,3 +276,20 @@ def test_bad_stages_are_one_line_errors() -> None:
         wrapped(video(size=16))
     with pytest.raises(ValueError, match="wrapped already"):
         comem.wrap(comem.wrap(BlocksNet(), ["blocks.1"]), ["blocks.2"])
+
+
+def test_two_pass_gradients_equal_joint_gradients_with_one_memory_stage() -> None:
+    """With the cross-clip gradient, the memory-flat step's gradients are joint training's exactly
+    for one memory stage (BatchNorm on running statistics, so both see the same normalisation)."""
+    torch.manual_seed(0)
+    models = [comem.wrap(BlocksNet(), ["blocks.2"]) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    clips, targets = video(clips=3), torch.tensor([1, 3])
+    for model in models:
+        randomise_memories(model)
+        model.eval()
+    joint = comem.step(models[0], clips, targets, mode="joint")
+    two_pass = comem.step(models[1], clips, targets, mode="comem")
+    torch.testing.assert_close(two_pass, joint)
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)

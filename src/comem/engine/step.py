@@ -26,6 +26,7 @@ from comem.engine.modes import (
     comem_step,
     joint_step,
     single_step,
+    tsn_step,
 )
 
 
@@ -60,6 +61,7 @@ def train_step(
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     memory_pass_bn: MemoryPassBN = "batch",
     memory_chunk: int = 1,
+    cross_clip: bool = True,
 ) -> StepOutput:
     """Forward and backward of one batch in ``mode``; the caller zeroes gradients and steps.
 
@@ -79,11 +81,14 @@ def train_step(
             autocast,
             memory_pass_bn=memory_pass_bn,
             memory_chunk=memory_chunk,
+            cross_clip=cross_clip,
             loss_fn=loss_fn,
             **step_hooks(model),
         )
     if mode == "joint":
         return joint_step(model, video, targets, autocast, loss_fn=loss_fn)
+    if mode == "tsn":
+        return tsn_step(model, video, targets, autocast, loss_fn=loss_fn)
     video, targets = one_clip_per_video(video, targets)
     return single_step(model, video, targets, autocast, loss_fn=loss_fn)
 
@@ -98,6 +103,7 @@ def step(
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     memory_pass_bn: MemoryPassBN = "batch",
     memory_chunk: int = 1,
+    cross_clip: bool = True,
 ) -> torch.Tensor:
     """One training step's forward and backward at video level; returns the detached loss.
 
@@ -109,7 +115,8 @@ def step(
         mode: ``comem`` (two passes: a no-grad pass builds every clip's memory entry, then each clip
             runs forward and backward on its own; peak memory of one clip, BatchNorm statistics
             counted once), ``joint`` (all N clips in one graph, exact gradients, N clips of
-            activations), ``single`` (one clip per video, drawn at random when N > 1).
+            activations), ``tsn`` (N clips each on its own, no shared memory, clip scores averaged
+            before the loss), ``single`` (one clip per video, drawn at random when N > 1).
         loss_fn: ``(clip logits (M, K), targets) -> scalar``, applied per clip against the video's
             target and averaged over clips; default cross-entropy for class indices, binary
             cross-entropy for multi-hot targets.
@@ -118,6 +125,8 @@ def step(
         memory_pass_bn: comem mode's no-grad pass runs BatchNorm on ``batch`` statistics and
             restores the running ones afterwards, or on its running statistics (``eval``).
         memory_chunk: clips of each video per no-grad forward in comem mode.
+        cross_clip: comem mode also gives each clip's summaries the gradient the other clips'
+            losses send them (as joint training does); ``False`` treats them as constants.
 
     The caller owns the optimizer: zero the gradients before, step after.
     """
@@ -130,4 +139,5 @@ def step(
         autocast=autocast,
         memory_pass_bn=memory_pass_bn,
         memory_chunk=memory_chunk,
+        cross_clip=cross_clip,
     ).loss

@@ -43,16 +43,15 @@ from comem.engine.distributed import (
     gather_video_scores,
     init_distributed,
     shutdown_distributed,
-    step_hooks,
     sum_over_ranks,
     wrap_for_training,
 )
 from comem.engine.evaluate import autocast_for, predict_scores, video_scores
 from comem.engine.loaders import drops_last, make_dataset, make_loader, resolve_device
-from comem.engine.modes import comem_step, joint_step, single_step, tsn_step
 from comem.engine.performance import prepare_video, tune_model
 from comem.engine.provenance import write_run_record
 from comem.engine.reports import plot_training_curves
+from comem.engine.step import train_step
 from comem.metrics import classification_metrics
 from comem.models.build import ModelSpec, VideoModel, build_model, load_pretrained
 from comem.models.normalization import normalization
@@ -320,23 +319,16 @@ class Trainer:
         targets = batch["label"].to(self.device, non_blocking=True)
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.config.mode == "comem":
-            output = comem_step(
-                self.model,
-                video,
-                targets,
-                self.autocast,
-                memory_pass_bn=config.memory_pass_bn,
-                memory_chunk=config.memory_chunk,
-                cross_clip=config.cross_clip,
-                **step_hooks(self.train_model),
-            )
-        elif self.config.mode == "joint":
-            output = joint_step(self.train_model, video, targets, self.autocast)
-        elif self.config.mode == "tsn":
-            output = tsn_step(self.train_model, video, targets, self.autocast)
-        else:
-            output = single_step(self.train_model, video, targets, self.autocast)
+        output = train_step(
+            self.train_model,
+            video,
+            targets,
+            mode=config.mode,
+            autocast=self.autocast,
+            memory_pass_bn=config.memory_pass_bn,
+            memory_chunk=config.memory_chunk,
+            cross_clip=config.cross_clip,
+        )
         if self.config.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
         self.optimizer.step()

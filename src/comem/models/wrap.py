@@ -7,12 +7,15 @@ wrapper offers the same three ways to run as :class:`~comem.models.build.VideoMo
 of training steps drives both:
 
 - ``forward(video)``: all N clips of each video in one graph, (B, N, C, T, H, W) -> (B, N, ...).
-- ``memory_bank(video)``: the two-pass scheme's no-grad pass. An opaque network cannot be resumed
+- ``memory_pass(video)``: the two-pass scheme's no-grad pass. An opaque network cannot be resumed
   from the middle, so the bank of each memory stage is built by running the network up to that
   stage (the hook then stops the forward): with memories after several stages the pass costs the
   sum of those prefixes (memories after ``layer3`` and ``layer4`` of an R3D-18: about 1.8 forwards
   instead of 1). ``VideoModel``, whose stages are explicit, keeps it at one forward.
-- ``forward_clip(clip, i, banks)``: clip i of each video reading the banks.
+- ``logits_from_maps(clip, i, banks)``: clip i's output as a function of the banks, for the
+  cross-clip gradient. For the same reason it reruns the network's prefix up to the first memory
+  stage, without gradients, before the part that reads the memory.
+- ``forward_clip(clip, i, banks, cross_grads)``: clip i of each video reading the banks.
 
 The wrapper owns the wrapped model's submodules, parameters and buffers under their own names,
 so its ``state_dict`` is the model's plus ``memories.<stage>.*`` and a checkpoint of the plain
@@ -30,7 +33,7 @@ import torch
 from torch import nn
 
 from comem.memory import CollaborativeMemory
-from comem.models.build import Bank, MemoryStageError, _cat_clips, _per_video
+from comem.models.build import Bank, MemoryPass, MemoryStageError, _cat_clips, _clip_entry, _per_video
 from comem.models.memories import PathwayMemory
 
 Width = int | tuple[int, ...]  # channels of a stage's output map, or of each pathway's
@@ -51,6 +54,8 @@ class _Pass:
     num_clips: int = 1
     clip_index: int = 0
     banks: dict[str, Bank] = field(default_factory=dict)
+    cross_grads: dict[str, Bank] | None = None
+    resume_grad: bool = False  # logits_from_maps: gradients on from the first memory stage
     clips: slice = field(default_factory=lambda: slice(None))
     summarized: str | None = None  # bank pass: the stage that stopped the forward
     summary: Any = None
@@ -230,7 +235,12 @@ class WrappedModel(nn.Module):
         if state.kind == "all":
             result = memory(features, state.num_clips)
         elif state.kind == "clip":
-            result = memory.forward_one(features, state.banks[stage], state.clip_index)
+            if state.resume_grad:
+                torch.set_grad_enabled(True)  # the caller's no_grad context restores the mode on exit
+            cross = (
+                None if state.cross_grads is None else _clip_entry(state.cross_grads[stage], state.clip_index)
+            )
+            result = memory.forward_one(features, state.banks[stage], state.clip_index, cross)
         elif stage in state.banks:
             result = memory.forward_bank(features, state.banks[stage], state.clips)
         else:
@@ -239,18 +249,24 @@ class WrappedModel(nn.Module):
         return tuple(result) if isinstance(output, tuple) else result
 
     def forward(
-        self, video: torch.Tensor, clip_index: int | None = None, banks: dict[str, Bank] | None = None
+        self,
+        video: torch.Tensor,
+        clip_index: int | None = None,
+        banks: dict[str, Bank] | None = None,
+        cross_grads: dict[str, Bank] | None = None,
+        *,
+        share_memory: bool = True,
     ) -> torch.Tensor:
         """Per-clip outputs (B, N, ...) of video (B, N, C, T, H, W), all clips in one graph.
 
-        With ``clip_index`` and ``banks`` this is :meth:`forward_clip` (so that a
-        ``DistributedDataParallel`` wrapper, which only syncs gradients of its own forward, can run
-        the two-pass scheme's per-clip passes).
+        ``share_memory=False`` gives every clip a memory of itself alone. With ``clip_index`` and
+        ``banks`` this is :meth:`forward_clip` (so that a ``DistributedDataParallel`` wrapper,
+        which only syncs gradients of its own forward, can run the two-pass scheme's clip passes).
         """
         if clip_index is not None:
-            return self.forward_clip(video, clip_index, banks or {})
+            return self.forward_clip(video, clip_index, banks or {}, cross_grads)
         batch, num_clips = video.shape[:2]
-        with self._running(_Pass("all", num_clips=num_clips)):
+        with self._running(_Pass("all", num_clips=num_clips if share_memory else 1)):
             output = self.wrapped(video.flatten(0, 1))
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"wrap needs a network that returns one tensor; {type(self.wrapped).__name__} "
@@ -259,12 +275,18 @@ class WrappedModel(nn.Module):
 
     @torch.no_grad()
     def memory_bank(self, video: torch.Tensor, *, chunk: int = 1) -> dict[str, Bank]:
+        """The banks of ``memory_pass``: summaries (B, N, C) of every clip at every memory stage."""
+        return self.memory_pass(video, chunk=chunk).banks
+
+    @torch.no_grad()
+    def memory_pass(self, video: torch.Tensor, *, chunk: int = 1, keep_maps: bool = False) -> MemoryPass:
         """Summaries (B, N, C) of every clip at every memory stage, without gradients (a list, one
         per pathway, at a stage that outputs a list of maps).
 
         Stage by stage in the order the network runs them: a later stage's bank needs the earlier
         stages' gating, which needs the earlier banks of all clips. ``chunk`` clips of each video
-        run per forward (see ``VideoModel.memory_bank``).
+        run per forward (see ``VideoModel.memory_pass``). ``keep_maps`` returns what
+        ``logits_from_maps`` starts from: for an opaque network, each clip itself (no copy).
         """
         batch, num_clips = video.shape[:2]
         if chunk < 1:
@@ -285,11 +307,30 @@ class WrappedModel(nn.Module):
                 stage = state.summarized
                 parts.append(_per_video(state.summary, batch))
             banks[stage] = _cat_clips(parts)
-        return banks
+        return MemoryPass(banks, [video[:, index] for index in range(num_clips)] if keep_maps else [])
 
-    def forward_clip(self, clip: torch.Tensor, clip_index: int, banks: dict[str, Bank]) -> torch.Tensor:
-        """The network's output for clip ``clip_index`` (B, C, T, H, W) of each video, reading ``banks``."""
-        with self._running(_Pass("clip", clip_index=clip_index, banks=banks)):
+    def forward_clip(
+        self,
+        clip: torch.Tensor,
+        clip_index: int,
+        banks: dict[str, Bank],
+        cross_grads: dict[str, Bank] | None = None,
+    ) -> torch.Tensor:
+        """The network's output for clip ``clip_index`` (B, C, T, H, W) of each video, reading ``banks``.
+
+        ``cross_grads`` (as ``banks``): the gradient the other clips' losses send to every clip's
+        summaries; this clip's entries are added to its summaries' gradients in backward.
+        """
+        with self._running(_Pass("clip", clip_index=clip_index, banks=banks, cross_grads=cross_grads)):
+            return self.wrapped(clip)
+
+    def logits_from_maps(self, clip: torch.Tensor, clip_index: int, banks: dict[str, Bank]) -> torch.Tensor:
+        """Output of clip ``clip_index`` (``memory_pass(keep_maps=True).maps[clip_index]``) as a
+        function of ``banks``: the prefix before the first memory stage runs without gradients."""
+        with (
+            torch.no_grad(),
+            self._running(_Pass("clip", clip_index=clip_index, banks=banks, resume_grad=True)),
+        ):
             return self.wrapped(clip)
 
 
