@@ -3,7 +3,7 @@
 The wrapped network is the user's own, unchanged: a forward hook on each named submodule (a
 stage) applies that stage's memory to its output while the wrapper runs the network, and does
 nothing otherwise (the original model still predicts as before when called directly). The
-wrapper offers the same three ways to run as :class:`~comem.models.build.VideoModel`, so one set
+wrapper offers the same ways to run as :class:`~comem.models.build.VideoModel`, so one set
 of training steps drives both:
 
 - ``forward(video)``: all N clips of each video in one graph, (B, N, C, T, H, W) -> (B, N, ...).
@@ -203,7 +203,7 @@ class WrappedModel(nn.Module):
         self._handles = []
         return self.wrapped
 
-    # --- the three ways to run -------------------------------------------------------------
+    # --- the ways to run: the protocol the training steps drive ---------------------------
     @property
     def memory_stage_names(self) -> list[str]:
         return list(self._stage_names)
