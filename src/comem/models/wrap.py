@@ -340,9 +340,7 @@ def wrap(
     *,
     channels: Mapping[str, Width] | None = None,
     example: torch.Tensor | None = None,
-    key_dim: int | None = None,
-    memory: str = "attention",
-    fusion: str = "gate",
+    **memory_options: Any,
 ) -> WrappedModel:
     """Insert a collaborative memory after each named submodule of any clip network.
 
@@ -355,11 +353,10 @@ def wrap(
         channels: output channels per stage (a tuple for pathway lists). Default: read off the
             stage's last normalisation/convolution layer, or measured on ``example``.
         example: one clip batch to run once (eval mode, no grad) to measure the stages' widths.
-        key_dim, memory, fusion: the :class:`~comem.memory.CollaborativeMemory` options.
+        memory_options: :class:`~comem.memory.CollaborativeMemory`'s options (``key_dim``,
+            ``memory``, ``fusion``, ...).
 
     Returns a :class:`WrappedModel` mapping (B, N, C, T, H, W) to (B, N, ...). Its memories start
     at the identity, so at initialisation its outputs equal ``model``'s exactly.
     """
-    return WrappedModel(
-        model, stages, channels=channels, example=example, key_dim=key_dim, memory=memory, fusion=fusion
-    )
+    return WrappedModel(model, stages, channels=channels, example=example, **memory_options)
