@@ -1,6 +1,9 @@
 """Exact resume: an interrupted run continued from last.pt ends where an uninterrupted one does."""
 
 import dataclasses
+import errno
+import io
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from comem.config import TrainConfig
 from comem.engine import checkpoint
-from comem.engine.checkpoint import load_checkpoint, save_checkpoint
+from comem.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from comem.engine.train import Trainer
 
 
@@ -115,22 +118,31 @@ def test_resume_mid_epoch_matches_straight_run(
     assert_same_run(resumed, straight)
 
 
+class FullDisk(io.FileIO):
+    """A file on a device that fills up after ``room`` bytes (what ENOSPC looks like to a writer)."""
+
+    room = 4096
+
+    def write(self, data) -> int:
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
 def test_checkpoint_write_failure_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "last.pt"
     old = {"model": {"weight": torch.arange(6.0)}, "epoch": 1}
     save_checkpoint(old, path)
     old_bytes = path.read_bytes()
-    real_save = torch.save
 
-    def failing_save(obj, stream, *args, **kwargs) -> None:
-        real_save(obj, stream, *args, **kwargs)  # a full payload reached the temp file ...
-        stream.write(b"\0" * 1024)
-        raise OSError(28, "No space left on device")  # ... then the disk filled up
-
-    monkeypatch.setattr(checkpoint.torch, "save", failing_save)
-    with pytest.raises(OSError, match="No space left"):
-        save_checkpoint({"model": {"weight": torch.zeros(6)}, "epoch": 2}, path)
+    monkeypatch.setattr(checkpoint.os, "fdopen", lambda handle, mode: FullDisk(handle, "w"))
+    with pytest.raises(CheckpointError) as raised:
+        save_checkpoint({"model": {"weight": torch.zeros(100_000)}, "epoch": 2}, path)
     monkeypatch.undo()
+    assert (
+        str(raised.value)
+        == f"{path}: cannot write checkpoint: no space left on the device; the previous last.pt is kept"
+    )
 
     assert path.read_bytes() == old_bytes
     state = load_checkpoint(path)

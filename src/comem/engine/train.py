@@ -13,14 +13,12 @@ import json
 import logging
 import math
 import os
-import random
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Sampler
 from torch.utils.tensorboard import SummaryWriter
@@ -53,32 +51,12 @@ from comem.engine.modes import comem_step, joint_step, single_step, tsn_step
 from comem.engine.performance import prepare_video, tune_model
 from comem.engine.provenance import write_run_record
 from comem.engine.reports import plot_training_curves
+from comem.engine.rng import restore_rng_state, rng_state, seed_everything
 from comem.metrics import classification_metrics
 from comem.models.build import ModelSpec, VideoModel, build_model, load_pretrained
 from comem.models.normalization import normalization
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class EpochSampler(Sampler[int]):
