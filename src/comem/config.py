@@ -89,6 +89,7 @@ class TrainConfig:
     eval_every: int = 1
     save_every: int = 200  # also checkpoint every this many steps inside an epoch (0 = epoch ends only)
     resume: bool = False
+    overwrite: bool = False  # a fresh run may replace the run already in ``out``
     # dataset formats and decoding (see README, "Datasets")
     data_format: str = "auto"  # auto | slowfast | kinetics | charades | charades-frames | ssv1 | ssv2
     decoder: str = "pyav"  # pyav | torchcodec | frames (folders of frames are always read as frames)

@@ -52,6 +52,7 @@ from comem.engine.performance import prepare_video, tune_model
 from comem.engine.provenance import write_run_record
 from comem.engine.reports import plot_training_curves
 from comem.engine.rng import restore_rng_state, rng_state, seed_everything
+from comem.engine.run_dir import claim_run_dir
 from comem.metrics import classification_metrics
 from comem.models.build import ModelSpec, VideoModel, build_model, load_pretrained
 from comem.models.normalization import normalization
@@ -491,17 +492,22 @@ class Trainer:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    try:
-        if config.task == "ava":
-            from comem.detection.train import train_ava
+    config.validate()
+    claim = claim_run_dir(
+        config.out, resume=config.resume, overwrite=config.overwrite, main=context_from_env().is_main
+    )
+    with claim:
+        try:
+            if config.task == "ava":
+                from comem.detection.train import train_ava
 
-            if context_from_env().enabled:  # each rank would run the whole job into the same --out
-                raise DistributedSetupError(
-                    "--task ava runs in one process; start it without torchrun "
-                    "(no multi-process AVA training)"
-                )
+                if context_from_env().enabled:  # each rank would run the whole job into the same --out
+                    raise DistributedSetupError(
+                        "--task ava runs in one process; start it without torchrun "
+                        "(no multi-process AVA training)"
+                    )
 
-            return train_ava(config)
-        return Trainer(config).run()
-    finally:
-        shutdown_distributed()
+                return train_ava(config)
+            return Trainer(config).run()
+        finally:
+            shutdown_distributed()
