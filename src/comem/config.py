@@ -19,6 +19,7 @@ from comem.data.formats import DATA_FORMATS
 from comem.engine.modes import MODES
 from comem.errors import UserError
 from comem.memory import FUSION_KINDS, MEMORY_KINDS
+from comem.textfile import read_text
 
 
 class ConfigError(UserError, ValueError):
@@ -216,7 +217,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(read_text(path, ConfigError)) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
         if not isinstance(loaded, dict):
