@@ -135,6 +135,9 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
+        for name in ("views", "min_scale", "max_scale", "eval_scale", "key_dim"):  # None: the default
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.crops not in (1, 3):
             raise ConfigError(f"crops must be 1 or 3; got {self.crops}")
         if self.lr <= 0:
@@ -212,6 +215,7 @@ def _check_yaml_type(path: Path, name: str, value: Any) -> None:
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults, then the YAML file (keys as field names, '-' or '_'), then ``overrides``."""
     values: dict[str, Any] = {}
+    loaded_keys: dict[str, str] = {}  # field name -> the key as the file spells it
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -222,6 +226,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of option: value at the top level")
+        loaded_keys = {str(key).replace("-", "_"): str(key) for key in loaded}
         values.update({str(key).replace("-", "_"): value for key, value in loaded.items()})
         unknown = sorted(set(values) - set(config_fields()))
         if unknown:
@@ -229,7 +234,21 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         for name, value in values.items():
             _check_yaml_type(path, name, value)
     values.update(overrides or {})
-    return TrainConfig(**values).validate()
+    try:
+        return TrainConfig(**values).validate()
+    except ConfigError as error:
+        raise ConfigError(_as_typed(str(error), path, loaded_keys, overrides or {})) from None
+
+
+def _as_typed(message: str, path: Path | None, keys: dict[str, str], flags: dict[str, Any]) -> str:
+    """A validation message names the option as the user gave it: ``--clip-len`` on the command
+    line, the key as spelled in the YAML file (with the file's name)."""
+    name, _, rest = message.partition(" ")
+    if name in flags:
+        return f"--{name.replace('_', '-')} {rest}"
+    if name in keys:
+        return f"{path}: {keys[name]} {rest}"
+    return message
 
 
 def config_yaml(config: TrainConfig) -> str:

@@ -339,7 +339,8 @@ class Trainer:
         )
         result = gather_video_scores(result, self.dist)
         self.note_skipped(result.skipped)
-        return classification_metrics(result.scores, result.targets)
+        # videos: those scored (a val video that could not be read is skipped and not counted)
+        return {**classification_metrics(result.scores, result.targets), "videos": len(result.targets)}
 
     def run(self) -> dict[str, Any]:
         config = self.config
@@ -484,7 +485,6 @@ class Trainer:
             "data": str(self.data_dir),
             "num_classes": self.splits.num_classes,
             "train_videos": len(self.splits.train),
-            "val_videos": len(self.splits.val),
             "skipped_videos": len(self.skipped),
             "skipped": sorted(self.skipped.values()),
             "history": self.history,
