@@ -4,6 +4,7 @@ import dataclasses
 import errno
 import io
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from torch.utils.tensorboard import SummaryWriter
 from comem.config import TrainConfig
 from comem.engine import checkpoint
 from comem.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from comem.engine.stopping import TrainingStopped
 from comem.engine.train import Trainer
 
 
@@ -82,7 +84,7 @@ def test_resume_at_epoch_boundary_matches_straight_run(
 
 
 @pytest.mark.parametrize("stop_after", [1, 3])
-@pytest.mark.parametrize("how", ["crash", "ctrl-c"])
+@pytest.mark.parametrize("how", ["crash", "SIGINT", "SIGTERM", "SIGUSR1"])
 def test_resume_mid_epoch_matches_straight_run(
     how: str,
     stop_after: int,
@@ -93,7 +95,8 @@ def test_resume_mid_epoch_matches_straight_run(
 ) -> None:
     """Stop after ``stop_after`` optimizer steps (1: inside epoch 1, 3: inside epoch 2).
 
-    ``crash`` relies on the ``save_every=1`` checkpoint; ``ctrl-c`` on the save made on interrupt.
+    ``crash`` dies at the start of the next step and relies on the ``save_every=1`` checkpoint; a
+    signal arrives at the start of the next step, which finishes, and the run saves after it.
     """
     config = tiny_config(tiny_dataset, tmp_path, save_every=1 if how == "crash" else 0)
     steps = 0
@@ -102,16 +105,26 @@ def test_resume_mid_epoch_matches_straight_run(
     def stopping_step(self: Trainer, batch: dict) -> tuple[float, int]:
         nonlocal steps
         if steps == stop_after:
-            raise Crash() if how == "crash" else KeyboardInterrupt()
+            if how == "crash":
+                raise Crash()
+            os.kill(os.getpid(), getattr(signal, how))
         steps += 1
         return real_step(self, batch)
 
     monkeypatch.setattr(Trainer, "train_step", stopping_step)
-    with pytest.raises(Crash if how == "crash" else KeyboardInterrupt):
+    with pytest.raises(Crash if how == "crash" else TrainingStopped) as stopped:
         Trainer(config).run()
     monkeypatch.undo()
+    done = stop_after + (how != "crash")
+    if how != "crash":
+        assert stopped.value.signum == getattr(signal, how)
     state = load_checkpoint(tmp_path / "last.pt")
-    assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (stop_after, stop_after // 2, 1)
+    # saved after step ``done`` of 2 per epoch (at an epoch's last step: before that epoch's evaluation)
+    assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (
+        done,
+        (done - 1) // 2,
+        (done - 1) % 2 + 1,
+    )
 
     resumed = Trainer(dataclasses.replace(config, resume=True))
     resumed.run()

@@ -25,6 +25,7 @@ from comem.cli import (
     train,
 )
 from comem.cli.logs import configure_console
+from comem.engine.stopping import TrainingStopped
 from comem.errors import UserError
 
 COMMANDS: list[ModuleType] = [
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"comem {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except TrainingStopped as stopped:  # last.pt saved and said; the exit status names the signal
+        return 128 + stopped.signum
     except KeyboardInterrupt:
         return 130
     except (RuntimeError, ValueError) as error:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -33,6 +34,9 @@ LOCK_NAME = ".comem-train.lock"
 RUN_OUTPUTS = ("last.pt", "best.pt", "metrics.json")
 # What ``--overwrite`` removes before the new run starts (nothing else in the directory is touched).
 REPLACED_OUTPUTS = (*RUN_OUTPUTS, "curves.png", "classes.txt", "tb", "detections_val.csv", "eval_val.json")
+
+
+log = logging.getLogger(__name__)
 
 
 class RunDirError(UserError, RuntimeError):
@@ -93,7 +97,7 @@ def _check_not_a_run(out: Path, *, resume: bool, overwrite: bool) -> None:
                     shutil.rmtree(target)
                 else:
                     target.unlink(missing_ok=True)
-            print(f"--overwrite: removed the earlier run's files from {out}")
+            log.info(f"--overwrite: removed the earlier run's files from {out}")
         return
     hint = "continue it with --resume, " if "last.pt" in found else ""
     raise RunDirError(
@@ -119,7 +123,7 @@ def claim_run_dir(out: str | Path, *, resume: bool, overwrite: bool, main: bool 
         _check_not_a_run(out, resume=resume, overwrite=overwrite)
         remove_stale_temps(out)
         if resume and not (out / "last.pt").exists():
-            print(f"--resume: no {out / 'last.pt'} yet; starting a fresh run")
+            log.info(f"--resume: no {out / 'last.pt'} yet; starting a fresh run")
         yield out
     finally:
         os.close(handle)  # releases the lock

@@ -51,8 +51,10 @@ from comem.engine.modes import comem_step, joint_step, single_step, tsn_step
 from comem.engine.performance import prepare_video, tune_model
 from comem.engine.provenance import write_run_record
 from comem.engine.reports import plot_training_curves
+from comem.engine.resume_check import check_resume
 from comem.engine.rng import restore_rng_state, rng_state, seed_everything
 from comem.engine.run_dir import claim_run_dir
+from comem.engine.stopping import StopSignals, TrainingStopped, stopped_message
 from comem.metrics import classification_metrics
 from comem.models.build import ModelSpec, VideoModel, build_model, load_pretrained
 from comem.models.normalization import normalization
@@ -217,6 +219,7 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         self.epoch_correct = 0
         self.epoch_videos = 0
+        self.stop = StopSignals()
 
     # --- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -260,6 +263,9 @@ class Trainer:
         if not path.exists():
             return False
         state = load_checkpoint(path)
+        accepted = check_resume(state["config"], dataclasses.asdict(self.config), path)
+        if accepted and self.dist.is_main:
+            log.info(f"--resume: accepted changes: {'; '.join(accepted)}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -355,21 +361,27 @@ class Trainer:
         main = self.dist.is_main
         writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step) if main else NullWriter()
         try:
-            while self.epoch < config.epochs:
-                self.train_epoch(writer)
-                self.finish_epoch(writer)
-        except KeyboardInterrupt:
-            if not self.dist.enabled:  # under DDP the ranks stop at different points: no collective save
-                self.save()
-                log.info(f"interrupted: saved {self.out / 'last.pt'}; continue with --resume")
-            elif main:
-                log.info(
-                    f"interrupted: {self.out / 'last.pt'} holds the last periodic checkpoint (--save-every)"
-                )
+            with self.stop:
+                while self.epoch < config.epochs:
+                    self.train_epoch(writer)
+                    if not self.stop.signum:
+                        self.finish_epoch(writer)
+                    if self.stop.signum or self.stop.due(self.dist, self.device):
+                        self.stop_at_step_boundary()
+        except KeyboardInterrupt:  # mid-step: the state is not consistent, so it is not saved
+            if main:
+                log.info(f"interrupted mid-step: not saved; {self.out / 'last.pt'} holds the last saved step")
             raise
         finally:
             writer.close()
         return self.metrics()
+
+    def stop_at_step_boundary(self) -> None:
+        """Save the state after the last whole step and end the run for the signal received."""
+        self.save()
+        if self.dist.is_main:
+            log.info(stopped_message(self.stop.signum, str(self.out / "last.pt")))
+        raise TrainingStopped(self.stop.signum)
 
     def train_epoch(self, writer: SummaryWriter) -> None:
         config = self.config
@@ -421,6 +433,8 @@ class Trainer:
             self.global_step += 1
             if config.save_every and self.global_step % config.save_every == 0:
                 self.save()
+            if self.stop.due(self.dist, self.device):
+                break
             waiting_since = time.perf_counter()
         bar.close()
 
