@@ -1,7 +1,9 @@
 """A run directory is never overwritten or shared by accident, and ``--out`` problems are one line."""
 
 import errno
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +158,31 @@ def test_temporary_checkpoints_of_a_killed_run_are_removed_at_the_next_start(
     assert main(train_argv(tiny_dataset, tmp_path)) == 0
     assert not list(tmp_path.glob(".*.pt.*.tmp"))
     assert tmp_path.joinpath("notes.tmp").read_text() == "mine"
+
+
+def test_resume_with_settings_that_break_exactness_lists_them(
+    finished: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    before = snapshot(out)
+    argv = train_argv(tiny_dataset, out, "--resume", "--batch-size", "2", "--mode", "joint", "--workers", "1")
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err == (
+        f"comem train: error: {out / 'last.pt'}: --resume with other settings than the run's "
+        "(--mode comem -> joint; --batch-size 4 -> 2); use the run's settings, or a new --out for a new run\n"
+    )
+    assert snapshot(out) == before
+
+
+def test_resume_accepts_and_says_allowed_changes(
+    finished: Path, tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(finished, out)
+    argv = train_argv(tiny_dataset, out, "--resume", "--epochs", "2", "--views", "3", "--save-every", "5")
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "--resume: accepted changes: --views None -> 3; --epochs 1 -> 2; --save-every 200 -> 5\n" in stdout
+    assert [h["epoch"] for h in json.loads((out / "metrics.json").read_text())["history"]] == [1, 2]
