@@ -192,6 +192,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from comem.engine.distributed import is_main_process
+    from comem.engine.run_dir import claim_run_dir
     from comem.engine.train import train
 
     skip = ("command", "config", "print_config")
@@ -203,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
     if not is_main_process():  # under torchrun, rank 0 reports and keeps the log
         train(config)
         return 0
-    with log_file(Path(config.out) / "train.log"):
+    claim = claim_run_dir(config.out, resume=config.resume, overwrite=config.overwrite)
+    with claim, log_file(Path(config.out) / "train.log"):  # refused runs write nothing into --out
         log.info("comem train: %s", " ".join(sys.argv[1:]))
         metrics = train(config)
         summary = {

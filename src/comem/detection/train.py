@@ -265,11 +265,11 @@ class AvaTrainer:
 
     def run(self) -> dict[str, Any]:
         config = self.config
-        write_run_record(self.out, config)
-        if config.resume and self.resume():
+        if config.resume and self.resume():  # first: it may refuse the settings
             log.info(
                 f"resumed from {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step_in_epoch}"
             )
+        write_run_record(self.out, config)
         writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step)
         try:
             with self.stop:

@@ -33,7 +33,12 @@ LOCK_NAME = ".comem-train.lock"
 # What a run writes into its directory: a fresh run into a directory holding one of these refuses.
 RUN_OUTPUTS = ("last.pt", "best.pt", "metrics.json")
 # What ``--overwrite`` removes before the new run starts (nothing else in the directory is touched).
-REPLACED_OUTPUTS = (*RUN_OUTPUTS, "curves.png", "classes.txt", "tb", "detections_val.csv", "eval_val.json")
+REPLACED_OUTPUTS = (
+    *RUN_OUTPUTS,
+    *("curves.png", "classes.txt", "tb", "train.log", "config.yaml", "env.json"),
+    *("detections_val.csv", "eval_val.json"),
+)
+_held: set[Path] = set()  # run directories this process holds (a nested claim of one is a no-op)
 
 
 log = logging.getLogger(__name__)
@@ -111,14 +116,16 @@ def claim_run_dir(out: str | Path, *, resume: bool, overwrite: bool, main: bool 
     """Hold ``out`` for one training run (see the module docstring); released on exit.
 
     ``main``: whether this process writes the run's files (rank 0 under torchrun); the other ranks
-    take no lock and check nothing: rank 0's refusal ends the job.
+    take no lock and check nothing: rank 0's refusal ends the job. Claiming a directory this process
+    already holds (the CLI claims it before opening ``OUT/train.log``, the trainer again) does nothing.
     """
     out = Path(out)
-    if not main:
+    if not main or out.resolve() in _held:
         yield out
         return
     _make_dir(out)
     handle = _lock(out)
+    _held.add(out.resolve())
     try:
         _check_not_a_run(out, resume=resume, overwrite=overwrite)
         remove_stale_temps(out)
@@ -126,4 +133,5 @@ def claim_run_dir(out: str | Path, *, resume: bool, overwrite: bool, main: bool 
             log.info(f"--resume: no {out / 'last.pt'} yet; starting a fresh run")
         yield out
     finally:
+        _held.discard(out.resolve())
         os.close(handle)  # releases the lock

@@ -351,13 +351,13 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.dist.is_main:
-            (self.out / "classes.txt").write_text("\n".join(self.splits.class_names) + "\n")
-            write_run_record(self.out, config, self.dist.world_size)
-        if config.resume and self.resume() and self.dist.is_main:
+        if config.resume and self.resume() and self.dist.is_main:  # first: it may refuse the settings
             log.info(
                 f"resumed from {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step_in_epoch}"
             )
+        if self.dist.is_main:
+            (self.out / "classes.txt").write_text("\n".join(self.splits.class_names) + "\n")
+            write_run_record(self.out, config, self.dist.world_size)
         main = self.dist.is_main
         writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step) if main else NullWriter()
         try:
