@@ -13,12 +13,13 @@ from pathlib import Path
 from comem.errors import UserError
 
 
-def read_text(path: Path, error: type[UserError]) -> str:
-    """The text of ``path`` without a leading BOM; ``error`` (naming the file) if unreadable."""
+def read_text(path: Path, error: type[UserError], what: str = "") -> str:
+    """The text of ``path`` without a leading BOM; ``error`` (naming the file, and ``what`` it is
+    meant to be) if unreadable."""
     try:
         data = Path(path).read_bytes()
     except OSError as failure:
-        raise error(f"{path}: cannot read ({failure.strerror})") from None
+        raise error(f"{path}: cannot read{' ' + what if what else ''} ({failure.strerror})") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as failure:

@@ -77,7 +77,7 @@ def read_labelmap(path: str | Path) -> list[Category]:
     path = Path(path)
     categories: list[Category] = []
     name = ""
-    lines = read_text(path, AvaFormatError).splitlines(keepends=True)
+    lines = read_text(path, AvaFormatError, "label map").splitlines(keepends=True)
     for number, line in enumerate(lines, 1):
         if line.startswith("  name:"):
             parts = line.split('"')
