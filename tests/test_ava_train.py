@@ -243,7 +243,7 @@ def test_missing_ava_files_are_one_line_errors(
     assert err.startswith("comem train: error: ") and "train.csv: frame list not found" in err
     assert len(err.splitlines()) == 1
     assert main(["train", "--data", str(ava_dir), *TINY_FLAGS, "--ava-version", "3"]) == 2
-    assert "ava_version must be one of 2.1, 2.2" in capsys.readouterr().err
+    assert "--ava-version must be one of 2.1, 2.2" in capsys.readouterr().err
 
 
 def test_non_strict_pretrained_load_warns_about_missing_tensors(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,14 @@ def _refused_global(error: Exception) -> str | None:
     return match.group(1).rstrip(".") if match else None
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """A zip archive (``torch.save``'s format) or a binary pickle (the legacy one, ``pickle.dump``)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as file:
+        return file.read(1) == b"\x80"  # the PROTO opcode that starts every binary pickle
+
+
 def read_torch_file(path: Path, error: type[UserError], what: str) -> Any:
     """``torch.load`` of ``path`` onto the CPU that runs nothing from the file.
 
@@ -46,6 +55,8 @@ def read_torch_file(path: Path, error: type[UserError], what: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as refused:
         name = _refused_global(refused)
+        if name is None and not _looks_like_torch_file(path):
+            raise error(f"{path}: cannot read {what} (not a PyTorch file)") from None
         if name is None or not name.startswith("numpy."):
             reason = f"it would import {name} when read" if name else "it is not plain tensor data"
             raise error(
