@@ -61,8 +61,8 @@ def test_sigterm_from_outside_saves_says_one_line_and_exits_143(tiny_dataset: Pa
     process = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment()
     )
-    first = process.stdout.readline()  # "epoch 1/3: ..." : the run is in epoch 2 now
-    assert first.startswith("epoch 1/3:"), first
+    shown = [process.stdout.readline() for _ in range(2)]  # the command, then "epoch 1/3: ...":
+    assert shown[1].startswith("epoch 1/3:"), shown  # the run is in epoch 2 now
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
