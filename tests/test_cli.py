@@ -205,3 +205,15 @@ def test_memory_stages_must_name_a_stage(
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.endswith("argument --memory-stages: name at least one stage (e.g. last or layer3,layer4)")
+
+
+def test_version_and_bare_command(capsys: pytest.CaptureFixture) -> None:
+    import comem
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"comem {comem.__version__}\n"
+    assert main([]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: comem") and "train" in shown and "eval" in shown

@@ -31,10 +31,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from comem.config import ConfigError
     from comem.detection.train import evaluate_ava_command, is_ava_state
     from comem.engine.checkpoint import load_checkpoint
     from comem.engine.evaluate import evaluate_checkpoint
 
+    for flag, value, least in (("--views", args.views, 1), ("--batch-size", args.batch_size, 1),
+                               ("--workers", args.workers, 0)):  # fmt: skip
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be >= {least}; got {value}")
     state = load_checkpoint(args.checkpoint)  # read once, whichever evaluation it needs
     if is_ava_state(state):  # AVA detection: detections CSV + official frame mAP
         return evaluate_ava_command(args, state)

@@ -39,10 +39,13 @@ from comem.detection.ava_eval import AvaFormatError, evaluate_files
 from comem.detection.model import AvaDetector
 from comem.detection.synthetic_ava import SyntheticAvaSpec, ensure_synthetic_ava
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
+from comem.engine.distributed import DistContext
 from comem.engine.evaluate import autocast_for
 from comem.engine.loaders import resolve_device
 from comem.engine.modes import eval_batchnorm, preserved_batchnorm_stats
 from comem.engine.provenance import write_run_record
+from comem.engine.resume_check import check_resume
+from comem.engine.stopping import StopSignals, TrainingStopped, stopped_message
 from comem.engine.train import (
     EpochSampler,
     build_optimizer,
@@ -218,6 +221,7 @@ class AvaTrainer:
         self.global_step = 0
         self.epoch_loss = [0.0, 0]  # sum of step losses, steps, of the current epoch
         self.history: list[dict[str, Any]] = []
+        self.stop = StopSignals()
 
     def state(self) -> dict[str, Any]:
         return {
@@ -244,6 +248,9 @@ class AvaTrainer:
         if not path.exists():
             return False
         state = load_checkpoint(path)
+        accepted = check_resume(state["config"], dataclasses.asdict(self.config), path)
+        if accepted:
+            log.info(f"--resume: accepted changes: {'; '.join(accepted)}")
         self.detector.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -258,19 +265,24 @@ class AvaTrainer:
 
     def run(self) -> dict[str, Any]:
         config = self.config
-        write_run_record(self.out, config)
-        if config.resume and self.resume():
+        if config.resume and self.resume():  # first: it may refuse the settings
             log.info(
                 f"resumed from {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step_in_epoch}"
             )
+        write_run_record(self.out, config)
         writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step)
         try:
-            while self.epoch < config.epochs:
-                self.train_epoch(writer)
-                self.finish_epoch(writer)
-        except KeyboardInterrupt:
-            self.save()
-            log.info(f"interrupted: saved {self.out / 'last.pt'}; continue with --resume")
+            with self.stop:
+                while self.epoch < config.epochs:
+                    self.train_epoch(writer)
+                    if not self.stop.signum:
+                        self.finish_epoch(writer)
+                    if self.stop.signum or self.stop.due(DistContext(), self.device):
+                        self.save()
+                        log.info(stopped_message(self.stop.signum, str(self.out / "last.pt")))
+                        raise TrainingStopped(self.stop.signum)
+        except KeyboardInterrupt:  # mid-step: the state is not consistent, so it is not saved
+            log.info(f"interrupted mid-step: not saved; {self.out / 'last.pt'} holds the last saved step")
             raise
         finally:
             writer.close()
@@ -304,6 +316,8 @@ class AvaTrainer:
             self.global_step += 1
             if config.save_every and self.global_step % config.save_every == 0:
                 self.save()
+            if self.stop.due(DistContext(), self.device):
+                break
         bar.close()
 
     def finish_epoch(self, writer: SummaryWriter) -> None:

@@ -13,14 +13,12 @@ import json
 import logging
 import math
 import os
-import random
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Sampler
 from torch.utils.tensorboard import SummaryWriter
@@ -51,33 +49,16 @@ from comem.engine.loaders import drops_last, make_dataset, make_loader, resolve_
 from comem.engine.performance import prepare_video, tune_model
 from comem.engine.provenance import write_run_record
 from comem.engine.reports import plot_training_curves
+from comem.engine.resume_check import check_resume
+from comem.engine.rng import restore_rng_state, rng_state, seed_everything
+from comem.engine.run_dir import claim_run_dir
 from comem.engine.step import train_step
+from comem.engine.stopping import StopSignals, TrainingStopped, stopped_message
 from comem.metrics import classification_metrics
 from comem.models.build import ModelSpec, VideoModel, build_model, load_pretrained
 from comem.models.normalization import normalization
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class EpochSampler(Sampler[int]):
@@ -237,6 +218,7 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         self.epoch_correct = 0
         self.epoch_videos = 0
+        self.stop = StopSignals()
 
     # --- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -280,6 +262,9 @@ class Trainer:
         if not path.exists():
             return False
         state = load_checkpoint(path)
+        accepted = check_resume(state["config"], dataclasses.asdict(self.config), path)
+        if accepted and self.dist.is_main:
+            log.info(f"--resume: accepted changes: {'; '.join(accepted)}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -352,36 +337,43 @@ class Trainer:
         )
         result = gather_video_scores(result, self.dist)
         self.note_skipped(result.skipped)
-        return classification_metrics(result.scores, result.targets)
+        # videos: those scored (a val video that could not be read is skipped and not counted)
+        return {**classification_metrics(result.scores, result.targets), "videos": len(result.targets)}
 
     def run(self) -> dict[str, Any]:
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.dist.is_main:
-            (self.out / "classes.txt").write_text("\n".join(self.splits.class_names) + "\n")
-            write_run_record(self.out, config, self.dist.world_size)
-        if config.resume and self.resume() and self.dist.is_main:
+        if config.resume and self.resume() and self.dist.is_main:  # first: it may refuse the settings
             log.info(
                 f"resumed from {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step_in_epoch}"
             )
+        if self.dist.is_main:
+            (self.out / "classes.txt").write_text("\n".join(self.splits.class_names) + "\n")
+            write_run_record(self.out, config, self.dist.world_size)
         main = self.dist.is_main
         writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step) if main else NullWriter()
         try:
-            while self.epoch < config.epochs:
-                self.train_epoch(writer)
-                self.finish_epoch(writer)
-        except KeyboardInterrupt:
-            if not self.dist.enabled:  # under DDP the ranks stop at different points: no collective save
-                self.save()
-                log.info(f"interrupted: saved {self.out / 'last.pt'}; continue with --resume")
-            elif main:
-                log.info(
-                    f"interrupted: {self.out / 'last.pt'} holds the last periodic checkpoint (--save-every)"
-                )
+            with self.stop:
+                while self.epoch < config.epochs:
+                    self.train_epoch(writer)
+                    if not self.stop.signum:
+                        self.finish_epoch(writer)
+                    if self.stop.signum or self.stop.due(self.dist, self.device):
+                        self.stop_at_step_boundary()
+        except KeyboardInterrupt:  # mid-step: the state is not consistent, so it is not saved
+            if main:
+                log.info(f"interrupted mid-step: not saved; {self.out / 'last.pt'} holds the last saved step")
             raise
         finally:
             writer.close()
         return self.metrics()
+
+    def stop_at_step_boundary(self) -> None:
+        """Save the state after the last whole step and end the run for the signal received."""
+        self.save()
+        if self.dist.is_main:
+            log.info(stopped_message(self.stop.signum, str(self.out / "last.pt")))
+        raise TrainingStopped(self.stop.signum)
 
     def train_epoch(self, writer: SummaryWriter) -> None:
         config = self.config
@@ -433,6 +425,8 @@ class Trainer:
             self.global_step += 1
             if config.save_every and self.global_step % config.save_every == 0:
                 self.save()
+            if self.stop.due(self.dist, self.device):
+                break
             waiting_since = time.perf_counter()
         bar.close()
 
@@ -497,7 +491,6 @@ class Trainer:
             "data": str(self.data_dir),
             "num_classes": self.splits.num_classes,
             "train_videos": len(self.splits.train),
-            "val_videos": len(self.splits.val),
             "skipped_videos": len(self.skipped),
             "skipped": sorted(self.skipped.values()),
             "history": self.history,
@@ -505,17 +498,22 @@ class Trainer:
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
-    try:
-        if config.task == "ava":
-            from comem.detection.train import train_ava
+    config.validate()
+    claim = claim_run_dir(
+        config.out, resume=config.resume, overwrite=config.overwrite, main=context_from_env().is_main
+    )
+    with claim:
+        try:
+            if config.task == "ava":
+                from comem.detection.train import train_ava
 
-            if context_from_env().enabled:  # each rank would run the whole job into the same --out
-                raise DistributedSetupError(
-                    "--task ava runs in one process; start it without torchrun "
-                    "(no multi-process AVA training)"
-                )
+                if context_from_env().enabled:  # each rank would run the whole job into the same --out
+                    raise DistributedSetupError(
+                        "--task ava runs in one process; start it without torchrun "
+                        "(no multi-process AVA training)"
+                    )
 
-            return train_ava(config)
-        return Trainer(config).run()
-    finally:
-        shutdown_distributed()
+                return train_ava(config)
+            return Trainer(config).run()
+        finally:
+            shutdown_distributed()
