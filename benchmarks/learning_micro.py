@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--memory", default="attention")
     parser.add_argument("--fusion", default="gate")
     parser.add_argument("--gate-hidden", type=int, default=None)
+    parser.add_argument("--gate-init-std", type=float, default=0.0, help="W_g ~ N(0, std) (0: identity)")
     parser.add_argument("--cross-clip", type=int, default=1)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--memory-lr-scale", type=float, default=1.0)
@@ -87,6 +88,9 @@ def main() -> None:
         gate_hidden=args.gate_hidden,
         dropout=0.0,
     )
+    if args.gate_init_std:
+        for module in model.memories.values():
+            nn.init.normal_(module.out.weight, std=args.gate_init_std)
     memory = [p for name, p in model.named_parameters() if name.startswith("memories.")]
     rest = [p for name, p in model.named_parameters() if not name.startswith("memories.")]
     lrs = [args.lr, args.lr * args.memory_lr_scale]
