@@ -14,6 +14,7 @@ from types import ModuleType
 from comem.cli import (
     bench,
     check_data,
+    doctor,
     eval_ava,
     evaluate,
     flops,
@@ -37,6 +38,7 @@ COMMANDS: list[ModuleType] = [
     models,
     flops,
     bench,
+    doctor,
 ]
 
 
