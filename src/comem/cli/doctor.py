@@ -57,5 +57,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_summary(report))
     if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
     return 0 if report.ok else 1
