@@ -38,7 +38,6 @@ QUICK_SHAPE += ["--workers", "0"]
 QUICK_CLIP_OPTIONS = ((2,),)
 STEP_OPTIONS = ((10, 3), (5, 2), (3, 1))  # (timed steps, warm-up steps), the first that fits
 QUICK_STEP_OPTIONS = ((1, 0),)
-BENCH_MODES = ("plain", "single", "joint", "comem")
 RESERVE_S = 15.0  # kept for the summary and for stopping a command that overran
 
 
@@ -93,8 +92,10 @@ class BenchPlan:
 
     def rows(self) -> list[tuple[str, int]]:
         """(mode, N) in the order the bench measures them."""
+        from comem.engine.bench import MULTI_CLIP_MODES
+
         rows = [(mode, 1) for mode in self.modes if mode in ("plain", "single")]
-        return rows + [(mode, n) for n in self.clips for mode in self.modes if mode in ("joint", "comem")]
+        return rows + [(mode, n) for n in self.clips for mode in self.modes if mode in MULTI_CLIP_MODES]
 
     def argv(self, shape: list[str], device: str, json_path: Path) -> list[str]:
         return [
@@ -138,10 +139,17 @@ def choose_bench(
     compile: bool,
     clip_options: tuple[tuple[int, ...], ...],
     step_options: tuple[tuple[int, int], ...],
+    modes: tuple[str, ...] | None = None,
 ) -> tuple[BenchPlan, float] | None:
-    """The largest plan expected to fit ``allowance_s``: every clip count before more timed steps;
-    compiled runs leave out ``plain`` (it is the uncompiled reference) and, last, ``joint``."""
-    mode_options = [("single", "joint", "comem"), ("single", "comem")] if compile else [BENCH_MODES]
+    """The largest plan of ``modes`` (default: the bench's) expected to fit ``allowance_s``: every
+    clip count before more timed steps; compiled runs leave out ``plain`` (it is the uncompiled
+    reference) and, last, every mode but ``single`` and ``comem``."""
+    from comem.engine.bench import DEFAULT_BENCH_MODES
+
+    modes = modes or DEFAULT_BENCH_MODES
+    mode_options = [modes]
+    if compile:
+        mode_options = [tuple(mode for mode in modes if mode != "plain"), ("single", "comem")]
     for modes in mode_options:
         for clips in clip_options:
             for steps, warmup in step_options:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from comem.engine.bench import DEFAULT_BENCH_MODES
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
 
@@ -44,12 +46,9 @@ def test_cpu_quick_runs_every_command_and_writes_the_summary(tmp_path: Path) -> 
     doctor = json.loads((out / "doctor.json").read_text())
     assert doctor["ok"] and [c["mode"] for c in doctor["checks"] if c["name"] == "fp32"] == ["comem"]
     bench = json.loads((out / "bench.json").read_text())
-    assert [(r["mode"], r["clips"]) for r in bench["rows"]] == [
-        ("plain", 1),
-        ("single", 1),
-        ("joint", 2),
-        ("comem", 2),
-    ]
+    rows = [(row["mode"], row["clips"]) for row in bench["rows"]]
+    assert rows == load_gpu_check().BenchPlan(DEFAULT_BENCH_MODES, (2,), 1, 0, False).rows()
+    assert ("plain", 1) in rows and ("comem", 2) in rows
     assert all(r["error"] is None and r["clips_per_s"] > 0 for r in bench["rows"])
     for row in bench["rows"]:  # the measured table is in the summary
         assert f"| {row['mode']} | {row['clips']} | {row['clips_per_s']:.1f} |" in summary
@@ -61,66 +60,61 @@ def test_cpu_quick_runs_every_command_and_writes_the_summary(tmp_path: Path) -> 
     ("args", "message"),
     [(["--cpu"], "--cpu runs with --quick only"), (["--quick", "--out", "."], "is not empty")],
 )
-def test_gpu_check_refuses_what_cannot_work_in_one_line(
-    tmp_path: Path, args: list[str], message: str
-) -> None:
+def test_gpu_check_refuses_what_cannot_work(tmp_path: Path, args: list[str], message: str) -> None:
     (tmp_path / "something").write_text("x")
     done = gpu_check(*args, tmp_path=tmp_path)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
+MODES = ("plain", "single", "joint", "comem")  # the modes the committed FLOP counts have
+
+
 @pytest.fixture(scope="module")
 def planner():
     module = load_gpu_check()
-    # The r2plus1d_18 FLOPs at 16×112², B=16, N = 2, 4, 8, 16 (`comem bench train --flops-only`).
+    # r2plus1d_18 at 16×112², B=16, N = 2, 4, 8, 16 (`comem bench train --flops-only`)
     flops = module.read_step_flops(ROOT / "benchmarks" / "flops_r2plus1d_18.json")
-    return module, flops
+    options = {"clip_options": module.GPU_CLIP_OPTIONS, "step_options": module.STEP_OPTIONS, "modes": MODES}
+    return module, flops, options
 
 
-def test_the_default_budget_gets_every_row_without_compile(planner) -> None:
-    module, flops = planner
-    times = module.GPU_TIMES  # what is left of 8 minutes after the doctor, keeping the training run's
-    allowance = 480 - module.RESERVE_S - times.doctor_s - times.data_s - times.train_s
-    options = {"clip_options": module.GPU_CLIP_OPTIONS, "step_options": module.STEP_OPTIONS}
-    plan, estimate = module.choose_bench(flops, allowance, times, compile=False, **options)
-    assert (plan.modes, plan.clips, plan.steps, plan.warmup) == (module.BENCH_MODES, (2, 4, 8, 16), 10, 3)
-    assert len(plan.rows()) == 10 and estimate <= allowance
-    argv = plan.argv(["--backbone", "r2plus1d_18"], "cuda", Path("b.json"))
-    assert argv[:4] == ["bench", "train", "--backbone", "r2plus1d_18"] and "--compile" not in argv
-
-
-def test_less_time_gives_fewer_steps_then_fewer_clip_counts_then_nothing(planner) -> None:
-    module, flops = planner
-    options = {"clip_options": module.GPU_CLIP_OPTIONS, "step_options": module.STEP_OPTIONS}
-    # preference order: every clip count with 10, 5, 3 timed steps, then fewer clip counts
+def test_the_plan_is_the_first_in_preference_order_that_fits(planner) -> None:
+    module, flops, options = planner
+    # preference: every clip count with 10, 5, 3 timed steps, then fewer clip counts
     plans = [
-        module.BenchPlan(module.BENCH_MODES, clips, steps, warmup, False)
+        module.BenchPlan(MODES, clips, steps, warmup, False)
         for clips in module.GPU_CLIP_OPTIONS
         for steps, warmup in module.STEP_OPTIONS
     ]
+    estimates = [module.estimate_bench_s(plan, flops, module.GPU_TIMES) for plan in plans]
+    assert estimates[0] == max(estimates) and estimates[-1] == min(estimates)
+    assert [len(plan.rows()) for plan in plans[::3]] == [10, 6, 4]
     chosen = []
-    for allowance in (1000, 110, 100, 70, 40, 10):
+    for allowance in [*estimates, min(estimates) - 1]:
         result = module.choose_bench(flops, allowance, module.GPU_TIMES, compile=False, **options)
-        fits = [module.estimate_bench_s(plan, flops, module.GPU_TIMES) <= allowance for plan in plans]
-        if result is None:
-            assert not any(fits)
+        fits = [estimate <= allowance for estimate in estimates]
+        if not any(fits):
+            assert result is None
             continue
-        plan, estimate = result
-        assert plan == plans[fits.index(True)] and estimate <= allowance  # the first that fits
-        chosen.append(plans.index(plan))
-    assert chosen[0] == 0 and chosen == sorted(chosen) and len(set(chosen)) >= 3
-    assert len(chosen) < 6  # the smallest budget fits nothing
+        assert result == (plans[fits.index(True)], estimates[fits.index(True)])
+        chosen.append(fits.index(True))
+    assert chosen == sorted(chosen) and chosen[0] == 0  # less time, a smaller plan
+    argv = plans[0].argv(["--backbone", "r2plus1d_18"], "cuda", Path("b.json"))
+    assert argv[:4] == ["bench", "train", "--backbone", "r2plus1d_18"] and "--compile" not in argv
+    assert argv[argv.index("--clips") + 1] == "2,4,8,16" and argv[argv.index("--steps") + 1] == "10"
 
 
 def test_compiled_runs_leave_out_plain_and_count_compile_time(planner) -> None:
-    module, flops = planner
-    options = {"clip_options": module.GPU_CLIP_OPTIONS, "step_options": module.STEP_OPTIONS}
+    module, flops, options = planner
     plan, estimate = module.choose_bench(flops, 10_000, module.GPU_TIMES, compile=True, **options)
     assert plan.modes == ("single", "joint", "comem") and plan.compile
-    eager = module.estimate_bench_s(
-        module.BenchPlan(plan.modes, plan.clips, 10, 3, False), flops, module.GPU_TIMES
-    )
-    rows = len(plan.rows())
     times = module.GPU_TIMES
+    eager = module.estimate_bench_s(module.BenchPlan(plan.modes, plan.clips, 10, 3, False), flops, times)
+    rows = len(plan.rows())
     assert estimate == pytest.approx(eager + times.compile_first_s + (rows - 1) * times.compile_row_s)
     assert "--compile" in plan.argv([], "cuda", Path("c.json"))
+    # with little time, the compiled run keeps single and comem at one clip count
+    smallest = module.BenchPlan(("single", "comem"), (4,), 3, 1, True)
+    need = module.estimate_bench_s(smallest, flops, times)
+    assert module.choose_bench(flops, need, times, compile=True, **options) == (smallest, need)
+    assert module.choose_bench(flops, need - 1, times, compile=True, **options) is None

@@ -223,14 +223,21 @@ def make_workspace(folder: Path, device: torch.device) -> Workspace:
     return Workspace(folder, device, load_splits(folder / "data"))
 
 
+def compiled_graphs() -> int:
+    """Graphs ``torch.compile`` has captured in this process."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
 def check_step(path: StepPath, mode: str, space: Workspace) -> tuple[Status, str]:
+    """One step of ``path`` in ``mode``, compared with the fp32 step of the same mode (which, run
+    first, becomes the reference)."""
     if path.cuda_only and space.device.type != "cuda":
         raise Skipped(path.cuda_only)
     if path.compile and space.device.type == "cpu" and mode != space.cpu_compile_mode:
         raise Skipped(
             f"on a CPU compile is traced in {space.cpu_compile_mode} mode only (about 10 s of CPU per mode)"
         )
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    graphs = compiled_graphs() if path.compile else 0
     result = run_step(
         path,
         mode,
@@ -241,7 +248,7 @@ def check_step(path: StepPath, mode: str, space: Workspace) -> tuple[Status, str
         device=space.device,
         folder=space.folder,
     )
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
+    graphs = compiled_graphs() - graphs if path.compile else 0
     space.compiled_graphs += graphs
     if path.compile and space.compiled_graphs == 0:
         return "FAIL", "torch.compile captured no graph: the stages ran eagerly"
@@ -270,7 +277,7 @@ def check_step(path: StepPath, mode: str, space: Workspace) -> tuple[Status, str
 
 
 def check_videos(space: Workspace) -> tuple[Status, str]:
-    """The generated videos decode to the frames they were written with."""
+    """comem's reader decodes every frame of the generated videos at the size they were written."""
     records = space.splits.train + space.splits.val
     for record in records:
         with open_video(record.path) as reader:

@@ -70,7 +70,7 @@ def step_paths(device: torch.device) -> list[StepPath]:
             "fp16+scaler",
             precision="fp16",
             tolerance=HALF_TOLERANCE,
-            cuda_only="fp16 autocast with a GradScaler is for GPUs without fast bf16",
+            cuda_only="fp16 autocast with a GradScaler is a CUDA path (for GPUs without fast bf16)",
         ),
         StepPath(
             "channels-last-3d",
@@ -208,7 +208,11 @@ def run_step(
             ids = [device.index] if device.type == "cuda" else None
             train_model = DistributedDataParallel(TrainingForward(model), device_ids=ids)
         video = prepare_video(
-            batch["video"], device, amp=path.precision == "bf16", channels_last=path.channels_last
+            batch["video"],
+            device,
+            amp=path.precision == "bf16",
+            channels_last=path.channels_last,
+            normalization=model.normalization,
         )
         targets = batch["label"].to(device)
         before = torch.cat([p.detach().float().reshape(-1).cpu() for p in model.parameters()])
