@@ -15,6 +15,7 @@ from comem import __version__
 from comem.cli import (
     bench,
     check_data,
+    doctor,
     eval_ava,
     evaluate,
     flops,
@@ -39,6 +40,7 @@ COMMANDS: list[ModuleType] = [
     models,
     flops,
     bench,
+    doctor,
 ]
 
 

@@ -15,8 +15,19 @@ from comem.models.build import VideoModel
 from comem.models.normalization import Normalization
 
 
-def tune_model(model: VideoModel, device: torch.device, *, channels_last: bool, compile: bool) -> None:
-    """Apply the speed settings to ``model`` (already on ``device``) in place."""
+def tune_model(
+    model: VideoModel,
+    device: torch.device,
+    *,
+    channels_last: bool,
+    compile: bool,
+    compile_backend: str = "inductor",
+) -> None:
+    """Apply the speed settings to ``model`` (already on ``device``) in place.
+
+    ``compile_backend`` is ``torch.compile``'s: ``inductor`` generates kernels; ``aot_eager``
+    traces forward and backward the same way but runs them eagerly (``comem doctor`` on a CPU).
+    """
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         if channels_last:
@@ -28,7 +39,7 @@ def tune_model(model: VideoModel, device: torch.device, *, channels_last: bool, 
         name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
         setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
         for stage in model.backbone.stages.values():
-            stage.compile()
+            stage.compile(backend=compile_backend)
 
 
 def prepare_video(
