@@ -249,7 +249,9 @@ def test_missing_ava_files_are_one_line_errors(
 def test_non_strict_pretrained_load_warns_about_missing_tensors(
     ava_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    state = build_model(ModelSpec(backbone="tiny", num_classes=1)).state_dict()
+    defaults = TrainConfig()
+    spec = ModelSpec(backbone="tiny", num_classes=1, memory=defaults.memory, gate_hidden=defaults.gate_hidden)
+    state = build_model(spec).state_dict()
     del state["backbone.stages.layer4.conv1.weight"]
     torch.save(state, tmp_path / "weights.pt")
     config = TrainConfig(

@@ -1,37 +1,41 @@
-"""Video-level learning that can fail: on videos whose label only the combination of clips shows,
-comem must beat the single-clip and the score-averaging (tsn) baselines by a wide margin.
+"""Learning that can fail: on long-range data, whose label only the combination of clips shows,
+comem with its default memory must beat the single-clip and the score-averaging (tsn) baselines by
+a wide margin.
 
-The data: every video has two parts, each showing a red or a blue square (plus a grey distractor
-moving through the whole video); the label is whether both parts show the same colour. Each part
-alone is red or blue with probability 1/2 whatever the label, so one clip says nothing, and
-averaging per-clip scores cannot compare the parts: single and tsn stay at chance (50%).
+It runs ``benchmarks/learning_micro.py`` (the feature-level model of the built-in ``parity`` task
+that docs/learning.md's ablations use: three clips, each a noisy vector of one part's colour, label
+= odd number of red parts; comem's own memory, modes and optimizer). No single clip says anything
+about the label, and averaging per-clip scores cannot compare clips, so single and tsn stay at
+chance (50%); the memory must carry what each clip saw to the others.
 """
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
-import pytest
-
-from comem.cli import main
-from comem.data.synthetic import SyntheticSpec, make_synthetic
-
-SPEC = SyntheticSpec(num_train=96, num_val=48, size=32, num_frames=24, num_parts=2, task="parity", seed=3)
-FLAGS = ["--clips", "2", "--clip-len", "4", "--stride", "2", "--crop-size", "32", "--batch-size", "8"]
-FLAGS += ["--epochs", "8", "--workers", "0", "--device", "cpu", "--seed", "0", "--save-every", "0"]
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_micro.py"
+DEFAULT_MEMORY = ["--memory", "sigmoid", "--gate-hidden", "64"]  # TrainConfig's defaults
 
 
-@pytest.fixture(scope="module")
-def same_or_different(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic(tmp_path_factory.mktemp("same_or_different"), SPEC)
+def val_top1(mode: str) -> float:
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--task",
+        "parity",
+        "--mode",
+        mode,
+        *DEFAULT_MEMORY,
+        "--seed",
+        "0",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))["val_top1"]
 
 
-def val_top1(data: Path, out: Path, mode: str) -> float:
-    assert main(["train", "--data", str(data), "--out", str(out / mode), "--mode", mode, *FLAGS]) == 0
-    return json.loads((out / mode / "metrics.json").read_text())["val_top1"]
-
-
-def test_comem_learns_what_only_the_whole_video_shows(same_or_different: Path, tmp_path: Path) -> None:
-    top1 = {mode: val_top1(same_or_different, tmp_path, mode) for mode in ("comem", "single", "tsn")}
-    assert top1["single"] <= 70 and top1["tsn"] <= 70, top1  # chance is 50%
-    assert top1["comem"] >= 85, top1
-    assert top1["comem"] >= max(top1["single"], top1["tsn"]) + 25, top1
+def test_comem_learns_what_only_the_whole_video_shows() -> None:
+    top1 = {mode: val_top1(mode) for mode in ("comem", "single", "tsn")}
+    assert top1["single"] <= 62 and top1["tsn"] <= 62, top1
+    assert top1["comem"] >= 90, top1

@@ -85,7 +85,7 @@ def test_predictions_from_a_file_its_frames_and_its_clips_agree(
             np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
         else:  # sigmoid weights / N: each row's sum in (0, 1]
             assert kinds == {"sigmoid"}
-            assert (weights > 0).all() and (weights.sum(axis=1) <= 1 + 1e-5).all()
+            assert (weights >= 0).all() and (weights.sum(axis=1) <= 1 + 1e-5).all()
     for stage in stages:
         np.testing.assert_allclose(from_frames.attention[stage], from_file.attention[stage], atol=1e-5)
 
