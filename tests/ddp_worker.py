@@ -3,6 +3,7 @@ joint step through DDP on this rank's half of a fixed batch, plus a gather of un
 Writes ``OUT/rank<r>.pt``. Usage: ``torchrun --nproc_per_node 2 tests/ddp_worker.py OUT``."""
 
 import contextlib
+import functools
 import sys
 from pathlib import Path
 
@@ -10,8 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from comem.engine.distributed import gather_video_scores, init_distributed, step_hooks, wrap_for_training
-from comem.engine.evaluate import VideoScores
+from comem.engine.distributed import gather_predictions, init_distributed, step_hooks, wrap_for_training
 from comem.engine.modes import comem_step, joint_step
 from comem.models.build import ModelSpec, build_model
 
@@ -64,16 +64,16 @@ def main(out: Path) -> None:
     result["joint"] = gradients(model)
     for name, hooks in (
         ("comem", step_hooks(train_model)),
-        ("comem_every_clip", {"forward_clip": train_model}),
+        ("comem_every_clip", {"forward_clip": functools.partial(train_model, method="forward_clip")}),
     ):
         model.zero_grad(set_to_none=True)
         reductions.clear()
         comem_step(model, video[share], targets[share], contextlib.nullcontext, **hooks)
         result[name], result[f"{name}_reductions"] = gradients(model), list(reductions)
     # Uneven eval shares with a wrapped-around duplicate (video 0 again on rank 1), as ShardSampler pads.
-    indices = torch.tensor([[0, 2, 4], [1, 3, 0]][context.rank])
-    scores = VideoScores(indices[:, None].float().repeat(1, 2), indices % 2, indices, [f"bad{context.rank}"])
-    result["gathered"] = gather_video_scores(scores, context)
+    indices = [[0, 2, 4], [1, 3, 0]][context.rank]
+    own = [(index, (float(index), index % 2)) for index in indices]
+    result["gathered"] = gather_predictions(own, [f"bad{context.rank}"], context)
     torch.save(result, out / f"rank{context.rank}.pt")
     dist.destroy_process_group()
 

@@ -24,8 +24,9 @@ from tinydata import TINY_TRAIN_FLAGS
 from comem.config import TrainConfig
 from comem.engine.distributed import DistContext, DistributedSetupError, wrap_for_training
 from comem.engine.modes import comem_step, joint_step
-from comem.engine.train import EpochSampler, Trainer
+from comem.engine.trainer import EpochSampler, Trainer
 from comem.errors import UserError
+from comem.tasks.classification import ClassificationTask
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TESTS = Path(__file__).resolve().parent
@@ -87,9 +88,8 @@ def test_ddp_step_gradients_equal_single_process_on_the_union_batch(tmp_path: Pa
 
     for rank in ranks:
         gathered = rank["gathered"]
-        assert gathered.video_indices.tolist() == [0, 1, 2, 3, 4]
-        assert gathered.scores[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
-        assert gathered.targets.tolist() == [0, 1, 0, 1, 0]
+        assert gathered.indices == [0, 1, 2, 3, 4]
+        assert gathered.items == [(0.0, 0), (1.0, 1), (2.0, 0), (3.0, 1), (4.0, 0)]
         assert gathered.skipped == ["bad0", "bad1"]
 
 
@@ -98,7 +98,7 @@ def test_torchrun_multi_label_val_map_is_that_of_the_saved_checkpoint(tmp_path: 
     # the val mAP printed during DDP training is the one `comem eval` gives on the checkpoint. (Each
     # rank's last training forward updates its own BatchNorm running statistics; evaluating with
     # rank 1's would score a model that was never saved.)
-    from comem.engine.evaluate import evaluate_checkpoint
+    from comem.cli.evaluate import evaluate_checkpoint
 
     data = write_charades(tmp_path / "charades", num_train=8, num_val=6)
     out = tmp_path / "ddp"
@@ -125,7 +125,7 @@ def test_torchrun_training_writes_the_single_process_metrics_and_resumes(
         data=str(tiny_dataset), out=str(tmp_path / "single"), backbone="tiny", crop_size=32, clip_len=4,
         stride=2, clips=2, batch_size=2, workers=0, device="cpu", epochs=1, save_every=0,
     )  # fmt: skip
-    expected = Trainer(single).run()
+    expected = Trainer(single, ClassificationTask(single)).run()
     assert metrics.keys() == expected.keys()
     assert metrics["history"][0].keys() == expected["history"][0].keys()
     assert metrics["val_videos"] == 4 and metrics["epochs"] == 1

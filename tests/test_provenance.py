@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from comem.engine.train import train
 from tinydata import TINY_TRAIN_FLAGS
 
 from comem.cli import build_parser, main
 from comem.config import TrainConfig, config_fields, load_config
-from comem.engine.train import train
 
 
 def help_text(capsys: pytest.CaptureFixture) -> str:

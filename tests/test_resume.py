@@ -10,7 +10,9 @@ from torch.utils.tensorboard import SummaryWriter
 from comem.config import TrainConfig
 from comem.engine import checkpoint
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
-from comem.engine.train import Trainer
+from comem.engine.trainer import Trainer
+from comem.tasks.base import StepResult
+from comem.tasks.classification import ClassificationTask
 
 
 class Crash(Exception):
@@ -38,6 +40,10 @@ def tiny_config(data: Path, out: Path, **changes) -> TrainConfig:
     return dataclasses.replace(config, **changes)
 
 
+def classification_trainer(config: TrainConfig) -> Trainer:
+    return Trainer(config, ClassificationTask(config))
+
+
 def assert_same_run(resumed: Trainer, straight: Trainer) -> None:
     assert resumed.global_step == straight.global_step == 4
     assert resumed.epoch == straight.epoch == 2
@@ -57,7 +63,7 @@ def assert_same_run(resumed: Trainer, straight: Trainer) -> None:
 @pytest.fixture(scope="module")
 def straight(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Trainer:
     """Run A: 2 epochs without interruption."""
-    trainer = Trainer(tiny_config(tiny_dataset, tmp_path_factory.mktemp("straight")))
+    trainer = classification_trainer(tiny_config(tiny_dataset, tmp_path_factory.mktemp("straight")))
     trainer.run()
     return trainer
 
@@ -66,14 +72,16 @@ def test_resume_at_epoch_boundary_matches_straight_run(
     straight: Trainer, tiny_dataset: Path, tmp_path: Path
 ) -> None:
     config = tiny_config(tiny_dataset, tmp_path)
-    first = Trainer(config)
+    first = classification_trainer(config)
     first.out.mkdir(parents=True, exist_ok=True)
     with SummaryWriter(str(first.out / "tb")) as writer:
         first.train_epoch(writer)
         first.finish_epoch(writer)
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
 
-    resumed = Trainer(dataclasses.replace(config, resume=True))  # a fresh process: new model, new RNG
+    resumed = classification_trainer(
+        dataclasses.replace(config, resume=True)
+    )  # a fresh process: new model, new RNG
     resumed.run()
     assert_same_run(resumed, straight)
 
@@ -96,7 +104,7 @@ def test_resume_mid_epoch_matches_straight_run(
     steps = 0
     real_step = Trainer.train_step
 
-    def stopping_step(self: Trainer, batch: dict) -> tuple[float, int]:
+    def stopping_step(self: Trainer, batch: dict) -> StepResult:
         nonlocal steps
         if steps == stop_after:
             raise Crash() if how == "crash" else KeyboardInterrupt()
@@ -105,12 +113,12 @@ def test_resume_mid_epoch_matches_straight_run(
 
     monkeypatch.setattr(Trainer, "train_step", stopping_step)
     with pytest.raises(Crash if how == "crash" else KeyboardInterrupt):
-        Trainer(config).run()
+        classification_trainer(config).run()
     monkeypatch.undo()
     state = load_checkpoint(tmp_path / "last.pt")
     assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (stop_after, stop_after // 2, 1)
 
-    resumed = Trainer(dataclasses.replace(config, resume=True))
+    resumed = classification_trainer(dataclasses.replace(config, resume=True))
     resumed.run()
     assert_same_run(resumed, straight)
 
