@@ -12,7 +12,6 @@ the single-process one.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Iterator
@@ -104,10 +103,10 @@ def shutdown_distributed() -> None:
 class TrainingForward(nn.Module):
     """The module DDP wraps: one ``forward`` for every gradient-carrying path of a training step.
 
-    DDP only all-reduces gradients of forwards that go through its own ``forward``; the two-pass
-    comem step calls methods other than the model's ``forward`` (``VideoModel.forward_clip``, the
-    AVA detector's ``forward_keyframe``), so all of them are routed here:
-    ``forward(*args, method="forward_clip")`` calls ``model.forward_clip(*args)``.
+    DDP only all-reduces gradients of forwards that go through its own ``forward``. A
+    ``VideoModel`` routes its two-pass clip pass through ``forward(clip, i, banks, cross_grads)``
+    itself; other methods (the AVA detector's ``forward_keyframe``) are reached with
+    ``forward(*args, method="forward_keyframe")``, which calls ``model.forward_keyframe(*args)``.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -150,12 +149,10 @@ def wrap_for_training(
 
 def step_hooks(train_model: nn.Module) -> dict[str, Any]:
     """Keyword arguments that make ``comem_step`` run its per-clip forwards through DDP and
-    all-reduce once, after the last clip."""
+    all-reduce once, after the last clip (the model's ``forward(clip, i, banks, cross_grads)`` is
+    its ``forward_clip``, so the wrapper itself is the clip forward)."""
     if isinstance(train_model, DistributedDataParallel):
-        return {
-            "forward_clip": functools.partial(train_model, method="forward_clip"),
-            "no_sync": train_model.no_sync,
-        }
+        return {"forward_clip": train_model, "no_sync": train_model.no_sync}
     return {}
 
 

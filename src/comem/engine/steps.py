@@ -1,8 +1,8 @@
-"""The engine's side of a training step, and the table of training modes.
+"""The engine's side of a training step.
 
 A task's step (``Task.train_step``) gets a :class:`~comem.tasks.base.StepContext` built here: the
 input conversion, autocast, the DDP-routed forward, the no-grad memory pass, and ``run_mode``,
-which dispatches on :data:`MODE_STEPS` for tasks whose loss is per clip. A new mode is one entry.
+the step of the run's mode (:func:`comem.engine.step.train_step`) for tasks whose loss is per clip.
 """
 
 from __future__ import annotations
@@ -15,36 +15,10 @@ from typing import Any
 import torch
 
 from comem.config import TrainConfig
-from comem.engine.distributed import step_hooks
-from comem.engine.modes import (
-    StepOutput,
-    comem_step,
-    eval_batchnorm,
-    joint_step,
-    preserved_batchnorm_stats,
-    single_step,
-    tsn_step,
-)
+from comem.engine.modes import StepOutput, eval_batchnorm, preserved_batchnorm_stats
 from comem.engine.performance import autocast_for, prepare_video
+from comem.engine.step import train_step
 from comem.tasks.base import StepContext
-
-# How each mode makes a batch's gradients, for tasks whose loss is per clip (``StepContext.run_mode``);
-# one entry per name of ``comem.config.MODES``.
-MODE_STEPS: dict[str, Callable[[StepEngine, torch.Tensor, torch.Tensor], StepOutput]] = {
-    "single": lambda e, video, targets: single_step(e.forward, video, targets, e.autocast),
-    "tsn": lambda e, video, targets: tsn_step(e.forward, video, targets, e.autocast),
-    "joint": lambda e, video, targets: joint_step(e.forward, video, targets, e.autocast),
-    "comem": lambda e, video, targets: comem_step(
-        e.model,
-        video,
-        targets,
-        e.autocast,
-        memory_pass_bn=e.config.memory_pass_bn,
-        memory_chunk=e.config.memory_chunk,
-        cross_clip=e.config.cross_clip,
-        **step_hooks(e.train_model),
-    ),  # fmt: skip
-}
 
 
 @dataclass(frozen=True)
@@ -87,7 +61,17 @@ class StepEngine:
             return video_model.memory_bank(video, chunk=self.config.memory_chunk)
 
     def run_mode(self, video: torch.Tensor, targets: torch.Tensor) -> StepOutput:
-        return MODE_STEPS[self.config.mode](self, video, targets)
+        config = self.config
+        return train_step(
+            self.train_model,
+            video,
+            targets,
+            mode=config.mode,
+            autocast=self.autocast,
+            memory_pass_bn=config.memory_pass_bn,
+            memory_chunk=config.memory_chunk,
+            cross_clip=config.cross_clip,
+        )
 
     def context(self) -> StepContext:
         return StepContext(
