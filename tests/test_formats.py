@@ -129,9 +129,9 @@ def test_span_labels_give_each_clip_the_actions_it_overlaps(datasets: dict[str, 
 
 
 def test_span_label_training_runs(datasets: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    flags = ["--data", str(datasets["charades"]), "--out", str(out), "--epochs", "1", *TINY_TRAIN_FLAGS]
     for mode in ("comem", "joint"):
+        out = tmp_path / mode
+        flags = ["--data", str(datasets["charades"]), "--out", str(out), "--epochs", "1", *TINY_TRAIN_FLAGS]
         assert main(["train", *flags, "--span-labels", "true", "--mode", mode]) == 0
         assert json.loads((out / "metrics.json").read_text())["val_mAP"] >= 0
 

@@ -37,14 +37,20 @@ def decoded(path: Path) -> np.ndarray:
 
 
 def reference_read_weights(model: nn.Module, clips: torch.Tensor) -> dict[str, torch.Tensor]:
-    """softmax(q k^T / sqrt(d')) of the clip summaries each memory sees in a one-graph forward."""
+    """Read weights of the clip summaries each memory sees in a one-graph forward, computed here:
+    softmax(q k^T / sqrt(d')) for the softmax read, sigmoid(q k^T / sqrt(d')) / N for the sigmoid one."""
     seen: dict[str, torch.Tensor] = {}
 
     def capture(memory: CollaborativeMemory, args: tuple, stage: str) -> None:
         features, num_clips = args
         bank = features.mean(dim=(2, 3, 4)).view(1, num_clips, -1)
         scores = (bank @ memory.query.weight.T) @ (bank @ memory.key.weight.T).transpose(1, 2)
-        seen[stage] = (scores / math.sqrt(memory.key_dim)).softmax(dim=-1)[0]
+        scores = scores / math.sqrt(memory.key_dim)
+        if memory.memory == "sigmoid":
+            seen[stage] = scores.sigmoid()[0] / num_clips
+        else:
+            assert memory.memory == "attention"
+            seen[stage] = scores.softmax(dim=-1)[0]
 
     handles = [
         memory.register_forward_pre_hook(lambda m, args, stage=stage: capture(m, args, stage))
@@ -72,9 +78,14 @@ def test_predictions_from_a_file_its_frames_and_its_clips_agree(
     assert from_frames.clip_frames.tolist() == from_file.clip_frames.tolist()
     stages = predictor.model.memory_stage_names
     assert list(from_file.attention) == stages and len(stages) == 3
-    for weights in from_file.attention.values():  # 3 crops pooled into clips: rows still sum to 1
+    kinds = {memory.memory for memory in predictor.model.memories.values()}
+    for weights in from_file.attention.values():  # 3 crops pooled into clips
         assert weights.shape == (4, 4)
-        np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+        if kinds == {"attention"}:  # softmax rows still sum to 1
+            np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+        else:  # sigmoid weights / N: each row's sum in (0, 1]
+            assert kinds == {"sigmoid"}
+            assert (weights > 0).all() and (weights.sum(axis=1) <= 1 + 1e-5).all()
     for stage in stages:
         np.testing.assert_allclose(from_frames.attention[stage], from_file.attention[stage], atol=1e-5)
 

@@ -1,6 +1,10 @@
 """Exact resume: an interrupted run continued from last.pt ends where an uninterrupted one does."""
 
 import dataclasses
+import errno
+import io
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -9,7 +13,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from comem.config import TrainConfig
 from comem.engine import checkpoint
-from comem.engine.checkpoint import load_checkpoint, save_checkpoint
+from comem.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from comem.engine.stopping import TrainingStopped
 from comem.engine.trainer import Trainer
 from comem.tasks.base import StepResult
 from comem.tasks.classification import ClassificationTask
@@ -87,7 +92,7 @@ def test_resume_at_epoch_boundary_matches_straight_run(
 
 
 @pytest.mark.parametrize("stop_after", [1, 3])
-@pytest.mark.parametrize("how", ["crash", "ctrl-c"])
+@pytest.mark.parametrize("how", ["crash", "SIGINT", "SIGTERM", "SIGUSR1"])
 def test_resume_mid_epoch_matches_straight_run(
     how: str,
     stop_after: int,
@@ -98,7 +103,8 @@ def test_resume_mid_epoch_matches_straight_run(
 ) -> None:
     """Stop after ``stop_after`` optimizer steps (1: inside epoch 1, 3: inside epoch 2).
 
-    ``crash`` relies on the ``save_every=1`` checkpoint; ``ctrl-c`` on the save made on interrupt.
+    ``crash`` dies at the start of the next step and relies on the ``save_every=1`` checkpoint; a
+    signal arrives at the start of the next step, which finishes, and the run saves after it.
     """
     config = tiny_config(tiny_dataset, tmp_path, save_every=1 if how == "crash" else 0)
     steps = 0
@@ -107,20 +113,41 @@ def test_resume_mid_epoch_matches_straight_run(
     def stopping_step(self: Trainer, batch: dict) -> StepResult:
         nonlocal steps
         if steps == stop_after:
-            raise Crash() if how == "crash" else KeyboardInterrupt()
+            if how == "crash":
+                raise Crash()
+            os.kill(os.getpid(), getattr(signal, how))
         steps += 1
         return real_step(self, batch)
 
     monkeypatch.setattr(Trainer, "train_step", stopping_step)
-    with pytest.raises(Crash if how == "crash" else KeyboardInterrupt):
+    with pytest.raises(Crash if how == "crash" else TrainingStopped) as stopped:
         classification_trainer(config).run()
     monkeypatch.undo()
+    done = stop_after + (how != "crash")
+    if how != "crash":
+        assert stopped.value.signum == getattr(signal, how)
     state = load_checkpoint(tmp_path / "last.pt")
-    assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (stop_after, stop_after // 2, 1)
+    # saved after step ``done`` of 2 per epoch (at an epoch's last step: before that epoch's evaluation)
+    assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (
+        done,
+        (done - 1) // 2,
+        (done - 1) % 2 + 1,
+    )
 
     resumed = classification_trainer(dataclasses.replace(config, resume=True))
     resumed.run()
     assert_same_run(resumed, straight)
+
+
+class FullDisk(io.FileIO):
+    """A file on a device that fills up after ``room`` bytes (what ENOSPC looks like to a writer)."""
+
+    room = 4096
+
+    def write(self, data) -> int:
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
 
 
 def test_checkpoint_write_failure_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,17 +155,15 @@ def test_checkpoint_write_failure_keeps_the_old_file(tmp_path: Path, monkeypatch
     old = {"model": {"weight": torch.arange(6.0)}, "epoch": 1}
     save_checkpoint(old, path)
     old_bytes = path.read_bytes()
-    real_save = torch.save
 
-    def failing_save(obj, stream, *args, **kwargs) -> None:
-        real_save(obj, stream, *args, **kwargs)  # a full payload reached the temp file ...
-        stream.write(b"\0" * 1024)
-        raise OSError(28, "No space left on device")  # ... then the disk filled up
-
-    monkeypatch.setattr(checkpoint.torch, "save", failing_save)
-    with pytest.raises(OSError, match="No space left"):
-        save_checkpoint({"model": {"weight": torch.zeros(6)}, "epoch": 2}, path)
+    monkeypatch.setattr(checkpoint.os, "fdopen", lambda handle, mode: FullDisk(handle, "w"))
+    with pytest.raises(CheckpointError) as raised:
+        save_checkpoint({"model": {"weight": torch.zeros(100_000)}, "epoch": 2}, path)
     monkeypatch.undo()
+    assert (
+        str(raised.value)
+        == f"{path}: cannot write checkpoint: no space left on the device; the previous last.pt is kept"
+    )
 
     assert path.read_bytes() == old_bytes
     state = load_checkpoint(path)

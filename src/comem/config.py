@@ -18,6 +18,7 @@ from comem.data.decode import DECODERS
 from comem.data.formats import DATA_FORMATS
 from comem.errors import UserError
 from comem.memory import FUSION_KINDS, MEMORY_KINDS
+from comem.textfile import read_text
 
 
 class ConfigError(UserError, ValueError):
@@ -65,10 +66,10 @@ class TrainConfig:
     pretrained_strict: bool = True
     # stages followed by a memory: names, or "last", "last-1", … (default: the last three, see README)
     memory_stages: list[str] = field(default_factory=lambda: ["last-2", "last-1", "last"])
-    memory: str = "attention"
+    memory: str = "sigmoid"  # the read: sigmoid keeps how many clips match (docs/learning.md)
     fusion: str = "gate"
     key_dim: int | None = None
-    gate_hidden: int | None = None  # hidden ReLU layer between the memory read and the gate
+    gate_hidden: int | None = 64  # hidden ReLU layer between the memory read and the gate (None: linear)
     dropout: float = 0.2
     # optimisation
     mode: str = "comem"
@@ -91,6 +92,7 @@ class TrainConfig:
     eval_every: int = 1
     save_every: int = 200  # also checkpoint every this many steps inside an epoch (0 = epoch ends only)
     resume: bool = False
+    overwrite: bool = False  # a fresh run may replace the run already in ``out``
     # dataset formats and decoding (see README, "Datasets")
     data_format: str = "auto"  # auto | slowfast | kinetics | charades | charades-frames | ssv1 | ssv2
     decoder: str = "pyav"  # pyav | torchcodec | frames (folders of frames are always read as frames)
@@ -134,6 +136,9 @@ class TrainConfig:
         )
         for name in positive:
             if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
+        for name in ("views", "min_scale", "max_scale", "eval_scale", "key_dim"):  # None: the default
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.crops not in (1, 3):
             raise ConfigError(f"crops must be 1 or 3; got {self.crops}")
@@ -212,16 +217,18 @@ def _check_yaml_type(path: Path, name: str, value: Any) -> None:
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults, then the YAML file (keys as field names, '-' or '_'), then ``overrides``."""
     values: dict[str, Any] = {}
+    loaded_keys: dict[str, str] = {}  # field name -> the key as the file spells it
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(read_text(path, ConfigError)) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of option: value at the top level")
+        loaded_keys = {str(key).replace("-", "_"): str(key) for key in loaded}
         values.update({str(key).replace("-", "_"): value for key, value in loaded.items()})
         unknown = sorted(set(values) - set(config_fields()))
         if unknown:
@@ -229,7 +236,21 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         for name, value in values.items():
             _check_yaml_type(path, name, value)
     values.update(overrides or {})
-    return TrainConfig(**values).validate()
+    try:
+        return TrainConfig(**values).validate()
+    except ConfigError as error:
+        raise ConfigError(_as_typed(str(error), path, loaded_keys, overrides or {})) from None
+
+
+def _as_typed(message: str, path: Path | None, keys: dict[str, str], flags: dict[str, Any]) -> str:
+    """A validation message names the option as the user gave it: ``--clip-len`` on the command
+    line, the key as spelled in the YAML file (with the file's name)."""
+    name, _, rest = message.partition(" ")
+    if name in flags:
+        return f"--{name.replace('_', '-')} {rest}"
+    if name in keys:
+        return f"{path}: {keys[name]} {rest}"
+    return message
 
 
 def config_yaml(config: TrainConfig) -> str:

@@ -11,9 +11,11 @@ import os
 import sys
 from types import ModuleType
 
+from comem import __version__
 from comem.cli import (
     bench,
     check_data,
+    doctor,
     eval_ava,
     evaluate,
     flops,
@@ -24,6 +26,7 @@ from comem.cli import (
     train,
 )
 from comem.cli.logs import configure_console
+from comem.engine.stopping import TrainingStopped
 from comem.errors import UserError
 
 COMMANDS: list[ModuleType] = [
@@ -37,6 +40,7 @@ COMMANDS: list[ModuleType] = [
     models,
     flops,
     bench,
+    doctor,
 ]
 
 
@@ -44,14 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comem", description="Video-level training with collaborative memory."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"comem {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `comem`: what it can do
+        parser.print_help()
+        return 0
     configure_console()
     handlers = {command.NAME: command.run for command in COMMANDS}
     try:
@@ -59,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"comem {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except TrainingStopped as stopped:  # last.pt saved and said; the exit status names the signal
+        return 128 + stopped.signum
     except KeyboardInterrupt:
         return 130
     except (RuntimeError, ValueError) as error:

@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from comem.engine.bench import BenchSpec, describe, format_table, run_bench
+    from comem.engine.bench import BenchReport, BenchRow, BenchSpec, describe, format_table, run_bench
 
     spec = BenchSpec(
         backbone=args.backbone,
@@ -82,13 +82,15 @@ def run(args: argparse.Namespace) -> int:
         flops_only=args.flops_only,
     )
 
-    def progress(row) -> None:
+    def progress(row: BenchRow, report: BenchReport) -> None:
         speed = (
             f"{row.step_tflop:.3g} TFLOP/step"
             if row.clips_per_s is None
             else f"{row.clips_per_s:.1f} clips/s"
         )
         print(f"  {row.mode} N={row.clips}: {row.error or speed}", file=sys.stderr, flush=True)
+        if args.json_path:  # the rows so far: a run stopped part-way keeps what it measured
+            Path(args.json_path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
 
     report = run_bench(spec, progress)
     print(describe(report))

@@ -147,10 +147,15 @@ def _ava_evaluation(
 
 
 def run(args: argparse.Namespace) -> int:
+    from comem.config import ConfigError
     from comem.engine.checkpoint import load_checkpoint
     from comem.engine.distributed import is_main_process, shutdown_distributed
     from comem.tasks.ava.task import is_ava_state
 
+    for flag, value, least in (("--views", args.views, 1), ("--batch-size", args.batch_size, 1),
+                               ("--workers", args.workers, 0)):  # fmt: skip
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be >= {least}; got {value}")
     state = load_checkpoint(args.checkpoint)  # read once, whichever evaluation it needs
     try:
         metrics, out_dir = evaluate_checkpoint(

@@ -67,7 +67,8 @@ HELP: dict[str, str] = {
     "seed": "random seed (video order, clips, augmentation, initialisation)",
     "eval_every": "evaluate every this many epochs",
     "save_every": "also checkpoint every this many steps (0: epoch ends only)",
-    "resume": "continue from OUT/last.pt (same epoch, step, optimizer, schedule, RNG)",
+    "resume": "continue from OUT/last.pt (same epoch, step, optimizer, schedule, RNG); fresh if none",
+    "overwrite": "replace the run already in --out (its checkpoints, metrics, logs)",
     "data_format": "annotation format (auto: from the files)",
     "decoder": "video decoding backend",
     "target_fps": "sample clips on this frame-rate grid (none: every frame)",
@@ -203,6 +204,7 @@ def build_task(config: TrainConfig) -> Task:
 
 def run(args: argparse.Namespace) -> int:
     from comem.engine.distributed import is_main_process
+    from comem.engine.run_dir import claim_run_dir
     from comem.engine.trainer import train
 
     skip = ("command", "config", "print_config")
@@ -214,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
     if not is_main_process():  # under torchrun, rank 0 reports and keeps the log
         train(config, build_task(config))
         return 0
-    with log_file(Path(config.out) / "train.log"):
+    claim = claim_run_dir(config.out, resume=config.resume, overwrite=config.overwrite)
+    with claim, log_file(Path(config.out) / "train.log"):  # refused runs write nothing into --out
         log.info("comem train: %s", " ".join(sys.argv[1:]))
         metrics = train(config, build_task(config))
         summary = {

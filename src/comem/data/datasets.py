@@ -24,6 +24,7 @@ from comem.data.sampling import (
 )
 from comem.data.transforms import center_crop_views, rand_augment, random_resized_crop, train_crop
 from comem.errors import UserError
+from comem.textfile import read_text
 
 _FORMAT_HINT = "expected PySlowFast format: one 'path label' per line"
 
@@ -61,7 +62,7 @@ def _read_video_csv(
     csv_path: Path, root: Path, num_classes: int | None, classes_source: str
 ) -> list[VideoRecord]:
     records = []
-    for number, line in enumerate(csv_path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(csv_path, DatasetFormatError).splitlines(), start=1):
         columns = line.split()
         if not columns:
             continue
@@ -98,7 +99,7 @@ def read_class_names(data_dir: Path) -> list[str] | None:
     path = Path(data_dir) / "classes.txt"
     if not path.is_file():
         return None
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in read_text(path, DatasetFormatError).splitlines() if line.strip()]
     if not names:
         raise DatasetFormatError(f"{path}: empty (no class names)")
     return names

@@ -360,7 +360,10 @@ def profile_cpu_memory(spec: BenchSpec, mode: str, num_clips: int, device: torch
     return profiled_peak_gib(step, next(source))
 
 
-def run_bench(spec: BenchSpec, progress: Callable[[BenchRow], None] | None = None) -> BenchReport:
+def run_bench(
+    spec: BenchSpec, progress: Callable[[BenchRow, BenchReport], None] | None = None
+) -> BenchReport:
+    """Measure every row of ``spec``; ``progress`` sees each row and the report so far as it ends."""
     spec = spec.validate()
     if spec.data is not None:  # the model's classifier fits the data (multi-hot targets included)
         spec = BenchSpec(**{**asdict(spec), "num_classes": load_splits(spec.data).num_classes})
@@ -379,7 +382,7 @@ def run_bench(spec: BenchSpec, progress: Callable[[BenchRow], None] | None = Non
             row.peak_memory_gib = profile_cpu_memory(spec, mode, num_clips, device)
         report.rows.append(row)
         if progress:
-            progress(row)
+            progress(row, report)
     compare_to_single(report.rows)
     return report
 

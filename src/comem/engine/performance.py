@@ -18,9 +18,20 @@ from comem.models.build import VideoModel
 from comem.models.normalization import Normalization
 
 
-def tune_model(model: torch.nn.Module, device: torch.device, *, channels_last: bool, compile: bool) -> None:
+def tune_model(
+    model: torch.nn.Module,
+    device: torch.device,
+    *,
+    channels_last: bool,
+    compile: bool,
+    compile_backend: str = "inductor",
+) -> None:
     """Apply the speed settings to ``model`` (already on ``device``; a ``VideoModel`` or a task model
-    holding one) in place."""
+    holding one) in place.
+
+    ``compile_backend`` is ``torch.compile``'s: ``inductor`` generates kernels; ``aot_eager``
+    traces forward and backward the same way but runs them eagerly (``comem doctor`` on a CPU).
+    """
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         if channels_last:
@@ -33,7 +44,7 @@ def tune_model(model: torch.nn.Module, device: torch.device, *, channels_last: b
         setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
         for video_model in (module for module in model.modules() if isinstance(module, VideoModel)):
             for stage in video_model.backbone.stages.values():
-                stage.compile()
+                stage.compile(backend=compile_backend)
 
 
 def autocast_for(device: torch.device, enabled: bool) -> Callable[[], contextlib.AbstractContextManager]:

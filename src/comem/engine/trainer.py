@@ -15,14 +15,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import random
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Sampler
 from torch.utils.tensorboard import SummaryWriter
@@ -37,6 +35,7 @@ from comem.engine.distributed import (
     all_ranks,
     broadcast_buffers,
     broadcast_object,
+    context_from_env,
     gather_objects,
     init_distributed,
     shutdown_distributed,
@@ -47,33 +46,16 @@ from comem.engine.evaluate import predict_dataset, to_device
 from comem.engine.loaders import drops_last, make_loader, resolve_device
 from comem.engine.performance import tune_model
 from comem.engine.provenance import write_run_record
+from comem.engine.resume_check import check_resume
+from comem.engine.rng import restore_rng_state, rng_state, seed_everything
+from comem.engine.run_dir import claim_run_dir
 from comem.engine.steps import StepEngine
+from comem.engine.stopping import StopSignals, TrainingStopped, stopped_message
 from comem.files import write_json
 from comem.tasks.base import StepResult, Task
 from comem.tasks.reports import plot_training_curves
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class EpochSampler(Sampler[int]):
@@ -175,6 +157,7 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         self.epoch_correct = 0
         self.epoch_items = 0
+        self.stop = StopSignals()
 
     # --- checkpoints -------------------------------------------------------------------------
     def running(self) -> list[float]:
@@ -216,6 +199,9 @@ class Trainer:
         if not path.exists():
             return False
         state = load_checkpoint(path)
+        accepted = check_resume(state["config"], dataclasses.asdict(self.config), path)
+        if accepted and self.dist.is_main:
+            log.info(f"--resume: accepted changes: {'; '.join(accepted)}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -262,30 +248,36 @@ class Trainer:
         config = self.config
         self.out.mkdir(parents=True, exist_ok=True)
         main = self.dist.is_main
-        if main:
-            self.task.prepare_output(self.out)
-            write_run_record(self.out, config, self.dist.world_size)
-        if config.resume and self.resume() and main:
+        if config.resume and self.resume() and main:  # first: it may refuse the settings
             log.info(
                 f"resumed from {self.out / 'last.pt'} at epoch {self.epoch + 1}, step {self.step_in_epoch}"
             )
+        if main:
+            self.task.prepare_output(self.out)
+            write_run_record(self.out, config, self.dist.world_size)
         writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step) if main else NullWriter()
         try:
-            while self.epoch < config.epochs:
-                self.train_epoch(writer)
-                self.finish_epoch(writer)
-        except KeyboardInterrupt:
-            if not self.dist.enabled:  # under DDP the ranks stop at different points: no collective save
-                self.save()
-                log.info(f"interrupted: saved {self.out / 'last.pt'}; continue with --resume")
-            elif main:
-                log.info(
-                    f"interrupted: {self.out / 'last.pt'} holds the last periodic checkpoint (--save-every)"
-                )
+            with self.stop:
+                while self.epoch < config.epochs:
+                    self.train_epoch(writer)
+                    if not self.stop.signum:
+                        self.finish_epoch(writer)
+                    if self.stop.signum or self.stop.due(self.dist, self.device):
+                        self.stop_at_step_boundary()
+        except KeyboardInterrupt:  # mid-step: the state is not consistent, so it is not saved
+            if main:
+                log.info(f"interrupted mid-step: not saved; {self.out / 'last.pt'} holds the last saved step")
             raise
         finally:
             writer.close()
         return self.metrics()
+
+    def stop_at_step_boundary(self) -> None:
+        """Save the state after the last whole step and end the run for the signal received."""
+        self.save()
+        if self.dist.is_main:
+            log.info(stopped_message(self.stop.signum, str(self.out / "last.pt")))
+        raise TrainingStopped(self.stop.signum)
 
     def train_epoch(self, writer: SummaryWriter) -> None:
         config, train_set = self.config, self.task.train_set
@@ -341,6 +333,8 @@ class Trainer:
             self.global_step += 1
             if config.save_every and self.global_step % config.save_every == 0:
                 self.save()
+            if self.stop.due(self.dist, self.device):
+                break
             waiting_since = time.perf_counter()
         bar.close()
 
@@ -409,8 +403,13 @@ class Trainer:
 
 
 def train(config: TrainConfig, task: Task) -> dict[str, Any]:
-    """Run ``task`` to the end; returns what ``metrics.json`` holds."""
-    try:
-        return Trainer(config, task).run()
-    finally:
-        shutdown_distributed()
+    """Run ``task`` to the end in its claimed ``config.out``; returns what ``metrics.json`` holds."""
+    config.validate()
+    claim = claim_run_dir(
+        config.out, resume=config.resume, overwrite=config.overwrite, main=context_from_env().is_main
+    )
+    with claim:
+        try:
+            return Trainer(config, task).run()
+        finally:
+            shutdown_distributed()

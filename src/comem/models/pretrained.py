@@ -29,7 +29,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -37,6 +36,7 @@ from comem.errors import UserError
 from comem.models import normalization as norms
 from comem.models.backbones import BACKBONES, torchvision_normalization
 from comem.models.normalization import Normalization
+from comem.serialization import read_torch_file
 
 
 class PretrainedLoadError(UserError, RuntimeError):
@@ -161,11 +161,6 @@ def to_comem_keys(model: nn.Module, state: dict[str, torch.Tensor], fmt: str) ->
     return {key: mine for key, mine in renamed.items() if mine in ours}
 
 
-# A comem checkpoint (last.pt/best.pt) also holds numpy's RNG state, an array: these are the only
-# globals beyond torch's own that ``weights_only`` loading must allow to read one.
-_NUMPY_ARRAY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
 TORCHVISION = "torchvision"  # --pretrained torchvision: the backbone's file in torch's hub cache
 
 
@@ -221,11 +216,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], Normalization | None]:
     """The file's state dict, and the normalisation it records if it is a comem checkpoint."""
     if not path.is_file():
         raise PretrainedLoadError(f"{path}: pretrained weights file not found")
-    try:
-        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad file; report it in one line
-        raise PretrainedLoadError(f"{path}: cannot read weights ({type(error).__name__}: {error})") from None
+    state = read_torch_file(path, PretrainedLoadError, "weights file")
     stored = _stored_normalization(state)
     for wrapper in ("model_state", "state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):

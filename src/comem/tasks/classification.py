@@ -222,7 +222,8 @@ class ClassificationTask:
 
     def val_metrics(self, predictions: Predictions, out: Path) -> dict[str, float]:
         result = VideoScores.from_predictions(predictions)
-        return classification_metrics(result.scores, result.targets)
+        # videos: those scored (a val video that could not be read is skipped and not counted)
+        return {**classification_metrics(result.scores, result.targets), "videos": len(result.targets)}
 
     def report(self, predictions: Predictions, out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
         """``comem eval``'s report directory: metrics.json, predictions.csv, per-class table and
@@ -276,7 +277,6 @@ class ClassificationTask:
             "data": str(self.data_dir),
             "num_classes": self.splits.num_classes,
             "train_videos": len(self.splits.train),
-            "val_videos": len(self.splits.val),
         }
 
     def prepare_output(self, out: Path) -> None:

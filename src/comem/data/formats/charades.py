@@ -17,6 +17,7 @@ from pathlib import Path
 
 from comem.data.datasets import DatasetFormatError, VideoRecord, VideoSplits
 from comem.data.formats.common import find_file, index_videos, locate
+from comem.textfile import first_line, open_text, read_text
 
 NUM_CLASSES = 157
 OFFICIAL_FILES = {"train": "Charades_v1_train.csv", "val": "Charades_v1_test.csv"}
@@ -32,7 +33,7 @@ def class_names(data_dir: Path) -> list[str]:
     if path is None:
         return [f"c{i:03d}" for i in range(NUM_CLASSES)]
     names = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path, DatasetFormatError).splitlines(), start=1):
         if not line.strip():
             continue
         code, _, name = line.strip().partition(" ")
@@ -63,7 +64,7 @@ def parse_actions(text: str, where: str) -> tuple[tuple[int, float, float], ...]
 
 def _read_official(path: Path, num_classes: int) -> list[tuple[str, VideoRecord]]:
     wanted = []
-    with path.open(newline="") as file:
+    with open_text(path, DatasetFormatError) as file:
         reader = csv.DictReader(file)
         if not reader.fieldnames or "id" not in reader.fieldnames or "actions" not in reader.fieldnames:
             raise DatasetFormatError(f"{path}: expected a header with 'id' and 'actions' columns")
@@ -102,14 +103,13 @@ def load_charades(data_dir: str | Path) -> VideoSplits:
 
 
 def is_frame_list(path: Path) -> bool:
-    with path.open() as file:
-        return file.readline().startswith(FRAME_LIST_HEADER)
+    return first_line(path).startswith(FRAME_LIST_HEADER)
 
 
 def _read_frame_list(path: Path, data_dir: Path, num_classes: int) -> list[VideoRecord]:
     folders: dict[str, Path] = {}
     labels: dict[str, set[int]] = defaultdict(set)
-    lines = path.read_text().splitlines()
+    lines = read_text(path, DatasetFormatError).splitlines()
     prefix = data_dir
     for number, line in enumerate(lines[1:], start=2):
         row = line.split()

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from comem.data.datasets import DatasetFormatError, VideoRecord
+from comem.textfile import read_text
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v"})
 
@@ -59,7 +60,7 @@ def locate(
 
 
 def read_class_list(path: Path) -> list[str]:
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in read_text(path, DatasetFormatError).splitlines() if line.strip()]
     if not names:
         raise DatasetFormatError(f"{path}: empty (no class names)")
     return names

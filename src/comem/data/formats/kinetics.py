@@ -13,13 +13,13 @@ from pathlib import Path
 
 from comem.data.datasets import DatasetFormatError, VideoRecord, VideoSplits
 from comem.data.formats.common import index_videos, locate, read_class_list, search_dirs
+from comem.textfile import first_line, open_text
 
 HEADER = ("youtube_id", "time_start", "time_end")
 
 
 def is_official_csv(path: Path) -> bool:
-    with path.open(newline="") as file:
-        header = file.readline().strip().split(",")
+    header = first_line(path).strip().split(",")
     return all(column in header for column in HEADER)
 
 
@@ -50,7 +50,7 @@ def video_stem(youtube_id: str, start: str, end: str, where: str) -> str:
 def read_rows(path: Path) -> list[tuple[str, str | None, str]]:
     """``(video stem, class name or None, where)`` of every row."""
     rows = []
-    with path.open(newline="") as file:
+    with open_text(path, DatasetFormatError) as file:
         for number, row in enumerate(csv.DictReader(file), start=2):
             where = f"{path}:{number}"
             if not row.get("youtube_id"):

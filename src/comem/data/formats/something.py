@@ -16,6 +16,7 @@ from pathlib import Path
 
 from comem.data.datasets import DatasetFormatError, VideoRecord, VideoSplits
 from comem.data.formats.common import find_file, index_videos, locate, read_class_list
+from comem.textfile import read_text
 
 V1_FILES = {"train": "something-something-v1-train.csv", "val": "something-something-v1-validation.csv"}
 V1_LABELS = "something-something-v1-labels.csv"
@@ -47,7 +48,7 @@ def load_ssv1(data_dir: str | Path) -> VideoSplits:
         if path is None:
             raise DatasetFormatError(f"{data_dir}/: no {filename}")
         rows = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        for number, line in enumerate(read_text(path, DatasetFormatError).splitlines(), start=1):
             if not line.strip():
                 continue
             video_id, separator, label = line.partition(";")
@@ -73,7 +74,7 @@ def load_ssv1(data_dir: str | Path) -> VideoSplits:
 
 def _load_json(path: Path) -> object:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_text(path, DatasetFormatError))
     except json.JSONDecodeError as error:
         raise DatasetFormatError(f"{path}: not valid JSON ({error})") from None
 

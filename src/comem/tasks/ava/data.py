@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from comem.tasks.ava.evaluation import AvaFormatError, Category, read_labelmap
 from comem.tasks.ava.frames import FrameSource, JpegFrames, find_movies
+from comem.textfile import open_text
 
 FPS = 30
 FIRST_SECOND = 900  # frame 0 of the extracted frames
@@ -79,7 +80,7 @@ def read_frame_list(path: Path, frame_root: Path) -> dict[str, list[Path]]:
     if not path.is_file():
         raise AvaFormatError(f"{path}: frame list not found")
     movies: dict[str, list[Path]] = {}
-    with path.open() as file:
+    with open_text(path, AvaFormatError) as file:
         file.readline()  # header
         for number, line in enumerate(file, 2):
             row = line.split()
@@ -119,7 +120,7 @@ def read_keyframes(
     if not path.is_file():
         raise AvaFormatError(f"{path}: annotation file not found")
     frames: dict[tuple[str, int], dict[str, tuple[list[float], list[int]]]] = {}
-    with path.open() as file:
+    with open_text(path, AvaFormatError) as file:
         for number, line in enumerate(file, 1):
             row = line.strip().split(",")
             if row == [""]:

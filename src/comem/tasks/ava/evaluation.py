@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from comem.errors import UserError
+from comem.textfile import open_text, read_text
 
 IOU_THRESHOLD = 0.5
 DETECTION_CAPACITY = 50  # the official evaluator keeps at most this many detections per keyframe
@@ -76,10 +77,7 @@ def read_labelmap(path: str | Path) -> list[Category]:
     path = Path(path)
     categories: list[Category] = []
     name = ""
-    try:
-        lines = path.read_text().splitlines(keepends=True)
-    except OSError as error:
-        raise AvaFormatError(f"{path}: cannot read label map ({error.strerror})") from None
+    lines = read_text(path, AvaFormatError, "label map").splitlines(keepends=True)
     for number, line in enumerate(lines, 1):
         if line.startswith("  name:"):
             parts = line.split('"')
@@ -103,7 +101,7 @@ def read_labelmap(path: str | Path) -> list[Category]:
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     try:
-        with path.open(newline="") as file:
+        with open_text(path, AvaFormatError) as file:
             for number, row in enumerate(csv.reader(file), 1):
                 if row and any(cell.strip() for cell in row):
                     yield number, row

@@ -1,0 +1,257 @@
+"""One training step and one evaluation step of a mode through one code path (precision, layout,
+``torch.compile``, DDP), for ``comem doctor`` to compare the paths with the plain fp32 step.
+
+The step functions of ``comem.engine.modes`` compute the loss and call ``backward`` themselves, so
+fp16 loss scaling is applied at the logits (``_ScaledGradient``): the same gradients as
+``scaler.scale(loss).backward()``, since the loss is a function of the logits alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from comem.config import TrainConfig
+from comem.engine import modes
+from comem.engine.distributed import TrainingForward, step_hooks
+from comem.engine.modes import comem_step
+from comem.engine.performance import autocast_for, prepare_video, tune_model
+from comem.engine.trainer import build_optimizer
+from comem.models.build import ModelSpec, VideoModel, build_model
+from comem.tasks.classification import video_scores
+
+# Largest relative difference from the fp32 step (loss, gradient norm) and absolute difference of
+# evaluation probabilities. Measured on a CPU: fp16 5e-4 and bf16 1e-2 of the gradient; TF32
+# convolutions (CUDA's float32 default) round at 1e-3. A wrong layout, a broken kernel or a
+# missing gradient is off by far more.
+FP32_TOLERANCE = 0.02
+HALF_TOLERANCE = 0.1
+
+
+class Skipped(Exception):
+    """The path does not apply here (the message says why)."""
+
+
+@dataclass(frozen=True)
+class StepPath:
+    """One way a training step can run. ``cuda_only`` is the reason to skip it elsewhere."""
+
+    name: str
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    ddp: bool = False
+    tolerance: float = FP32_TOLERANCE
+    cuda_only: str | None = None
+
+
+def step_paths(device: torch.device) -> list[StepPath]:
+    """The paths in the order they run. On CUDA, compile and DDP take the GPU training defaults
+    (bf16, channels-last-3d), as ``comem train --compile`` and torchrun do."""
+    gpu = device.type == "cuda"
+    fast = {"precision": "bf16", "channels_last": True, "tolerance": HALF_TOLERANCE} if gpu else {}
+    return [
+        StepPath("fp32"),
+        StepPath(
+            "bf16",
+            precision="bf16",
+            tolerance=HALF_TOLERANCE,
+            cuda_only="comem autocasts to bf16 on CUDA only (a CPU trains in fp32)",
+        ),
+        StepPath(
+            "fp16+scaler",
+            precision="fp16",
+            tolerance=HALF_TOLERANCE,
+            cuda_only="fp16 autocast with a GradScaler is a CUDA path (for GPUs without fast bf16)",
+        ),
+        StepPath(
+            "channels-last-3d",
+            precision="bf16",
+            channels_last=True,
+            tolerance=HALF_TOLERANCE,
+            cuda_only="comem uses the channels-last-3d layout on CUDA only (cuDNN's fast 3-D layout)",
+        ),
+        StepPath("compile", compile=True, **fast),
+        StepPath("ddp", ddp=True, **fast),
+    ]
+
+
+@dataclass
+class StepResult:
+    loss: float
+    gradients: torch.Tensor  # every parameter's gradient, flattened and concatenated (float32, CPU)
+    scores: torch.Tensor  # evaluation video scores (B, K)
+    peak_mib: float | None  # CUDA: torch.cuda.max_memory_allocated over the step and the evaluation
+
+
+class _ScaledGradient(torch.autograd.Function):
+    """Identity on logits (returned as float32) whose backward multiplies the gradient by the
+    scaler's scale: the gradients of ``scaler.scale(loss).backward()`` for step functions that
+    compute the loss and call ``backward`` themselves (the loss is a function of the logits only)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return logits.float()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+def _scaled(forward: Callable[..., torch.Tensor], scale: torch.Tensor | None) -> Callable[..., torch.Tensor]:
+    if scale is None:
+        return forward
+    return lambda *args, **kwargs: _ScaledGradient.apply(forward(*args, **kwargs), scale)
+
+
+def mode_step(
+    mode: str,
+    model: VideoModel,
+    train_model: VideoModel | DistributedDataParallel,
+    video: torch.Tensor,
+    targets: torch.Tensor,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The forward and backward of ``mode`` on one batch; returns the detached loss.
+
+    ``comem`` runs ``comem_step`` with the DDP hooks; every other mode ``m`` runs
+    ``comem.engine.modes.m_step(model, video, targets, autocast)``, with the model (or its DDP
+    wrapper) as the forward.
+    """
+    hooks = step_hooks(train_model)
+    if mode == "comem":
+        forward_clip = hooks.pop("forward_clip", model.forward_clip)
+        scaled_clip = _scaled(forward_clip, scale)
+        return comem_step(model, video, targets, autocast, forward_clip=scaled_clip, **hooks).loss
+    step = getattr(modes, f"{mode}_step", None)
+    if step is None:
+        raise RuntimeError(f"comem.engine.modes has no {mode}_step for mode {mode!r}")
+    return step(_scaled(train_model, scale), video, targets, autocast).loss
+
+
+@contextlib.contextmanager
+def one_process_group(device: torch.device, folder: Path) -> Iterator[str]:
+    """A process group of this process alone (NCCL on CUDA, gloo on a CPU); yields the backend."""
+    if not dist.is_available():
+        raise Skipped("this torch is built without torch.distributed")
+    if dist.is_initialized():
+        raise Skipped("this process is already in a process group (started by torchrun?)")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl" and not dist.is_nccl_available():
+        raise RuntimeError("this torch is built without NCCL")
+    store = tempfile.mkdtemp(dir=folder)
+    dist.init_process_group(backend, init_method=f"file://{store}/store", rank=0, world_size=1)
+    try:
+        yield backend
+    finally:
+        dist.destroy_process_group()
+
+
+def autocast_of(path: StepPath, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    if path.precision == "fp16":
+        return lambda: torch.autocast(device.type, dtype=torch.float16)
+    return autocast_for(device, path.precision == "bf16")
+
+
+def flat_gradients(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat(
+        [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).detach().float().reshape(-1).cpu()
+            for p in model.parameters()
+        ]
+    )
+
+
+def run_step(
+    path: StepPath,
+    mode: str,
+    *,
+    spec: ModelSpec,
+    batch: dict,
+    eval_batch: dict,
+    share_memory: bool,
+    device: torch.device,
+    folder: Path,
+) -> StepResult:
+    """One training step of ``mode`` on ``batch`` (uint8 video (B, N, C, T, H, W)) through ``path``,
+    from seed-0 weights of ``spec``, then the evaluation of ``eval_batch``. ``folder`` holds the
+    process group's rendezvous file.
+
+    BatchNorm runs on its running statistics: a small batch's statistics make the gradient so
+    ill-conditioned that 16-bit rounding alone moves it by 20-100% (see ``comem.engine.doctor``).
+    """
+    torch.manual_seed(0)
+    model = build_model(spec).to(device)
+    model.eval()  # gradients still flow; only BatchNorm and dropout change
+    backend = "inductor" if device.type == "cuda" else "aot_eager"
+    tune_model(model, device, channels_last=path.channels_last, compile=path.compile, compile_backend=backend)
+    optimizer = build_optimizer(model, TrainConfig())
+    autocast = autocast_of(path, device)
+    scaler = torch.amp.GradScaler(device.type, init_scale=2.0**10) if path.precision == "fp16" else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    group = one_process_group(device, folder) if path.ddp else contextlib.nullcontext()
+    with group:
+        train_model: VideoModel | DistributedDataParallel = model
+        if path.ddp:
+            ids = [device.index] if device.type == "cuda" else None
+            train_model = DistributedDataParallel(TrainingForward(model), device_ids=ids)
+        video = prepare_video(
+            batch["video"],
+            device,
+            amp=path.precision == "bf16",
+            channels_last=path.channels_last,
+            normalization=model.normalization,
+        )
+        targets = batch["label"].to(device)
+        before = torch.cat([p.detach().float().reshape(-1).cpu() for p in model.parameters()])
+        optimizer.zero_grad(set_to_none=True)
+        scale = None if scaler is None else scaler.scale(torch.ones((), device=device))
+        loss = mode_step(mode, model, train_model, video, targets, autocast, scale)
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        gradients = flat_gradients(model)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+    after = torch.cat([p.detach().float().reshape(-1).cpu() for p in model.parameters()])
+    if not torch.isfinite(after).all():
+        raise RuntimeError("non-finite weights after the optimizer step")
+    if torch.equal(before, after):
+        raise RuntimeError("the optimizer step left every weight unchanged (skipped by the scaler?)")
+    eval_autocast = autocast if path.precision == "fp16" else contextlib.nullcontext
+    with eval_autocast():
+        model.eval()
+        video = prepare_video(
+            eval_batch["video"], device, amp=False, channels_last=False, normalization=model.normalization
+        )
+        with torch.no_grad(), autocast_for(device, path.precision == "bf16")():
+            logits = model(video, share_memory=share_memory)
+        scores = video_scores(logits, multi_label=eval_batch["label"].is_floating_point()).cpu()
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return StepResult(float(loss), gradients, scores.float(), peak)
+
+
+def compare(result: StepResult, reference: StepResult) -> dict[str, float]:
+    """Differences from the fp32 step: relative for the loss and the gradient, absolute for the
+    evaluation probabilities."""
+    return {
+        "loss": abs(result.loss - reference.loss) / max(abs(reference.loss), 1e-12),
+        "gradient": float(
+            (result.gradients - reference.gradients).norm() / reference.gradients.norm().clamp_min(1e-12)
+        ),
+        "scores": float((result.scores - reference.scores).abs().max()),
+    }
