@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from comem.detection.ava_eval import evaluate_files
+from comem.tasks.ava.evaluation import evaluate_files
 
 RUNNER = r"""
 import contextlib, io, logging, os, sys

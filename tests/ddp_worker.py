@@ -1,6 +1,8 @@
 """Run by tests/test_distributed.py under torchrun (2 CPU processes, gloo): one comem step and one
-joint step through DDP on this rank's half of a fixed batch, plus a gather of uneven eval scores.
-Writes ``OUT/rank<r>.pt``. Usage: ``torchrun --nproc_per_node 2 tests/ddp_worker.py OUT``."""
+joint step through DDP on this rank's half of a fixed batch, the same for the AVA detector's step
+(``comem.tasks.ava.task.detection_step``, through the engine's ``StepEngine``), plus a gather of
+uneven eval predictions. Writes ``OUT/rank<r>.pt``.
+Usage: ``torchrun --nproc_per_node 2 tests/ddp_worker.py OUT``."""
 
 import contextlib
 import sys
@@ -10,10 +12,13 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from comem.engine.distributed import gather_video_scores, init_distributed, step_hooks, wrap_for_training
-from comem.engine.evaluate import VideoScores
+from comem.config import TrainConfig
+from comem.engine.distributed import gather_predictions, init_distributed, step_hooks, wrap_for_training
 from comem.engine.modes import comem_step, joint_step
+from comem.engine.steps import StepEngine
 from comem.models.build import ModelSpec, build_model
+from comem.tasks.ava.model import AvaDetector
+from comem.tasks.ava.task import detection_step
 
 VIDEOS, CLIPS, CLASSES = 4, 3, 5
 
@@ -37,6 +42,47 @@ def union_batch() -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(42)
     video = torch.randn(VIDEOS, CLIPS, 3, 4, 32, 32, generator=generator)
     return video, torch.tensor([0, 4, 2, 1])
+
+
+def make_detector() -> AvaDetector:
+    """An AVA detector (3 actions) on ``make_model``'s kind of backbone, BatchNorm on running statistics."""
+    torch.manual_seed(1)
+    spec = ModelSpec(backbone="tiny", num_classes=1, memory_stages=("layer3", "layer4"), dropout=0.0)
+    detector = AvaDetector(build_model(spec), 3, dropout=0.0)
+    with torch.no_grad():
+        for memory in detector.video_model.memories.values():
+            memory.out.weight.normal_(0, 0.3)
+            memory.out.bias.normal_(0, 0.3)
+    return detector.eval()
+
+
+def ava_union_batch() -> dict[str, torch.Tensor]:
+    """4 keyframes x 3 clips, uint8 as the loader gives them; items 0 and 2 have one box, 1 and 3
+    two, so both ranks' halves hold 3 boxes (DDP averages per-rank mean losses: equal box counts
+    make that the union's mean)."""
+    generator = torch.Generator().manual_seed(7)
+    video = torch.randint(0, 256, (VIDEOS, CLIPS, 3, 4, 32, 32), generator=generator, dtype=torch.uint8)
+    corners = torch.rand(6, 2, generator=generator) * 0.5
+    boxes = torch.cat([corners, corners + 0.4], dim=1)
+    box_index = torch.tensor([0, 1, 1, 2, 3, 3])
+    targets = (torch.rand(6, 3, generator=generator) > 0.5).float()
+    return {"video": video, "boxes": boxes, "box_index": box_index, "targets": targets}
+
+
+def ava_share(batch: dict[str, torch.Tensor], items: slice) -> dict[str, torch.Tensor]:
+    """Items ``items`` of an AVA batch, box indices renumbered from 0."""
+    keep = (batch["box_index"] >= items.start) & (batch["box_index"] < items.stop)
+    return {
+        "video": batch["video"][items],
+        "boxes": batch["boxes"][keep],
+        "box_index": batch["box_index"][keep] - items.start,
+        "targets": batch["targets"][keep],
+    }
+
+
+def ava_step(detector: AvaDetector, train_model: torch.nn.Module, batch: dict, mode: str) -> None:
+    config = TrainConfig(mode=mode, device="cpu")
+    detection_step(detector, batch, StepEngine(config, detector, train_model, torch.device("cpu")).context())
 
 
 def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -70,10 +116,19 @@ def main(out: Path) -> None:
         reductions.clear()
         comem_step(model, video[share], targets[share], contextlib.nullcontext, **hooks)
         result[name], result[f"{name}_reductions"] = gradients(model), list(reductions)
+    detector = make_detector()
+    train_detector = wrap_for_training(detector, context, device)
+    train_detector.register_comm_hook(None, counting_allreduce)
+    ava = ava_share(ava_union_batch(), share)
+    for mode in ("joint", "comem"):
+        detector.zero_grad(set_to_none=True)
+        reductions.clear()
+        ava_step(detector, train_detector, ava, mode)
+        result[f"ava_{mode}"], result[f"ava_{mode}_reductions"] = gradients(detector), list(reductions)
     # Uneven eval shares with a wrapped-around duplicate (video 0 again on rank 1), as ShardSampler pads.
-    indices = torch.tensor([[0, 2, 4], [1, 3, 0]][context.rank])
-    scores = VideoScores(indices[:, None].float().repeat(1, 2), indices % 2, indices, [f"bad{context.rank}"])
-    result["gathered"] = gather_video_scores(scores, context)
+    indices = [[0, 2, 4], [1, 3, 0]][context.rank]
+    own = [(index, (float(index), index % 2)) for index in indices]
+    result["gathered"] = gather_predictions(own, [f"bad{context.rank}"], context)
     torch.save(result, out / f"rank{context.rank}.pt")
     dist.destroy_process_group()
 

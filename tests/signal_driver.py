@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-import comem.engine.train
+import comem.engine.trainer
 from comem.cli import main
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
@@ -89,6 +89,6 @@ if __name__ == "__main__":
     for stop_signal in STOP_SIGNALS:  # a signal landing after a run ended must not end this driver
         signal.signal(stop_signal, signal.SIG_IGN)
     torch.set_num_threads(1)
-    comem.engine.train.plot_training_curves = lambda *args: None  # slow, and not what is compared here
+    comem.engine.trainer.plot_training_curves = lambda *args: None  # slow, and not what is compared here
     result = trial_records(data_dir, Path(root_dir), train_flags, int(count), int(seed_text))
     print("RESULT " + json.dumps(result))

@@ -11,7 +11,7 @@ from torchvision.transforms.v2 import functional as F
 from comem.config import TrainConfig
 from comem.data.datasets import MultiClipVideoDataset, VideoRecord, VideoSplits
 from comem.data.transforms import mirrored_classes, rand_augment, random_resized_crop
-from comem.engine.loaders import flip_policy, make_dataset
+from comem.tasks.classification import flip_policy, make_dataset
 
 SSV2_NAMES = [
     "Pushing something from left to right",

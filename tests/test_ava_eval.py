@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from comem.cli import main
-from comem.detection.ava_eval import (
+from comem.tasks.ava.evaluation import (
     AvaFormatError,
     evaluate_files,
     image_key,

@@ -1,6 +1,5 @@
 """AVA data readers, the synthetic AVA-format set, the detector and ``comem train --task ava`` end to end."""
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -17,7 +16,9 @@ from videos import frame_index_of, gray_level
 
 from comem.cli import main
 from comem.config import TrainConfig
-from comem.detection.ava_data import (
+from comem.engine.steps import StepEngine
+from comem.models.build import ModelSpec, build_model
+from comem.tasks.ava.data import (
     AvaKeyframeDataset,
     ClipSpec,
     clip_indices,
@@ -27,12 +28,11 @@ from comem.detection.ava_data import (
     read_frame_list,
     read_keyframes,
 )
-from comem.detection.ava_eval import AvaFormatError, evaluate_files
-from comem.detection.frames import FrameReadError, MovieFrames
-from comem.detection.model import AvaDetector, keyframe_clip, temporal_pool
-from comem.detection.synthetic_ava import SyntheticAvaSpec, write_synthetic_ava
-from comem.detection.train import AvaTrainer, detection_step
-from comem.models.build import ModelSpec, build_model
+from comem.tasks.ava.evaluation import AvaFormatError, evaluate_files
+from comem.tasks.ava.frames import FrameReadError, MovieFrames
+from comem.tasks.ava.model import AvaDetector, keyframe_clip, temporal_pool
+from comem.tasks.ava.synthetic import SyntheticAvaSpec, write_synthetic_ava
+from comem.tasks.ava.task import AvaTask, detection_step
 
 TINY_AVA = SyntheticAvaSpec(train_movies=2, val_movies=2, size=32, keyframes=3)
 TINY_FLAGS = [
@@ -196,8 +196,10 @@ def test_slowfast_detector_two_pass_equals_joint_and_trains_both_pathways() -> N
     batch = {"video": torch.rand(2, 2, 3, 8, 32, 32), "boxes": boxes, "box_index": torch.tensor([0, 1])}
     batch["targets"] = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
     config = TrainConfig(mode="comem", backbone="slowfast_r50", device="cpu")
-    loss = detection_step(detector, batch, config, torch.device("cpu"), contextlib.nullcontext)
-    assert loss > 0
+    result = detection_step(
+        detector, batch, StepEngine(config, detector, detector, torch.device("cpu")).context()
+    )
+    assert result.loss > 0 and result.items == 2
     stages = detector.video_model.backbone.stages
     assert all(p.grad.abs().sum() > 0 for p in detector.roi_head.parameters())
     for pathway in stages["stem"].pathways:  # reached through both pathways' whole depth
@@ -258,7 +260,7 @@ def test_non_strict_pretrained_load_warns_about_missing_tensors(
         task="ava", data=str(ava_dir), out=str(tmp_path / "o"), device="cpu", workers=0,
         pretrained=str(tmp_path / "weights.pt"), pretrained_strict=False,
     )  # fmt: skip
-    AvaTrainer(config)
+    AvaTask(config).build_model()
     out = caplog.text
     assert "weights.pt: 1 tensors of the model are not in the file" in out
     assert "backbone.stages.layer4.conv1.weight" in out
@@ -274,22 +276,6 @@ def test_an_ava_dir_trained_without_task_ava_is_a_one_line_error(
     assert err == f"comem train: error: {ava_dir}/: no training video has a label " + (
         "(an AVA directory: train it with --task ava)"
     )
-
-
-def test_ava_under_torchrun_is_a_one_line_error(
-    ava_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # As torchrun starts each process: without the check every rank ran the whole job into one --out.
-    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
-        monkeypatch.setenv(name, value)
-    out = tmp_path / "o"
-    assert main(["train", "--data", str(ava_dir), "--out", str(out), *TINY_FLAGS]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == (
-        "comem train: error: --task ava runs in one process; start it without torchrun "
-        "(no multi-process AVA training)"
-    )
-    assert not out.exists()
 
 
 def _write_gray_movie(path: Path, num_frames: int, fps: int) -> Path:
@@ -356,7 +342,7 @@ def test_resume_mid_epoch_matches_a_straight_run(
 
     out = tmp_path / "resumed"
     with monkeypatch.context() as patch:
-        patch.setattr("comem.detection.train.detection_step", interrupted)
+        patch.setattr("comem.tasks.ava.task.detection_step", interrupted)
         assert main(["train", "--out", str(out), *flags]) == 130
     saved = torch.load(out / "last.pt", weights_only=True)
     assert (saved["epoch"], saved["step_in_epoch"]) == (0, 2)

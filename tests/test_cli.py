@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tinydata import TINY_TRAIN_FLAGS
 
 from comem.cli import build_parser, main
+from comem.config import TrainConfig
 from comem.models.build import ModelSpec, build_model, load_pretrained
 
 EPOCHS = 2
@@ -40,7 +41,9 @@ def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def test_a_training_checkpoint_loads_as_pretrained_weights(trained: Path) -> None:
     # last.pt also holds numpy's RNG state, which torch.load(weights_only=True) refused.
-    model = build_model(ModelSpec(backbone="tiny", num_classes=2, dropout=0.2))
+    model = build_model(
+        ModelSpec(backbone="tiny", num_classes=2, dropout=0.2, gate_hidden=TrainConfig().gate_hidden)
+    )
     assert load_pretrained(model, trained / "last.pt") == []
     saved = torch.load(trained / "last.pt", map_location="cpu", weights_only=False)["model"]
     for key, value in model.state_dict().items():

@@ -17,15 +17,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from ddp_worker import gradients, make_model, union_batch
+from ddp_worker import ava_share, ava_step, ava_union_batch, gradients, make_detector, make_model, union_batch
 from formatdata import write_charades
-from tinydata import TINY_TRAIN_FLAGS
+from tinydata import TINY_TRAIN_FLAGS, write_dataset
 
 from comem.config import TrainConfig
 from comem.engine.distributed import DistContext, DistributedSetupError, wrap_for_training
 from comem.engine.modes import comem_step, joint_step
-from comem.engine.train import EpochSampler, Trainer
+from comem.engine.trainer import EpochSampler, Trainer
 from comem.errors import UserError
+from comem.tasks.ava.data import load_ava
+from comem.tasks.ava.synthetic import SyntheticAvaSpec, write_synthetic_ava
+from comem.tasks.classification import ClassificationTask
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TESTS = Path(__file__).resolve().parent
@@ -54,9 +57,16 @@ def test_ranks_share_an_epoch_order_exactly() -> None:
     assert resumed.tolist() == shares[1][2:].tolist()
 
 
-def test_ddp_step_gradients_equal_single_process_on_the_union_batch(tmp_path: Path) -> None:
-    torchrun([str(TESTS / "ddp_worker.py"), str(tmp_path)], tmp_path)
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+@pytest.fixture(scope="module")
+def ddp_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """What each rank of tests/ddp_worker.py computed (one torchrun for the tests that read it)."""
+    out = tmp_path_factory.mktemp("ddp_worker")
+    torchrun([str(TESTS / "ddp_worker.py"), str(out)], out)
+    return [torch.load(out / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+
+
+def test_ddp_step_gradients_equal_single_process_on_the_union_batch(ddp_ranks: list[dict]) -> None:
+    ranks = ddp_ranks
 
     model = make_model()
     video, targets = union_batch()
@@ -87,10 +97,35 @@ def test_ddp_step_gradients_equal_single_process_on_the_union_batch(tmp_path: Pa
 
     for rank in ranks:
         gathered = rank["gathered"]
-        assert gathered.video_indices.tolist() == [0, 1, 2, 3, 4]
-        assert gathered.scores[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
-        assert gathered.targets.tolist() == [0, 1, 0, 1, 0]
+        assert gathered.indices == [0, 1, 2, 3, 4]
+        assert gathered.items == [(0.0, 0), (1.0, 1), (2.0, 0), (3.0, 1), (4.0, 0)]
         assert gathered.skipped == ["bad0", "bad1"]
+
+
+def test_ddp_ava_step_gradients_equal_single_process_on_the_union_batch(ddp_ranks: list[dict]) -> None:
+    # The detector's joint step and its two-pass comem step (no-grad memory pass, then the keyframe
+    # clip's gradient pass through DDP) on each rank's half equal one process on the union batch;
+    # the comem step all-reduces every gradient bucket once.
+    batch = ava_union_batch()
+    for mode in ("joint", "comem"):
+        detector = make_detector()
+        ava_step(detector, detector, batch, mode)
+        want = gradients(detector)
+        assert len(want) > 20 and "roi_head.classifier.weight" in want
+        assert not any(name.startswith("video_model.head.") for name in want)  # the frozen clip head
+        for rank in ddp_ranks:
+            assert rank[f"ava_{mode}"].keys() == want.keys()
+            for name, gradient in want.items():
+                torch.testing.assert_close(
+                    rank[f"ava_{mode}"][name], gradient, rtol=1e-4, atol=1e-6, msg=name
+                )
+        once = ddp_ranks[0][f"ava_{mode}_reductions"]
+        assert once and sorted(once) == sorted(set(once))
+    half = make_detector()  # rank 0's half alone gives other gradients: the match is the all-reduce's
+    ava_step(half, half, ava_share(batch, slice(0, 2)), "comem")
+    assert not torch.allclose(
+        gradients(half)["roi_head.classifier.weight"], want["roi_head.classifier.weight"]
+    )
 
 
 def test_torchrun_multi_label_val_map_is_that_of_the_saved_checkpoint(tmp_path: Path) -> None:
@@ -98,7 +133,7 @@ def test_torchrun_multi_label_val_map_is_that_of_the_saved_checkpoint(tmp_path: 
     # the val mAP printed during DDP training is the one `comem eval` gives on the checkpoint. (Each
     # rank's last training forward updates its own BatchNorm running statistics; evaluating with
     # rank 1's would score a model that was never saved.)
-    from comem.engine.evaluate import evaluate_checkpoint
+    from comem.cli.evaluate import evaluate_checkpoint
 
     data = write_charades(tmp_path / "charades", num_train=8, num_val=6)
     out = tmp_path / "ddp"
@@ -125,7 +160,7 @@ def test_torchrun_training_writes_the_single_process_metrics_and_resumes(
         data=str(tiny_dataset), out=str(tmp_path / "single"), backbone="tiny", crop_size=32, clip_len=4,
         stride=2, clips=2, batch_size=2, workers=0, device="cpu", epochs=1, save_every=0,
     )  # fmt: skip
-    expected = Trainer(single).run()
+    expected = Trainer(single, ClassificationTask(single)).run()
     assert metrics.keys() == expected.keys()
     assert metrics["history"][0].keys() == expected["history"][0].keys()
     assert metrics["val_videos"] == 4 and metrics["epochs"] == 1
@@ -139,6 +174,72 @@ def test_torchrun_training_writes_the_single_process_metrics_and_resumes(
     resumed = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"][0] == metrics["history"][0]
+
+
+AVA_FLAGS = [
+    "--task", "ava", "--backbone", "tiny", "--crop-size", "32", "--clip-len", "4", "--stride", "4",
+    "--clips", "2", "--batch-size", "2", "--epochs", "1", "--workers", "0", "--device", "cpu",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ava_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """``torchrun -m comem train --task ava`` (comem mode) on a synthetic AVA set whose 3 val
+    keyframes split unevenly over the 2 ranks (one is padded onto rank 1 and must count once)."""
+    root = tmp_path_factory.mktemp("ava_run")
+    spec = SyntheticAvaSpec(train_movies=2, val_movies=1, size=32, keyframes=3)
+    data = write_synthetic_ava(root / "ava", spec)
+    out = root / "run"
+    done = torchrun(["-m", "comem", "train", *AVA_FLAGS, "--data", str(data), "--out", str(out)], root)
+    return out, done
+
+
+def test_torchrun_ava_training_val_map_is_that_of_the_saved_checkpoint(
+    ava_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path
+) -> None:
+    from comem.cli.evaluate import evaluate_checkpoint
+
+    out, done = ava_run
+    assert done.stdout.count("epoch 1/1:") == 1  # rank 0 alone reports
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "ava" and metrics["mode"] == "comem" and metrics["val_keyframes"] == 3
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+    evaluated, _ = evaluate_checkpoint(out / "last.pt", device="cpu", workers=0, out=tmp_path)
+    assert evaluated["val_frame_mAP"] == metrics["val_frame_mAP"]
+    detections = (out / "detections_val.csv").read_text()
+    assert detections == (tmp_path / "detections_val.csv").read_text()
+    val = load_ava(out.parent / "ava").val.keyframes
+    assert (
+        len(detections.splitlines()) == sum(len(k.boxes) for k in val) * 3
+    )  # every proposal once, 3 classes
+
+
+def test_torchrun_eval_reports_what_one_process_reports(
+    ava_run: tuple[Path, subprocess.CompletedProcess], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    # Classification on 5 val videos (rank 1's share is padded with video 0) and AVA, each sharded
+    # over 2 processes: the same metrics, predictions.csv and detections as one process.
+    from comem.cli.evaluate import evaluate_checkpoint
+
+    data = write_dataset(tmp_path / "data", num_train=2, num_val=5)
+    ava_checkpoint = ava_run[0] / "last.pt"
+    worker = [str(TESTS / "ddp_eval_worker.py"), str(tmp_path / "ddp")]
+    torchrun([*worker, str(tiny_checkpoint), str(data), str(ava_checkpoint)], tmp_path)
+    single, _ = evaluate_checkpoint(
+        tiny_checkpoint, data=data, device="cpu", workers=0, batch_size=2, out=tmp_path / "one" / "cls"
+    )
+    sharded = json.loads((tmp_path / "ddp" / "cls" / "metrics.json").read_text())
+    assert single["videos"] == 5 and sharded == single
+    for name in ("predictions.csv", "per_class.csv"):
+        assert (tmp_path / "ddp" / "cls" / name).read_text() == (tmp_path / "one" / "cls" / name).read_text()
+    single, _ = evaluate_checkpoint(ava_checkpoint, device="cpu", workers=0, out=tmp_path / "one" / "ava")
+    sharded = json.loads((tmp_path / "ddp" / "ava" / "eval_val.json").read_text())
+    assert sharded["val_frame_mAP"] == single["val_frame_mAP"]
+    assert {k: v for k, v in sharded.items() if k != "detections"} == {
+        k: v for k, v in single.items() if k != "detections"
+    }
+    detections = [tmp_path / run / "ava" / "detections_val.csv" for run in ("ddp", "one")]
+    assert detections[0].read_text() == detections[1].read_text()
 
 
 def test_sync_bn_on_cpu_processes_is_refused_in_one_line() -> None:

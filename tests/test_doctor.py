@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from comem.cli import main
+from comem.config import MODES
 from comem.engine.doctor import check_step, make_workspace, run_checks, start_report
-from comem.engine.modes import MODES
 from comem.engine.step_paths import mode_step, step_paths
 from comem.models.build import build_model
 

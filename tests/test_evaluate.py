@@ -18,13 +18,14 @@ from sklearn.metrics import average_precision_score
 from tinydata import CLASS_NAMES
 
 from comem.cli import main
+from comem.cli.evaluate import evaluate_checkpoint
 from comem.data.decode import VideoReader
 from comem.data.sampling import eval_clip_starts
 from comem.data.transforms import normalize
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
-from comem.engine.evaluate import evaluate_checkpoint, video_scores
-from comem.engine.reports import write_eval_report
 from comem.engine.trained import load_trained
+from comem.tasks.classification import video_scores
+from comem.tasks.reports import write_eval_report
 
 FRAMES, CLIP_LEN, STRIDE, SPAN, CROP = 24, 4, 2, 7, 32  # as TINY_TRAIN_FLAGS and tinydata
 

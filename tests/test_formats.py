@@ -242,20 +242,20 @@ def test_charades_map_matches_sklearn_after_training(datasets: dict[str, Path], 
     from sklearn.metrics import average_precision_score
 
     from comem.config import TrainConfig
-    from comem.engine.train import Trainer
+    from comem.engine.evaluate import predict_dataset
+    from comem.engine.trainer import Trainer
+    from comem.tasks.classification import ClassificationTask, VideoScores
 
     config = TrainConfig(
         data=str(datasets["charades"]), out=str(tmp_path / "run"), epochs=1, backbone="tiny", crop_size=32,
         clip_len=4, stride=2, clips=2, batch_size=3, workers=0, device="cpu",
     )  # fmt: skip
-    trainer = Trainer(config)
+    trainer = Trainer(config, ClassificationTask(config))
     trainer.run()
-    from comem.engine.evaluate import predict_scores
-    from comem.engine.loaders import make_loader
-
-    result = predict_scores(
-        trainer.model, make_loader(trainer.val_set, config, None, trainer.device), trainer.device
+    predictions = predict_dataset(
+        trainer.task, trainer.model, trainer.task.val_set, config, trainer.device, trainer.dist
     )
+    result = VideoScores.from_predictions(predictions)
     targets = result.targets.numpy()
     assert targets.shape == (6, 3) and set(np.unique(targets)) == {0.0, 1.0}
     expected = 100 * np.mean(average_precision_score(targets, result.scores.numpy(), average=None))

@@ -12,12 +12,13 @@ from tinydata import TINY_TRAIN_FLAGS, randomise_norms
 from torchvision.models import video as tv_video
 
 from comem.cli import main
+from comem.config import TrainConfig
 from comem.data.datasets import MultiClipVideoDataset, VideoRecord, collate_clips
 from comem.data.frame_folder import FrameFolderReader
 from comem.data.transforms import normalize
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
-from comem.engine.evaluate import predict_scores
 from comem.engine.predict import predict_video
+from comem.engine.steps import StepEngine
 from comem.engine.trained import load_trained, spec_from_state
 from comem.models.build import ModelSpec, build_model, load_pretrained
 from comem.models.normalization import PYSLOWFAST, TORCHVISION_KINETICS
@@ -82,9 +83,11 @@ def test_torchvision_weights_through_comem_match_torchvision_pipeline(
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
     assert (shifted - expected).abs().max() > 100 * (logits - expected).abs().max()
 
-    # the evaluation loop normalises with the model's own values
-    result = predict_scores(model, [batch], torch.device("cpu"), progress=False)
-    torch.testing.assert_close(result.scores[0], expected.softmax(-1), rtol=1e-4, atol=1e-6)
+    # the engine's input conversion (training and evaluation steps) normalises with the model's own values
+    step = StepEngine(TrainConfig(device="cpu"), model, model, torch.device("cpu")).context()
+    with torch.no_grad():
+        scores = model(step.to_input(batch["video"]))[0, 0].softmax(-1)
+    torch.testing.assert_close(scores, expected.softmax(-1), rtol=1e-4, atol=1e-6)
 
 
 def test_missing_torchvision_file_is_one_line_naming_file_and_url(

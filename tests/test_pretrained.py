@@ -15,10 +15,10 @@ from tinydata import randomise_norms
 from torchvision.models import video as tv_video
 
 from comem.cli import build_parser
-from comem.detection.model import AvaDetector
 from comem.engine.checkpoint import save_checkpoint
-from comem.engine.train import rng_state
+from comem.engine.trainer import rng_state
 from comem.models.build import ModelSpec, PretrainedLoadError, VideoModel, build_model, load_pretrained
+from comem.tasks.ava.model import AvaDetector
 
 
 def test_torchvision_r2plus1d_predicts_as_torchvision_behind_identity_memories(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ from tinydata import TINY_TRAIN_FLAGS
 
 from comem.cli import build_parser, main
 from comem.config import TrainConfig, config_fields, load_config
-from comem.engine.train import train
+from comem.engine.trainer import train
+from comem.tasks.classification import ClassificationTask
 
 
 def help_text(capsys: pytest.CaptureFixture) -> str:
@@ -112,8 +113,8 @@ def test_library_runs_log_through_logging_not_stdout(
     )  # fmt: skip
     capsys.readouterr()
     with caplog.at_level(logging.INFO, logger="comem"):
-        train(config)
+        train(config, ClassificationTask(config))
     assert "epoch 1/1:" not in capsys.readouterr().out
     assert any(
-        record.name == "comem.engine.train" and "epoch 1/1:" in record.message for record in caplog.records
+        record.name == "comem.engine.trainer" and "epoch 1/1:" in record.message for record in caplog.records
     )

@@ -15,7 +15,9 @@ from comem.config import TrainConfig
 from comem.engine import checkpoint
 from comem.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from comem.engine.stopping import TrainingStopped
-from comem.engine.train import Trainer
+from comem.engine.trainer import Trainer
+from comem.tasks.base import StepResult
+from comem.tasks.classification import ClassificationTask
 
 
 class Crash(Exception):
@@ -43,6 +45,10 @@ def tiny_config(data: Path, out: Path, **changes) -> TrainConfig:
     return dataclasses.replace(config, **changes)
 
 
+def classification_trainer(config: TrainConfig) -> Trainer:
+    return Trainer(config, ClassificationTask(config))
+
+
 def assert_same_run(resumed: Trainer, straight: Trainer) -> None:
     assert resumed.global_step == straight.global_step == 4
     assert resumed.epoch == straight.epoch == 2
@@ -62,7 +68,7 @@ def assert_same_run(resumed: Trainer, straight: Trainer) -> None:
 @pytest.fixture(scope="module")
 def straight(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Trainer:
     """Run A: 2 epochs without interruption."""
-    trainer = Trainer(tiny_config(tiny_dataset, tmp_path_factory.mktemp("straight")))
+    trainer = classification_trainer(tiny_config(tiny_dataset, tmp_path_factory.mktemp("straight")))
     trainer.run()
     return trainer
 
@@ -71,14 +77,16 @@ def test_resume_at_epoch_boundary_matches_straight_run(
     straight: Trainer, tiny_dataset: Path, tmp_path: Path
 ) -> None:
     config = tiny_config(tiny_dataset, tmp_path)
-    first = Trainer(config)
+    first = classification_trainer(config)
     first.out.mkdir(parents=True, exist_ok=True)
     with SummaryWriter(str(first.out / "tb")) as writer:
         first.train_epoch(writer)
         first.finish_epoch(writer)
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
 
-    resumed = Trainer(dataclasses.replace(config, resume=True))  # a fresh process: new model, new RNG
+    resumed = classification_trainer(
+        dataclasses.replace(config, resume=True)
+    )  # a fresh process: new model, new RNG
     resumed.run()
     assert_same_run(resumed, straight)
 
@@ -102,7 +110,7 @@ def test_resume_mid_epoch_matches_straight_run(
     steps = 0
     real_step = Trainer.train_step
 
-    def stopping_step(self: Trainer, batch: dict) -> tuple[float, int]:
+    def stopping_step(self: Trainer, batch: dict) -> StepResult:
         nonlocal steps
         if steps == stop_after:
             if how == "crash":
@@ -113,7 +121,7 @@ def test_resume_mid_epoch_matches_straight_run(
 
     monkeypatch.setattr(Trainer, "train_step", stopping_step)
     with pytest.raises(Crash if how == "crash" else TrainingStopped) as stopped:
-        Trainer(config).run()
+        classification_trainer(config).run()
     monkeypatch.undo()
     done = stop_after + (how != "crash")
     if how != "crash":
@@ -126,7 +134,7 @@ def test_resume_mid_epoch_matches_straight_run(
         (done - 1) % 2 + 1,
     )
 
-    resumed = Trainer(dataclasses.replace(config, resume=True))
+    resumed = classification_trainer(dataclasses.replace(config, resume=True))
     resumed.run()
     assert_same_run(resumed, straight)
 

@@ -18,7 +18,7 @@ from tinydata import TINY_TRAIN_FLAGS
 from comem.cli import main
 from comem.config import ConfigError, load_config
 from comem.data.formats import load_splits
-from comem.detection.ava_eval import read_exclusions, read_labelmap
+from comem.tasks.ava.evaluation import read_exclusions, read_labelmap
 
 BOM = "\ufeff".encode()
 WRITERS = {

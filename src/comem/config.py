@@ -16,7 +16,6 @@ import yaml
 
 from comem.data.decode import DECODERS
 from comem.data.formats import DATA_FORMATS
-from comem.engine.modes import MODES
 from comem.errors import UserError
 from comem.memory import FUSION_KINDS, MEMORY_KINDS
 from comem.textfile import read_text
@@ -25,6 +24,9 @@ from comem.textfile import read_text
 class ConfigError(UserError, ValueError):
     """A bad configuration value or file (one-line message)."""
 
+
+# The training modes (engine/modes.py; ``engine.steps.MODE_STEPS`` has one step per name).
+MODES: tuple[str, ...] = ("single", "tsn", "joint", "comem")
 
 # The values a string option takes (``comem train -h`` shows them; ``validate`` checks them).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -101,7 +103,7 @@ class TrainConfig:
     channels_last: bool = True  # channels-last-3d layout on CUDA (faster cuDNN 3-D convolutions)
     compile: bool = False  # torch.compile every backbone stage
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes (GPUs only)
-    # AVA spatio-temporal action detection (task "ava", see comem.detection; ``clips`` = keyframe clip +
+    # AVA spatio-temporal action detection (task "ava", see comem.tasks.ava; ``clips`` = keyframe clip +
     # memory clips of its movie)
     task: str = "classify"  # classify | ava
     ava_version: str = "2.2"  # AVA annotation files: 2.1 | 2.2

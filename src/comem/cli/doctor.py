@@ -11,7 +11,7 @@ NAME = "doctor"
 
 
 def _modes(text: str) -> tuple[str, ...]:
-    from comem.engine.modes import MODES
+    from comem.config import MODES
 
     chosen = tuple(part.strip() for part in text.split(",") if part.strip())
     if not chosen or any(mode not in MODES for mode in chosen):
@@ -46,8 +46,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from comem.config import MODES
     from comem.engine.doctor import format_header, format_summary, run_checks, start_report
-    from comem.engine.modes import MODES
 
     report = start_report(args.device)
     print(format_header(report), flush=True)

@@ -33,7 +33,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from comem.detection.ava_eval import evaluate_files, format_report
+    from comem.tasks.ava.evaluation import evaluate_files, format_report
 
     result, categories = evaluate_files(
         args.labelmap,

@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from comem.config import TrainConfig
+from comem.models.build import build_model
+
+if TYPE_CHECKING:
+    from comem.tasks.ava.task import AvaTask
+    from comem.tasks.classification import ClassificationTask
 
 NAME = "eval"
 
@@ -30,33 +42,143 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
 
 
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    *,
+    data: str | Path | None = None,
+    split: str = "val",
+    views: int | None = None,
+    crops: int | None = None,
+    aggregate: str = "mean",
+    batch_size: int | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+    out: str | Path | None = None,
+    state: dict | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Evaluate a ``comem train`` checkpoint of any task; returns the metrics and the report directory.
+
+    Classification: multi-view testing, a report directory (default ``eval_<split>_<checkpoint
+    name>/`` beside the checkpoint) with ``metrics.json``, ``predictions.csv``, ``per_class.csv``
+    and a chart. AVA: ``detections_val.csv`` and ``eval_val.json`` (default: beside the
+    checkpoint). Everything not given comes from the checkpoint. Under torchrun the items are
+    sharded over the processes and rank 0 writes the report of them all.
+    """
+    from comem.engine.checkpoint import load_checkpoint
+    from comem.engine.distributed import broadcast_object, init_distributed
+    from comem.engine.evaluate import predict_dataset
+    from comem.engine.loaders import resolve_device
+    from comem.tasks.ava.task import is_ava_state
+
+    checkpoint = Path(checkpoint)
+    state = load_checkpoint(checkpoint) if state is None else state
+    context, torch_device = init_distributed(resolve_device(device))
+    overrides = {"views": views, "crops": crops, "batch_size": batch_size, "workers": workers}
+    if is_ava_state(state):
+        task, model, out_dir = _ava_evaluation(checkpoint, state, data, split, overrides, out)
+    else:
+        task, model, out_dir = _classification_evaluation(
+            checkpoint, state, data, split, overrides, aggregate, out, torch_device
+        )
+    model.to(torch_device)
+    predictions = predict_dataset(task, model, task.val_set, task.config, torch_device, context)
+    metrics = None
+    if context.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = task.report(predictions, out_dir, {"split": split, "checkpoint": str(checkpoint)})
+    return broadcast_object(metrics, context), out_dir
+
+
+def _replaced(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None}).validate()
+
+
+def _classification_evaluation(
+    checkpoint: Path,
+    state: dict,
+    data: str | Path | None,
+    split: str,
+    overrides: dict[str, Any],
+    aggregate: str,
+    out: str | Path | None,
+    device: torch.device,
+) -> tuple[ClassificationTask, torch.nn.Module, Path]:
+    from comem.data.datasets import DatasetFormatError
+    from comem.engine.trained import load_trained
+    from comem.tasks.classification import evaluation_task
+
+    trained = load_trained(checkpoint, device, state=state)
+    if data is None and trained.data_dir is None:
+        raise DatasetFormatError(f"{checkpoint}: records no data dir; pass --data")
+    task = evaluation_task(
+        _replaced(trained.config, overrides),
+        checkpoint=checkpoint,
+        data_dir=Path(data) if data is not None else trained.data_dir,
+        split=split,
+        multi_label=trained.multi_label,
+        class_names=trained.class_names,
+        aggregate=aggregate,
+    )
+    out_dir = Path(out) if out is not None else checkpoint.with_name(f"eval_{split}_{checkpoint.stem}")
+    return task, trained.model, out_dir
+
+
+def _ava_evaluation(
+    checkpoint: Path,
+    state: dict,
+    data: str | Path | None,
+    split: str,
+    overrides: dict[str, Any],
+    out: str | Path | None,
+) -> tuple[AvaTask, torch.nn.Module, Path]:
+    """``views`` sets the clips per keyframe (memory clips + 1); frames are never cropped."""
+    from comem.tasks.ava.model import AvaDetector
+    from comem.tasks.ava.task import evaluation_task
+    from comem.tasks.common import config_from_state, spec_from_state
+
+    config = _replaced(config_from_state(state), {**overrides, "crops": None})
+    if overrides["views"] is not None and config.mode != "single":
+        config = dataclasses.replace(config, clips=overrides["views"])
+    data_dir = Path(data) if data is not None else Path(state["data_dir"])
+    task = evaluation_task(config, data_dir=data_dir, split=split)
+    detector = AvaDetector(build_model(spec_from_state(state)), state["num_classes"], dropout=config.dropout)
+    detector.load_state_dict(state["model"])
+    return task, detector, Path(out) if out is not None else checkpoint.parent
+
+
 def run(args: argparse.Namespace) -> int:
     from comem.config import ConfigError
-    from comem.detection.train import evaluate_ava_command, is_ava_state
     from comem.engine.checkpoint import load_checkpoint
-    from comem.engine.evaluate import evaluate_checkpoint
+    from comem.engine.distributed import is_main_process, shutdown_distributed
+    from comem.tasks.ava.task import is_ava_state
 
     for flag, value, least in (("--views", args.views, 1), ("--batch-size", args.batch_size, 1),
                                ("--workers", args.workers, 0)):  # fmt: skip
         if value is not None and value < least:
             raise ConfigError(f"{flag} must be >= {least}; got {value}")
     state = load_checkpoint(args.checkpoint)  # read once, whichever evaluation it needs
+    try:
+        metrics, out_dir = evaluate_checkpoint(
+            args.checkpoint,
+            data=args.data,
+            split=args.split,
+            views=args.views,
+            crops=args.crops,
+            aggregate=args.aggregate,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=args.device,
+            out=args.out,
+            state=state,
+        )
+    finally:
+        shutdown_distributed()
+    if not is_main_process():  # under torchrun, rank 0 reports
+        return 0
     if is_ava_state(state):  # AVA detection: detections CSV + official frame mAP
-        return evaluate_ava_command(args, state)
-
-    metrics, out_dir = evaluate_checkpoint(
-        args.checkpoint,
-        data=args.data,
-        split=args.split,
-        views=args.views,
-        crops=args.crops,
-        aggregate=args.aggregate,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        out=args.out,
-        state=state,
-    )
+        print(json.dumps(metrics))
+        print(f"wrote {out_dir / 'eval_val.json'} and {metrics['detections']}")
+        return 0
     print(json.dumps({key: value for key, value in metrics.items() if not isinstance(value, list | dict)}))
     for pair in metrics.get("top_confused", [])[:5]:
         print(f"confused: {pair['videos']} x {pair['true']} -> {pair['predicted']}")

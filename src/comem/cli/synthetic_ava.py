@@ -22,7 +22,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from comem.detection.synthetic_ava import SyntheticAvaSpec, write_synthetic_ava
+    from comem.tasks.ava.synthetic import SyntheticAvaSpec, write_synthetic_ava
 
     spec = SyntheticAvaSpec(
         train_movies=args.train_movies,

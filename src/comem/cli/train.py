@@ -19,6 +19,7 @@ from typing import Any
 
 from comem.cli.logs import log_file
 from comem.config import CHOICES, TrainConfig, config_fields, config_yaml, load_config, stage_list
+from comem.tasks.base import Task
 
 NAME = "train"
 log = logging.getLogger(__name__)
@@ -190,10 +191,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
             )
 
 
+def build_task(config: TrainConfig) -> Task:
+    """The task ``config.task`` names, reading its data."""
+    if config.task == "ava":
+        from comem.tasks.ava.task import AvaTask
+
+        return AvaTask(config)
+    from comem.tasks.classification import ClassificationTask
+
+    return ClassificationTask(config)
+
+
 def run(args: argparse.Namespace) -> int:
     from comem.engine.distributed import is_main_process
     from comem.engine.run_dir import claim_run_dir
-    from comem.engine.train import train
+    from comem.engine.trainer import train
 
     skip = ("command", "config", "print_config")
     overrides = {key: value for key, value in vars(args).items() if key not in skip}
@@ -202,12 +214,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(config_yaml(config))
         return 0
     if not is_main_process():  # under torchrun, rank 0 reports and keeps the log
-        train(config)
+        train(config, build_task(config))
         return 0
     claim = claim_run_dir(config.out, resume=config.resume, overwrite=config.overwrite)
     with claim, log_file(Path(config.out) / "train.log"):  # refused runs write nothing into --out
         log.info("comem train: %s", " ".join(sys.argv[1:]))
-        metrics = train(config)
+        metrics = train(config, build_task(config))
         summary = {
             k: v
             for k, v in metrics.items()

@@ -15,100 +15,42 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Protocol
+from typing import Literal
 
 import av
 import numpy as np
 
-from comem.errors import UserError
+from comem.data.frame_folder import FrameFolderReader
+from comem.data.source import (
+    ClipSource,
+    ClosingReader,
+    DecoderUnavailableError,
+    VideoDecodeError,
+    check_indices,
+    gather,
+)
+from comem.data.torchcodec_reader import TorchCodecReader, video_decoder_class
+
+__all__ = [
+    "DECODERS",
+    "ClipSource",
+    "ClosingReader",
+    "DecoderUnavailableError",
+    "VideoDecodeError",
+    "VideoReader",
+    "check_decoder",
+    "check_indices",
+    "gather",
+    "open_video",
+    "read_clips",
+]
 
 Decoder = Literal["pyav", "torchcodec", "frames"]
 DECODERS: tuple[str, ...] = ("pyav", "torchcodec", "frames")
 
 
-class VideoDecodeError(UserError):
-    """A video that cannot be decoded; ``str(e)`` is one line, ``"<path>: <problem>"``."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
-        self.reason = " ".join(reason.split())
-        super().__init__(f"{self.path}: {self.reason}")
-
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
-        # DataLoader workers pickle exceptions; the default would call __init__ with one argument.
-        return type(self), (self.path, self.reason)
-
-
-class DecoderUnavailableError(UserError):
-    """A decoder backend was asked for whose package is not installed."""
-
-
-class ClipSource(Protocol):
-    """What datasets need from any backend: a frame count, frame times and indexed reads."""
-
-    path: str
-    num_frames: int
-    fps: float
-
-    def frame_times(self) -> np.ndarray: ...
-
-    def read(self, indices: np.ndarray) -> np.ndarray: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> ClipSource: ...
-
-    def __exit__(self, *exc: object) -> None: ...
-
-
-class ClosingReader:
-    """``with reader:`` closes it; readers holding no open resource need not define ``close``."""
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> ClosingReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
 def _describe(error: Exception) -> str:
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
-
-
-def check_indices(path: str, indices: np.ndarray, num_frames: int) -> np.ndarray:
-    """``indices`` as an integer array inside ``[0, num_frames)``, or a ValueError naming the file."""
-    indices = np.asarray(indices)
-    if not np.issubdtype(indices.dtype, np.integer):
-        raise ValueError(f"{path}: frame indices must be integers, got dtype {indices.dtype}")
-    if indices.size:
-        lowest, highest = int(indices.min()), int(indices.max())
-        if lowest < 0 or highest >= num_frames:
-            raise ValueError(
-                f"{path}: frame indices must lie in [0, {num_frames - 1}], got [{lowest}, {highest}]"
-            )
-    return indices
-
-
-def gather(path: str, indices: np.ndarray, frames: dict[int, np.ndarray]) -> np.ndarray:
-    """Stack ``frames[i]`` for every index; an index that was never decoded (stream ended early,
-    damaged frame) takes the nearest decoded frame before it, or after it if there is none before."""
-    if not frames:
-        raise VideoDecodeError(path, "no frames decoded")
-    have = np.array(sorted(frames))
-    unique, inverse = np.unique(indices, return_inverse=True)
-    position = np.searchsorted(have, unique, side="right") - 1
-    chosen = have[np.maximum(position, 0)]
-    stacked = np.stack([frames[int(i)] for i in chosen])
-    return stacked[inverse.reshape(indices.shape)]
 
 
 # Decoders known to honour ``skip_frame=NONREF`` per packet without changing the other frames.
@@ -375,8 +317,6 @@ def check_decoder(decoder: str) -> None:
     if decoder not in DECODERS:
         raise DecoderUnavailableError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
     if decoder == "torchcodec":
-        from comem.data.torchcodec_reader import video_decoder_class
-
         video_decoder_class()
 
 
@@ -390,12 +330,8 @@ def open_video(
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {', '.join(DECODERS)}; got {decoder!r}")
     if decoder == "frames" or Path(path).is_dir():
-        from comem.data.frame_folder import FrameFolderReader
-
         return FrameFolderReader(path, fps=fps or 30.0)
     if decoder == "torchcodec":
-        from comem.data.torchcodec_reader import TorchCodecReader
-
         return TorchCodecReader(path, threads=threads)
     return VideoReader(path, threads=threads)
 

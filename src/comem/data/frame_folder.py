@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from comem.data.decode import ClosingReader, VideoDecodeError, check_indices, gather
+from comem.data.source import ClosingReader, VideoDecodeError, check_indices, gather
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from comem.data.decode import ClosingReader, DecoderUnavailableError, VideoDecodeError, check_indices
+from comem.data.source import ClosingReader, DecoderUnavailableError, VideoDecodeError, check_indices
 
 
 def video_decoder_class() -> type:

@@ -36,14 +36,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from comem.config import TrainConfig
 from comem.data.datasets import collate_clips
 from comem.data.formats import load_splits
-from comem.engine.evaluate import autocast_for
-from comem.engine.loaders import make_dataset, make_loader, resolve_device
+from comem.engine.loaders import make_loader, resolve_device
 from comem.engine.modes import comem_step, joint_step, single_step, tsn_step
-from comem.engine.performance import prepare_video, tune_model
-from comem.engine.train import EpochSampler, build_optimizer
+from comem.engine.performance import autocast_for, prepare_video, tune_model
+from comem.engine.trainer import EpochSampler, build_optimizer
 from comem.errors import UserError
 from comem.models.backbones import BACKBONES
 from comem.models.build import ModelSpec, VideoModel, build_model
+from comem.tasks.classification import make_dataset
 
 BENCH_MODES: tuple[str, ...] = ("plain", "single", "tsn", "joint", "comem", "comem-local")
 DEFAULT_BENCH_MODES: tuple[str, ...] = ("plain", "single", "joint", "comem", "comem-local")
@@ -219,7 +219,7 @@ def batches(spec: BenchSpec, num_clips: int, device: torch.device) -> Iterator[d
         for epoch in itertools.count():
             dataset.set_epoch(epoch)
             sampler = EpochSampler(len(dataset), seed=0, epoch=epoch)
-            yield from make_loader(dataset, config, sampler, device)
+            yield from make_loader(dataset, collate_clips, config, sampler, device)
 
     return epochs()
 

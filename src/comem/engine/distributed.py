@@ -1,10 +1,10 @@
 """Data-parallel training over the processes torchrun starts (one per GPU, on one node or many).
 
 ``torchrun --nproc_per_node G -m comem train …`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``;
-every process builds the same model and trainer, takes its own slice of every epoch's video order,
-and DDP averages the gradients, so a step over G processes of B videos each is a step over the
-union batch of G·B videos. Rank 0 alone writes logs, checkpoints and metrics; evaluation scores of
-all ranks are gathered before metrics are computed.
+every process builds the same model and trainer, takes its own slice of every epoch's video (or
+keyframe) order, and DDP averages the gradients, so a step over G processes of B videos each is a
+step over the union batch of G·B videos. Rank 0 alone writes logs, checkpoints and metrics;
+evaluation predictions of all ranks are gathered before metrics are computed.
 
 Without these variables (or with ``WORLD_SIZE=1``) everything here is a no-op and the trainer is
 the single-process one.
@@ -24,9 +24,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
-from comem.engine.evaluate import VideoScores
 from comem.errors import UserError
-from comem.models.build import VideoModel
+from comem.tasks.base import Predictions
 
 
 class DistributedSetupError(UserError, RuntimeError):
@@ -102,38 +101,32 @@ def shutdown_distributed() -> None:
 
 
 class TrainingForward(nn.Module):
-    """The module DDP wraps: one ``forward`` for both gradient-carrying paths of a training step.
+    """The module DDP wraps: one ``forward`` for every gradient-carrying path of a training step.
 
-    DDP only all-reduces gradients of forwards that go through its own ``forward``; the two-pass
-    comem step calls ``VideoModel.forward_clip``, not ``VideoModel.forward``, so both are routed
-    here: ``forward(video)`` is the joint/single path, ``forward(clip, clip_index, banks)`` comem's.
+    DDP only all-reduces gradients of forwards that go through its own ``forward``. A
+    ``VideoModel`` routes its two-pass clip pass through ``forward(clip, i, banks, cross_grads)``
+    itself; other methods (the AVA detector's ``forward_keyframe``) are reached with
+    ``forward(*args, method="forward_keyframe")``, which calls ``model.forward_keyframe(*args)``.
     """
 
-    def __init__(self, model: VideoModel) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(
-        self,
-        inputs: torch.Tensor,
-        clip_index: int | None = None,
-        banks: dict[str, torch.Tensor] | None = None,
-        cross_grads: dict[str, torch.Tensor] | None = None,
-        share_memory: bool = True,
-    ) -> torch.Tensor:
-        if clip_index is None:
-            return self.model(inputs, share_memory=share_memory)
-        return self.model.forward_clip(inputs, clip_index, banks, cross_grads)
+    def forward(self, *args: Any, method: str = "forward", **kwargs: Any) -> Any:
+        if method == "forward":
+            return self.model(*args, **kwargs)
+        return getattr(self.model, method)(*args, **kwargs)
 
 
 def wrap_for_training(
-    model: VideoModel,
+    model: nn.Module,
     context: DistContext,
     device: torch.device,
     *,
     sync_bn: bool = False,
     find_unused_parameters: bool = False,
-) -> VideoModel | DistributedDataParallel:
+) -> nn.Module:
     """What a training step calls: the model itself in one process, else its DDP wrapper.
 
     ``sync_bn`` turns the model's BatchNorms into SyncBatchNorms in place (batch statistics over
@@ -154,9 +147,10 @@ def wrap_for_training(
     )
 
 
-def step_hooks(train_model: VideoModel | DistributedDataParallel) -> dict[str, Any]:
+def step_hooks(train_model: nn.Module) -> dict[str, Any]:
     """Keyword arguments that make ``comem_step`` run its per-clip forwards through DDP and
-    all-reduce once, after the last clip."""
+    all-reduce once, after the last clip (the model's ``forward(clip, i, banks, cross_grads)`` is
+    its ``forward_clip``, so the wrapper itself is the clip forward)."""
     if isinstance(train_model, DistributedDataParallel):
         return {"forward_clip": train_model, "no_sync": train_model.no_sync}
     return {}
@@ -184,36 +178,29 @@ def gather_objects(value: Any, context: DistContext) -> list[Any]:
     return gathered
 
 
-def gather_video_scores(result: VideoScores, context: DistContext) -> VideoScores:
-    """Every rank's scores together, one row per video in dataset order.
+def gather_predictions(own: list[tuple[int, Any]], skipped: list[str], context: DistContext) -> Predictions:
+    """Every rank's ``(dataset index, prediction)`` pairs together, one per item in dataset order.
 
-    Ranks padded their share by wrapping around (:meth:`DistContext.shard`), so a video may come
-    twice; duplicates are dropped by video index.
+    Ranks padded their share by wrapping around (:meth:`DistContext.shard`), so an item may come
+    twice; the first is kept.
     """
+    parts = gather_objects((own, skipped), context)
+    by_index: dict[int, Any] = {}
+    for pairs, _ in parts:
+        for index, item in pairs:
+            by_index.setdefault(index, item)
+    indices = sorted(by_index)
+    messages = sorted({message for _, part in parts for message in part})
+    return Predictions(indices, [by_index[index] for index in indices], messages)
+
+
+def broadcast_object(value: Any, context: DistContext) -> Any:
+    """Rank 0's ``value`` on every rank (``value`` itself in one process)."""
     if not context.enabled:
-        return result
-    parts = gather_objects((result.scores, result.targets, result.video_indices, result.skipped), context)
-    skipped = sorted({message for part in parts for message in part[3]})
-    parts = [part for part in parts if len(part[2]) > 0]
-    if not parts:
-        return VideoScores(result.scores, result.targets, result.video_indices, skipped)
-    indices = torch.cat([part[2] for part in parts])
-    unique, first = _first_occurrences(indices)
-    return VideoScores(
-        torch.cat([part[0] for part in parts])[first],
-        torch.cat([part[1] for part in parts])[first],
-        unique,
-        skipped,
-    )
-
-
-def _first_occurrences(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted unique values and, for each, the position of its first occurrence in ``values``."""
-    unique, inverse = torch.unique(values, sorted=True, return_inverse=True)
-    positions = torch.arange(len(values))
-    first = torch.full((len(unique),), len(values), dtype=torch.long)
-    first.scatter_reduce_(0, inverse, positions, reduce="amin")
-    return unique, first
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
 
 
 def sum_over_ranks(values: list[float], context: DistContext) -> list[float]:

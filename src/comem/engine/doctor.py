@@ -2,7 +2,7 @@
 
 It reports the versions that matter (comem, torch, torchvision, PyAV, CUDA, cuDNN, NCCL) and the
 devices, then runs, on a tiny dataset of real H.264 videos it generates, one training step and
-one evaluation step of every mode (``comem.engine.modes.MODES``) through every path the device has:
+one evaluation step of every mode (``comem.config.MODES``) through every path the device has:
 
 - ``fp32``: the plain step; the reference the other paths are compared with.
 - ``bf16``: bf16 autocast with the bf16 input (CUDA).
@@ -45,16 +45,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from comem.config import TrainConfig
-from comem.data.datasets import VideoSplits
+from comem.config import MODES, TrainConfig
+from comem.data.datasets import VideoSplits, collate_clips
 from comem.data.decode import open_video
 from comem.data.formats import load_splits
 from comem.data.synthetic import SyntheticSpec, make_synthetic
-from comem.engine.loaders import make_dataset, make_loader, resolve_device
-from comem.engine.modes import MODES
+from comem.engine.loaders import make_loader, resolve_device
 from comem.engine.step_paths import Skipped, StepPath, StepResult, compare, run_step, step_paths
-from comem.engine.train import train
+from comem.engine.trainer import train
 from comem.models.build import ModelSpec
+from comem.tasks.classification import ClassificationTask, make_dataset
 
 Status = Literal["PASS", "FAIL", "SKIP"]
 
@@ -206,14 +206,16 @@ class Workspace:
         config = self.config(mode)
         if config.train_clips not in self.batches:
             dataset = make_dataset(self.splits.train, config, train=True, num_classes=self.splits.num_classes)
-            self.batches[config.train_clips] = next(iter(make_loader(dataset, config, None, self.device)))
+            self.batches[config.train_clips] = next(
+                iter(make_loader(dataset, collate_clips, config, None, self.device))
+            )
         return self.batches[config.train_clips]
 
     def evaluation_batch(self) -> dict:
         if self.eval_batch is None:
             config = self.config("comem")
             dataset = make_dataset(self.splits.val, config, train=False, num_classes=self.splits.num_classes)
-            self.eval_batch = next(iter(make_loader(dataset, config, None, self.device)))
+            self.eval_batch = next(iter(make_loader(dataset, collate_clips, config, None, self.device)))
         return self.eval_batch
 
 
@@ -292,8 +294,10 @@ def check_loader(space: Workspace) -> tuple[Status, str]:
     """Worker processes (and pinned memory on CUDA) deliver the in-process batches bit for bit."""
     config = space.config("comem", workers=LOADER_WORKERS)
     dataset = make_dataset(space.splits.train, config, train=True, num_classes=space.splits.num_classes)
-    in_process = next(iter(make_loader(dataset, replace(config, workers=0), None, space.device)))
-    with_workers = next(iter(make_loader(dataset, config, None, space.device)))
+    in_process = next(
+        iter(make_loader(dataset, collate_clips, replace(config, workers=0), None, space.device))
+    )
+    with_workers = next(iter(make_loader(dataset, collate_clips, config, None, space.device)))
     if not torch.equal(in_process["video"], with_workers["video"]):
         return "FAIL", f"{LOADER_WORKERS} workers gave other clips than in-process loading"
     pinned = "not pinned (no CUDA)"
@@ -312,7 +316,7 @@ def check_train_loop(mode: str, space: Workspace) -> tuple[Status, str]:
     config = space.config(mode, out=str(out), workers=workers)
     console = io.StringIO()  # the run's progress bars and epoch line
     with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
-        metrics = train(config)
+        metrics = train(config, ClassificationTask(config))
     record = metrics["history"][-1]
     if not math.isfinite(record["train_loss"]):
         return "FAIL", f"train loss {record['train_loss']}"

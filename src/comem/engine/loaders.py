@@ -1,14 +1,14 @@
-"""Device choice, datasets and loaders built the same way for training and evaluation."""
+"""Device choice and loaders built the same way for training and evaluation, for every task."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from comem.config import TrainConfig
-from comem.data.datasets import MultiClipVideoDataset, VideoSplits, collate_clips
-from comem.data.decode import check_decoder
-from comem.data.transforms import mirrored_classes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -19,63 +19,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def flip_policy(config: TrainConfig, splits: VideoSplits | None) -> tuple[bool, list[int] | None]:
-    """Whether training flips, and the mirrored class of each class when a flip swaps labels.
-
-    ``flip auto`` is off for Something-Something (its left/right classes would change meaning)."""
-    mode = config.flip
-    data_format = splits.data_format if splits is not None else config.data_format
-    if mode == "auto":
-        mode = "off" if data_format in ("ssv1", "ssv2") else "on"
-    if mode == "swap-labels":
-        return True, mirrored_classes(splits.class_names if splits is not None else [])
-    return mode == "on", None
-
-
-def make_dataset(
-    records: list,
-    config: TrainConfig,
-    *,
-    train: bool,
-    num_classes: int | None = None,
-    splits: VideoSplits | None = None,
-) -> MultiClipVideoDataset:
-    """``num_classes`` sizes the multi-hot targets of multi-label records; ``splits`` (the data's
-    format and class names) decides the flips of a training set (``flip_policy``)."""
-    check_decoder(config.decoder)
-    flip, label_mirror = flip_policy(config, splits)
-    scale = config.resized_crop_scale
-    return MultiClipVideoDataset(
-        records,
-        num_clips=config.train_clips if train else config.eval_views,
-        clip_len=config.clip_len,
-        stride=config.stride,
-        crop_size=config.crop_size,
-        train=train,
-        seed=config.seed,
-        min_scale=config.min_scale,
-        max_scale=config.max_scale,
-        eval_scale=config.eval_scale,
-        num_crops=1 if train else config.crops,
-        num_classes=num_classes,
-        decoder=config.decoder,
-        target_fps=config.target_fps,
-        span_labels=config.span_labels,
-        flip=flip,
-        label_mirror=label_mirror,
-        resized_crop_scale=None if scale is None else (scale[0], scale[1]),
-        randaug_ops=config.randaug_ops,
-        randaug_magnitude=config.randaug_magnitude,
-    )
-
-
 def drops_last(dataset_size: int, config: TrainConfig) -> bool:
     """Training drops a last partial batch (a batch of one breaks train-mode BatchNorm on small maps)."""
     return dataset_size > config.batch_size
 
 
 def make_loader(
-    dataset: MultiClipVideoDataset,
+    dataset: Dataset,
+    collate: Callable[[list[Any]], dict[str, Any]],
     config: TrainConfig,
     sampler: Sampler | None,
     device: torch.device,
@@ -93,7 +44,7 @@ def make_loader(
         drop_last=drop_last,
         shuffle=False,
         num_workers=config.workers,
-        collate_fn=collate_clips,
+        collate_fn=collate,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
         # Its own generator: iterating a loader otherwise draws a base seed from the global torch RNG,

@@ -24,7 +24,6 @@ from torch import nn
 
 from comem.models.build import Bank, MemoryPass, VideoModel
 
-MODES: tuple[str, ...] = ("single", "tsn", "joint", "comem")
 MemoryPassBN = Literal["batch", "eval"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (clip logits, their targets) -> scalar
 

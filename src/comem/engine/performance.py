@@ -8,6 +8,9 @@ backbone stage in place, so state-dict keys do not change.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import torch
 
 from comem.data.transforms import normalize
@@ -16,14 +19,15 @@ from comem.models.normalization import Normalization
 
 
 def tune_model(
-    model: VideoModel,
+    model: torch.nn.Module,
     device: torch.device,
     *,
     channels_last: bool,
     compile: bool,
     compile_backend: str = "inductor",
 ) -> None:
-    """Apply the speed settings to ``model`` (already on ``device``) in place.
+    """Apply the speed settings to ``model`` (already on ``device``; a ``VideoModel`` or a task model
+    holding one) in place.
 
     ``compile_backend`` is ``torch.compile``'s: ``inductor`` generates kernels; ``aot_eager``
     traces forward and backward the same way but runs them eagerly (``comem doctor`` on a CPU).
@@ -38,8 +42,16 @@ def tune_model(
         # which it silently falls back to eager.
         name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
         setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
-        for stage in model.backbone.stages.values():
-            stage.compile(backend=compile_backend)
+        for video_model in (module for module in model.modules() if isinstance(module, VideoModel)):
+            for stage in video_model.backbone.stages.values():
+                stage.compile(backend=compile_backend)
+
+
+def autocast_for(device: torch.device, enabled: bool) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU bf16 conv3d is slower than fp32)."""
+    if enabled and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 def prepare_video(

@@ -25,10 +25,11 @@ from comem.config import TrainConfig
 from comem.data.decode import VideoReader
 from comem.data.sampling import clip_frame_indices, clip_span, eval_clip_starts, resample_grid
 from comem.data.transforms import center_crop_views, normalize, short_side_scale_size
-from comem.engine.evaluate import autocast_for, clip_probabilities, video_scores
+from comem.engine.performance import autocast_for
 from comem.errors import UserError
 from comem.models.build import Bank
 from comem.models.normalization import Normalization
+from comem.tasks.classification import clip_probabilities, video_scores
 
 # Thumbnails (each clip's middle frame) are kept at most this short side: legible in a timeline.
 THUMBNAIL_SHORT_SIDE = 160

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from comem.config import MODES
 from comem.engine.distributed import TrainingForward, step_hooks
 from comem.engine.modes import (
-    MODES,
     LossFn,
     MemoryPassBN,
     StepOutput,

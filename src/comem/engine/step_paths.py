@@ -22,11 +22,11 @@ from torch.nn.parallel import DistributedDataParallel
 from comem.config import TrainConfig
 from comem.engine import modes
 from comem.engine.distributed import TrainingForward, step_hooks
-from comem.engine.evaluate import autocast_for, predict_scores
 from comem.engine.modes import comem_step
-from comem.engine.performance import prepare_video, tune_model
-from comem.engine.train import build_optimizer
+from comem.engine.performance import autocast_for, prepare_video, tune_model
+from comem.engine.trainer import build_optimizer
 from comem.models.build import ModelSpec, VideoModel, build_model
+from comem.tasks.classification import video_scores
 
 # Largest relative difference from the fp32 step (loss, gradient norm) and absolute difference of
 # evaluation probabilities. Measured on a CPU: fp16 5e-4 and bf16 1e-2 of the gradient; TF32
@@ -234,14 +234,13 @@ def run_step(
         raise RuntimeError("the optimizer step left every weight unchanged (skipped by the scaler?)")
     eval_autocast = autocast if path.precision == "fp16" else contextlib.nullcontext
     with eval_autocast():
-        scores = predict_scores(
-            model,
-            [eval_batch],
-            device,
-            share_memory=share_memory,
-            amp=path.precision == "bf16",
-            progress=False,
-        ).scores
+        model.eval()
+        video = prepare_video(
+            eval_batch["video"], device, amp=False, channels_last=False, normalization=model.normalization
+        )
+        with torch.no_grad(), autocast_for(device, path.precision == "bf16")():
+            logits = model(video, share_memory=share_memory)
+        scores = video_scores(logits, multi_label=eval_batch["label"].is_floating_point()).cpu()
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return StepResult(float(loss), gradients, scores.float(), peak)
 

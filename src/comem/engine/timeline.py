@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.gridspec import SubplotSpec
 
 from comem.engine.predict import VideoPrediction
-from comem.engine.reports import save_figure
+from comem.tasks.reports import save_figure
 
 MAX_THUMBNAILS = 8
 

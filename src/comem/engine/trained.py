@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from comem.config import TrainConfig, config_fields
+from comem.config import TrainConfig
 from comem.engine.checkpoint import CheckpointError, load_checkpoint
 from comem.models.build import ModelSpec, VideoModel, build_model
-from comem.models.normalization import PYSLOWFAST, normalization
+from comem.tasks.common import config_from_state, spec_from_state
 
 
 @dataclass
@@ -37,23 +37,6 @@ def is_multi_label(state: dict) -> bool:
     if "multi_label" in state:
         return bool(state["multi_label"])
     return any("val_mAP" in record for record in state.get("history", []))
-
-
-def spec_from_state(state: dict) -> ModelSpec:
-    """The model spec a checkpoint was trained with (YAML/pickle turned its tuple into a list).
-
-    Checkpoints that predate the stored input normalisation were all trained with PySlowFast's."""
-    stored = state["model_spec"]
-    spec = ModelSpec(**{**stored, "memory_stages": tuple(stored["memory_stages"])})
-    if stored.get("mean") is None:
-        return spec.with_normalization(PYSLOWFAST)
-    return spec.with_normalization(normalization(stored["mean"], stored["std"]))
-
-
-def config_from_state(state: dict) -> TrainConfig:
-    """The training config of a checkpoint; fields another comem version added are left out."""
-    known = config_fields()
-    return TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
 
 
 def load_trained(checkpoint: str | Path, device: torch.device, *, state: dict | None = None) -> TrainedModel:

@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from comem.models.build import VideoModel
+from comem.models.normalization import Normalization
 
 Features = torch.Tensor | list[torch.Tensor]  # a map, or one per pathway (SlowFast: [slow, fast])
 
@@ -62,13 +63,20 @@ class RoIActionHead(nn.Module):
 class AvaDetector(nn.Module):
     """A :class:`VideoModel` (backbone + collaborative memories) with an RoI action head.
 
-    Its ``head`` (clip classification) is unused; the RoI head reads the keyframe clip's features.
+    Its ``head`` (clip classification) is unused and frozen; the RoI head reads the keyframe clip's
+    features.
     """
 
     def __init__(self, video_model: VideoModel, num_classes: int, *, dropout: float = 0.5) -> None:
         super().__init__()
         self.video_model = video_model
+        video_model.head.requires_grad_(False)  # never used: no optimizer state, nothing for DDP to reduce
         self.roi_head = RoIActionHead(video_model.backbone.out_channels, num_classes, dropout=dropout)
+
+    @property
+    def normalization(self) -> Normalization:
+        """The input normalisation of its video model (``VideoModel.normalization``)."""
+        return self.video_model.normalization
 
     def forward(self, video: torch.Tensor, boxes: torch.Tensor, box_index: torch.Tensor) -> torch.Tensor:
         """All N clips in one graph (joint training; ``single`` with N = 1). ``video`` (B, N, C, T, H, W)."""

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from comem.detection.ava_eval import AvaFormatError, Category, read_labelmap
-from comem.detection.frames import FrameSource, JpegFrames, find_movies
+from comem.tasks.ava.evaluation import AvaFormatError, Category, read_labelmap
+from comem.tasks.ava.frames import FrameSource, JpegFrames, find_movies
 from comem.textfile import open_text
 
 FPS = 30
@@ -272,11 +272,13 @@ class AvaKeyframeDataset(Dataset):
             "targets": targets,
             "video_id": keyframe.video_id,
             "second": keyframe.second,
+            "index": index,
         }
 
 
 def collate_keyframes(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack videos (B, N, C, T, H, W); concatenate boxes with their item index as ``box_index``."""
+    """Stack videos (B, N, C, T, H, W); concatenate boxes with their item index as ``box_index``;
+    ``index``: each item's keyframe index in the dataset."""
     return {
         "video": torch.stack([item["video"] for item in items]),
         "boxes": torch.cat([item["boxes"] for item in items]),
@@ -286,6 +288,7 @@ def collate_keyframes(items: list[dict[str, Any]]) -> dict[str, Any]:
         ),
         "targets": torch.cat([item["targets"] for item in items]),
         "keys": [(item["video_id"], item["second"]) for item in items],
+        "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
     }
 
 

@@ -25,7 +25,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from comem.detection.ava_data import FIRST_SECOND, FPS, AvaLayout, frame_of_second
+from comem.tasks.ava.data import FIRST_SECOND, FPS, AvaLayout, frame_of_second
 
 CLASS_NAMES = ("walk", "jump", "cued")
 HIDDEN_CLASS = 4

@@ -1,0 +1,85 @@
+"""The engine's side of a training step.
+
+A task's step (``Task.train_step``) gets a :class:`~comem.tasks.base.StepContext` built here: the
+input conversion, autocast, the DDP-routed forward, the no-grad memory pass, and ``run_mode``,
+the step of the run's mode (:func:`comem.engine.step.train_step`) for tasks whose loss is per clip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from comem.config import TrainConfig
+from comem.engine.modes import StepOutput, eval_batchnorm, preserved_batchnorm_stats
+from comem.engine.performance import autocast_for, prepare_video
+from comem.engine.step import train_step
+from comem.tasks.base import StepContext
+
+
+@dataclass(frozen=True)
+class StepEngine:
+    """The engine's side of a training step (what a task's step calls, see ``StepContext``):
+    ``model`` is the task's model on ``device``, ``train_model`` the module DDP wraps (or ``model``)."""
+
+    config: TrainConfig
+    model: torch.nn.Module
+    train_model: torch.nn.Module
+    device: torch.device
+
+    @property
+    def autocast(self) -> Callable[[], AbstractContextManager]:
+        return autocast_for(self.device, self.config.amp)
+
+    def to_input(self, video: torch.Tensor) -> torch.Tensor:
+        config = self.config
+        return prepare_video(
+            video,
+            self.device,
+            amp=config.amp,
+            channels_last=config.channels_last,
+            normalization=self.model.normalization,
+        )
+
+    def forward(self, *args: Any, method: str = "forward", **kwargs: Any) -> Any:
+        """``model.<method>(*args, **kwargs)``, through DDP when distributed (see ``TrainingForward``)."""
+        if self.train_model is not self.model:
+            return self.train_model(*args, method=method, **kwargs)
+        if method == "forward":
+            return self.model(*args, **kwargs)
+        return getattr(self.model, method)(*args, **kwargs)
+
+    def memory_bank(self, video_model: torch.nn.Module, video: torch.Tensor) -> dict:
+        """The no-grad memory pass, BatchNorm's running statistics kept out of it as configured."""
+        batch_stats = self.config.memory_pass_bn == "batch"
+        guard = preserved_batchnorm_stats(video_model) if batch_stats else eval_batchnorm(video_model)
+        with guard, self.autocast():
+            return video_model.memory_bank(video, chunk=self.config.memory_chunk)
+
+    def run_mode(self, video: torch.Tensor, targets: torch.Tensor) -> StepOutput:
+        config = self.config
+        return train_step(
+            self.train_model,
+            video,
+            targets,
+            mode=config.mode,
+            autocast=self.autocast,
+            memory_pass_bn=config.memory_pass_bn,
+            memory_chunk=config.memory_chunk,
+            cross_clip=config.cross_clip,
+        )
+
+    def context(self) -> StepContext:
+        return StepContext(
+            mode=self.config.mode,
+            model=self.model,
+            to_input=self.to_input,
+            autocast=self.autocast,
+            forward=self.forward,
+            memory_bank=self.memory_bank,
+            run_mode=self.run_mode,
+        )

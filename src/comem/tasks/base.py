@@ -1,0 +1,112 @@
+"""The contract between the one training loop (:mod:`comem.engine.trainer`) and a task.
+
+The loop owns what every run has: mode dispatch, optimizer and schedule, precision, DDP, checkpoints
+and exact resume, signals, progress, logs, best-checkpoint choice, sharded evaluation. A task
+supplies what differs: its datasets and collate, its model, the loss of one batch in each mode, the
+prediction of one evaluation batch, its metrics and reports. Tasks implement :class:`Task`
+structurally (no base class to inherit); the engine hands them a :class:`StepContext` holding the
+engine's side of a step, so a task never imports the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+
+class StepResult(NamedTuple):
+    """What one training step of a task reports to the loop."""
+
+    loss: float  # the batch's mean loss
+    items: int  # videos (or keyframes) it trained on
+    correct: int = 0  # of them predicted right, for tasks with ``train_accuracy``
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """The engine's side of a training or evaluation step, as a task sees it.
+
+    - ``to_input``: uint8 clips on the device (any leading dims, then C, T, H, W) to the model's
+      normalised input in its precision and memory layout; convert one clip at a time to keep a
+      step's input memory that of one float clip.
+    - ``autocast``: the run's autocast context (bf16 on CUDA, a no-op elsewhere).
+    - ``forward(*args, method="forward", **kwargs)``: ``model.<method>(...)`` through the DDP wrapper when
+      there is one; every forward that carries gradients must go through it.
+    - ``memory_bank(video_model, video)``: the two-pass scheme's no-grad first pass of a
+      :class:`~comem.models.build.VideoModel`, with BatchNorm kept out of it as configured.
+    - ``run_mode(video, targets)``: the engine's step of the run's mode for tasks whose loss is per
+      clip against video targets (:mod:`comem.engine.modes`); returns its ``StepOutput``.
+    """
+
+    mode: str
+    model: nn.Module
+    to_input: Callable[[torch.Tensor], torch.Tensor]
+    autocast: Callable[[], AbstractContextManager]
+    forward: Callable[..., Any] = field(repr=False)
+    memory_bank: Callable[[nn.Module, torch.Tensor], dict] = field(repr=False)
+    run_mode: Callable[[torch.Tensor, torch.Tensor], Any] = field(repr=False)
+
+
+@dataclass
+class Predictions:
+    """Evaluation predictions of every dataset item, in dataset order, whatever ranks made them."""
+
+    indices: list[int]  # dataset indices, ascending, each once
+    items: list[Any]  # the task's prediction of each (see Task.predict)
+    skipped: list[str] = field(default_factory=list)  # items that could not be read, one message each
+
+
+class Task(Protocol):
+    """What the trainer asks of a task. Metric names are without the ``val_`` prefix the loop adds."""
+
+    config: Any  # the run's TrainConfig
+    data_dir: Path
+    model_spec: Any  # dataclass stored in checkpoints to rebuild the model
+    selection_metric: str  # the val metric that picks best.pt (higher is better)
+    headline_metrics: tuple[str, ...]  # val metrics printed after each epoch
+    train_accuracy: bool  # whether steps count correct predictions (train_top1)
+    train_set: Dataset  # with ``set_epoch(epoch)``: items are a function of (seed, epoch, index)
+    val_set: Dataset
+
+    def collate(self, items: Sequence[Any]) -> dict[str, Any]:
+        """A batch: a dict with ``video`` uint8 (B, N, C, T, H, W) and whatever else the task needs."""
+        ...
+
+    def build_model(self) -> nn.Module:
+        """A new model (pretrained weights loaded); the engine seeds the RNG before calling it."""
+        ...
+
+    def usable(self, batch: dict[str, Any]) -> bool:
+        """Whether a training batch can be stepped on (e.g. unreadable videos left too few)."""
+        ...
+
+    def train_step(self, batch: dict[str, Any], step: StepContext) -> StepResult:
+        """Forward and backward of one batch (on the device) in ``step.mode``; no optimizer step."""
+        ...
+
+    def predict(self, model: nn.Module, batch: dict[str, Any], step: StepContext) -> list[tuple[int, Any]]:
+        """Predictions of an evaluation batch: ``(dataset index, prediction)`` per item."""
+        ...
+
+    def val_metrics(self, predictions: Predictions, out: Path) -> dict[str, float]:
+        """Metrics of the validation predictions (run once, on rank 0); may write files into ``out``."""
+        ...
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        """What a checkpoint stores besides the engine's state (class names, data dir, …)."""
+        ...
+
+    def summary(self) -> dict[str, Any]:
+        """The task's entries of ``metrics.json`` (data, sizes, settings)."""
+        ...
+
+    def prepare_output(self, out: Path) -> None:
+        """Files written once into the run directory before training (rank 0)."""
+        ...

@@ -1,0 +1,47 @@
+"""Pieces every task uses: pretrained weights, input normalisation, and a model spec and config
+rebuilt from a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+
+from comem.config import TrainConfig, config_fields
+from comem.models.build import ModelSpec, VideoModel, load_pretrained
+from comem.models.normalization import PYSLOWFAST, normalization
+
+log = logging.getLogger(__name__)
+
+
+def load_pretrained_weights(model: VideoModel, config: TrainConfig) -> None:
+    """``--pretrained``, warning in one line about tensors a non-strict load left at their init."""
+    missing = load_pretrained(model, config.pretrained, strict=config.pretrained_strict)
+    if missing:
+        log.warning(
+            f"{config.pretrained}: {len(missing)} tensors of the model are not in the file "
+            f"and keep their initialisation (first: {missing[0]})"
+        )
+
+
+def settle_normalization(model: VideoModel, spec: ModelSpec, config: TrainConfig) -> ModelSpec:
+    """``spec`` recording the model's input normalisation: ``config.mean/std`` when given, else that
+    of the loaded weights' source (or the backbone's), so checkpoints, eval and predict use it."""
+    if config.mean is not None and config.std is not None:
+        model.normalization = normalization(config.mean, config.std)
+    return spec.with_normalization(model.normalization)
+
+
+def spec_from_state(state: dict) -> ModelSpec:
+    """The model spec a checkpoint was trained with (YAML/pickle turned its tuple into a list).
+
+    Checkpoints that predate the stored input normalisation were all trained with PySlowFast's."""
+    stored = state["model_spec"]
+    spec = ModelSpec(**{**stored, "memory_stages": tuple(stored["memory_stages"])})
+    if stored.get("mean") is None:
+        return spec.with_normalization(PYSLOWFAST)
+    return spec.with_normalization(normalization(stored["mean"], stored["std"]))
+
+
+def config_from_state(state: dict) -> TrainConfig:
+    """The training config of a checkpoint; fields another comem version added are left out."""
+    known = config_fields()
+    return TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
