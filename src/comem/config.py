@@ -66,10 +66,10 @@ class TrainConfig:
     pretrained_strict: bool = True
     # stages followed by a memory: names, or "last", "last-1", … (default: the last three, see README)
     memory_stages: list[str] = field(default_factory=lambda: ["last-2", "last-1", "last"])
-    memory: str = "sigmoid"  # the read: sigmoid keeps how many clips match (docs/learning.md)
+    memory: str = "attention"  # the read (docs/learning.md: sigmoid keeps how many clips match)
     fusion: str = "gate"
     key_dim: int | None = None
-    gate_hidden: int | None = 64  # hidden ReLU layer between the memory read and the gate (None: linear)
+    gate_hidden: int | None = None  # hidden ReLU layer between the memory read and the gate (None: linear)
     dropout: float = 0.2
     # optimisation
     mode: str = "comem"
