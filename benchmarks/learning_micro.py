@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from comem.config import MODES
 from comem.engine import modes
 from comem.models.build import VideoModel
 from comem.models.stages import VideoBackbone
@@ -57,7 +58,7 @@ def backbone(width: int, depth: int) -> VideoBackbone:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", default="comem", choices=modes.MODES)
+    parser.add_argument("--mode", default="comem", choices=MODES)
     parser.add_argument("--task", default="distinct", choices=("distinct", "parity"))
     parser.add_argument("--clips", type=int, default=3)
     parser.add_argument("--stages", default="last")
