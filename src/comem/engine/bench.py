@@ -37,8 +37,8 @@ from comem.config import TrainConfig
 from comem.data.datasets import collate_clips
 from comem.data.formats import load_splits
 from comem.engine.loaders import make_loader, resolve_device
-from comem.engine.modes import comem_step, joint_step, single_step, tsn_step
 from comem.engine.performance import autocast_for, prepare_video, tune_model
+from comem.engine.step import train_step
 from comem.engine.trainer import EpochSampler, build_optimizer
 from comem.errors import UserError
 from comem.models.backbones import BACKBONES
@@ -229,7 +229,7 @@ def _repeat(loader: DataLoader) -> Iterator[dict]:
         yield from loader
 
 
-def train_step(
+def bench_step(
     mode: str,
     model: VideoModel,
     video: torch.Tensor,
@@ -237,17 +237,18 @@ def train_step(
     autocast: Callable,
     spec: BenchSpec,
 ) -> None:
-    """Forward and backward of one step of a bench mode (``comem-local``: comem without the
-    cross-clip gradient, the plain two-pass scheme)."""
-    if mode.startswith("comem"):
-        cross_clip = mode == "comem"
-        comem_step(model, video, targets, autocast, memory_chunk=spec.memory_chunk, cross_clip=cross_clip)
-    elif mode == "tsn":
-        tsn_step(model, video, targets, autocast)
-    elif mode == "joint":
-        joint_step(model, video, targets, autocast)
-    else:
-        single_step(model, video, targets, autocast)
+    """Forward and backward of one step of a bench mode through the engine's one mode dispatch
+    (``plain`` trains as ``single``; ``comem-local``: comem without the cross-clip gradient)."""
+    train_mode = {"plain": "single", "comem-local": "comem"}.get(mode, mode)
+    train_step(
+        model,
+        video,
+        targets,
+        mode=train_mode,
+        autocast=autocast,
+        memory_chunk=spec.memory_chunk,
+        cross_clip=mode != "comem-local",
+    )
 
 
 def make_step(mode: str, model: VideoModel, device: torch.device, spec: BenchSpec) -> Callable[[dict], None]:
@@ -262,7 +263,7 @@ def make_step(mode: str, model: VideoModel, device: torch.device, spec: BenchSpe
         )
         targets = batch["label"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        train_step(mode, model, video, targets, autocast, spec)
+        bench_step(mode, model, video, targets, autocast, spec)
         optimizer.step()
 
     return step
@@ -413,8 +414,7 @@ def meta_step_flops(spec: BenchSpec, mode: str, num_clips: int) -> int:
     targets = torch.zeros(spec.batch_size, dtype=torch.long, device="meta")
     counter = FlopCounterMode(display=False)
     with counter:
-        counted = "joint" if mode in ("plain", "single") else mode
-        train_step(counted, model, video, targets, contextlib.nullcontext, spec)
+        bench_step(mode, model, video, targets, contextlib.nullcontext, spec)
     return counter.get_total_flops()
 
 
