@@ -45,10 +45,10 @@ def test_flags_parse_to_config_values_and_old_spellings_work() -> None:
     )
     assert (args.momentum, args.key_dim, args.mean, args.clip_grad) == (0.5, 16, [0.1, 0.2, 0.3], None)
     switches = parser.parse_args(
-        ["train", "--no-amp", "--compile", "--no-channels-last", "--sync-bn", "--resume"]
+        ["train", "--precision", "fp16", "--compile", "--no-channels-last", "--sync-bn", "--resume"]
     )
-    assert (switches.amp, switches.compile, switches.channels_last, switches.sync_bn) == (
-        False,
+    assert (switches.precision, switches.compile, switches.channels_last, switches.sync_bn) == (
+        "fp16",
         True,
         False,
         True,

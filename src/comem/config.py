@@ -35,6 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "fusion": FUSION_KINDS,
     "optimizer": ("sgd", "adamw"),
     "memory_pass_bn": ("batch", "eval"),
+    "precision": ("auto", "bf16", "fp16", "fp32"),
     "device": ("auto", "cpu", "cuda"),
     "synthetic_task": ("distinct", "parity"),
     "data_format": DATA_FORMATS,
@@ -84,7 +85,8 @@ class TrainConfig:
     clip_grad: float | None = None
     memory_pass_bn: str = "batch"
     cross_clip: bool = True  # comem: other clips' losses train each clip's summaries (joint's gradient)
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on a CPU) | bf16 | fp16 (with a loss scaler) | fp32
+    accum_steps: int = 1  # batches per optimizer step (gradients accumulated: K x batch_size videos)
     # run
     out: str = "runs/comem"
     device: str = "auto"
@@ -133,6 +135,7 @@ class TrainConfig:
             "batch_size",
             "eval_every",
             "memory_chunk",
+            "accum_steps",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -191,6 +194,18 @@ class TrainConfig:
         return self.mode not in ("single", "tsn")
 
 
+def upgrade_config(values: dict[str, Any]) -> dict[str, Any]:
+    """Config values written by an earlier comem (a checkpoint's or a run's ``config.yaml``) in
+    today's fields: ``amp`` (bf16 autocast on CUDA, ignored on a CPU) is ``precision`` ``auto`` when
+    true and ``fp32`` when false."""
+    if "amp" not in values:
+        return values
+    values = dict(values)
+    amp = values.pop("amp")
+    values.setdefault("precision", "auto" if amp else "fp32")
+    return values
+
+
 def config_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
@@ -229,7 +244,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of option: value at the top level")
         loaded_keys = {str(key).replace("-", "_"): str(key) for key in loaded}
-        values.update({str(key).replace("-", "_"): value for key, value in loaded.items()})
+        values.update(upgrade_config({str(key).replace("-", "_"): value for key, value in loaded.items()}))
         unknown = sorted(set(values) - set(config_fields()))
         if unknown:
             raise ConfigError(f"{path}: unknown option(s) {', '.join(unknown)}")

@@ -61,7 +61,11 @@ HELP: dict[str, str] = {
     "memory_pass_bn": "BatchNorm in comem's no-grad memory pass",
     "cross_clip": "comem: the other clips' losses also train each clip's summaries (joint's gradient at flat "
     "memory, one more pass of the stages from the first memory on); false: the plain two-pass gradient",
-    "amp": "bf16 autocast on CUDA (ignored on CPU)",
+    "precision": "autocast precision: auto is bf16 on CUDA and fp32 on a CPU (where bf16 3-D convolutions "
+    "are slower); bf16 and fp16 run as asked on any device; fp16 scales the loss (GradScaler)",
+    "accum_steps": "batches per optimizer step: gradients of K batches accumulate, a step sees K x "
+    "--batch-size videos and an epoch has 1/K as many steps (the schedule, --save-every and logs "
+    "count optimizer steps)",
     "out": "output dir: checkpoints, metrics.json, config.yaml, train.log, env.json, TensorBoard",
     "device": "auto, cpu, cuda or cuda:i",
     "seed": "random seed (video order, clips, augmentation, initialisation)",

@@ -37,7 +37,8 @@ from comem.config import TrainConfig
 from comem.data.datasets import collate_clips
 from comem.data.formats import load_splits
 from comem.engine.loaders import make_loader, resolve_device
-from comem.engine.performance import autocast_for, prepare_video, tune_model
+from comem.engine.performance import prepare_video, tune_model
+from comem.engine.precision import autocast_for
 from comem.engine.step import train_step
 from comem.engine.trainer import EpochSampler, build_optimizer
 from comem.errors import UserError
@@ -253,14 +254,12 @@ def bench_step(
 
 def make_step(mode: str, model: VideoModel, device: torch.device, spec: BenchSpec) -> Callable[[dict], None]:
     """One training step of ``mode`` on a loader batch, optimizer included."""
-    amp = mode != "plain"
-    autocast = autocast_for(device, amp)
+    fast = mode != "plain"
+    autocast = autocast_for(device, "auto" if fast else "fp32")
     optimizer = build_optimizer(model, TrainConfig())
 
     def step(batch: dict) -> None:
-        video = prepare_video(
-            batch["video"], device, amp=amp, channels_last=amp, normalization=model.normalization
-        )
+        video = prepare_video(batch["video"], device, channels_last=fast)
         targets = batch["label"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         bench_step(mode, model, video, targets, autocast, spec)

@@ -26,6 +26,13 @@ from comem.models.build import Bank, MemoryPass, VideoModel
 
 MemoryPassBN = Literal["batch", "eval"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (clip logits, their targets) -> scalar
+# The loss a backward runs on, from the loss itself: fp16's ``GradScaler.scale`` and gradient
+# accumulation's 1/K. Every backward of a step (and the cross-clip gradient) goes through the same one.
+LossScale = Callable[[torch.Tensor], torch.Tensor]
+
+
+def unscaled(loss: torch.Tensor) -> torch.Tensor:
+    return loss
 
 
 class StepOutput(NamedTuple):
@@ -88,6 +95,7 @@ def joint_step(
     autocast: Callable,
     *,
     loss_fn: LossFn = clip_loss,
+    scale_loss: LossScale = unscaled,
 ) -> StepOutput:
     """All N clips in one graph. ``video`` is (B, N, C, T, H, W).
 
@@ -97,7 +105,7 @@ def joint_step(
     with autocast():
         logits = model(video)
     loss = loss_fn(logits.flatten(0, 1), clip_targets(targets, num_clips))
-    loss.backward()
+    scale_loss(loss).backward()
     return StepOutput(loss.detach(), logits.detach())
 
 
@@ -108,11 +116,12 @@ def single_step(
     autocast: Callable,
     *,
     loss_fn: LossFn = clip_loss,
+    scale_loss: LossScale = unscaled,
 ) -> StepOutput:
     """The one-clip baseline: ``video`` is (B, 1, C, T, H, W); the memory sees that clip only."""
     if video.shape[1] != 1:
         raise ValueError(f"single mode trains on one clip per video, got {video.shape[1]}")
-    return joint_step(model, video, targets, autocast, loss_fn=loss_fn)
+    return joint_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss)
 
 
 def _bank_leaves(banks: dict[str, Bank]) -> dict[str, Bank]:
@@ -137,6 +146,7 @@ def cross_clip_gradients(
     targets: torch.Tensor,
     autocast: Callable,
     loss_fn: LossFn = clip_loss,
+    scale_loss: LossScale = unscaled,
 ) -> dict[str, Bank]:
     """Gradient of the video's loss (mean of its clips' losses) with respect to every bank entry
     through the OTHER clips' memory reads: entry i of the result, (B, C) per stage, is
@@ -148,7 +158,8 @@ def cross_clip_gradients(
     is a forward and an input-only backward of the stages from the first memory on (for a memory
     after the last stage: the head alone), one clip at a time. The head's dropout draws the same
     masks as the gradient pass that follows (the RNG is rewound), and BatchNorm sees the same
-    per-clip batches, so the gradient is that of the step's own forward.
+    per-clip batches, so the gradient is that of the step's own forward. It is that of the
+    scaled loss (``scale_loss``), as the gradient pass's backwards it is added to.
     """
     num_clips = len(memory.maps)
     leaves = _bank_leaves(memory.banks)
@@ -162,7 +173,7 @@ def cross_clip_gradients(
                     logits = model.logits_from_maps(memory.maps[index], index, leaves)
                 target = targets[:, index] if targets.ndim == 3 else targets
                 loss = loss_fn(logits, target) / num_clips
-                grads = torch.autograd.grad(loss, flat, allow_unused=True)
+                grads = torch.autograd.grad(scale_loss(loss), flat, allow_unused=True)
                 for total, grad in zip(totals, grads, strict=True):
                     if grad is not None:
                         total += grad
@@ -183,6 +194,7 @@ def tsn_step(
     autocast: Callable,
     *,
     loss_fn: LossFn = clip_loss,
+    scale_loss: LossScale = unscaled,
 ) -> StepOutput:
     """Segment consensus: every clip of ``video`` (B, N, C, T, H, W) runs on its own (its memory
     sees that clip only, as in ``single``) and the loss is that of the clips' mean logits, so
@@ -192,7 +204,7 @@ def tsn_step(
     consensus = logits.mean(dim=1)
     video_targets = targets.float().mean(dim=1) if targets.ndim == 3 else targets
     loss = loss_fn(consensus, video_targets)
-    loss.backward()
+    scale_loss(loss).backward()
     return StepOutput(loss.detach(), logits.detach())
 
 
@@ -208,6 +220,7 @@ def comem_step(
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
     forward_clip: Callable[..., torch.Tensor] | None = None,
     loss_fn: LossFn = clip_loss,
+    scale_loss: LossScale = unscaled,
 ) -> StepOutput:
     """The two-pass, memory-flat scheme. ``video`` is (B, N, C, T, H, W).
 
@@ -216,7 +229,8 @@ def comem_step(
     its summaries (``cross_clip_gradients``), which joint training has and the plain two-pass
     scheme drops. Under DDP, ``forward_clip`` is the DDP-wrapped ``model.forward_clip`` (gradients
     are only all-reduced for forwards that go through DDP) and ``no_sync`` its ``no_sync``, which
-    suppresses the all-reduce for every clip but the last.
+    suppresses the all-reduce for every clip but the last. The uint8 ``video`` is converted one
+    clip (memory pass: one chunk) at a time, by the model (``VideoModel.prepare``).
     """
     num_clips = video.shape[1]
     forward_clip = forward_clip or model.forward_clip
@@ -224,7 +238,9 @@ def comem_step(
     guard = preserved_batchnorm_stats(model) if memory_pass_bn == "batch" else eval_batchnorm(model)
     with guard, autocast():
         memory = model.memory_pass(video, chunk=memory_chunk, keep_maps=cross_clip)
-    cross = cross_clip_gradients(model, memory, targets, autocast, loss_fn) if cross_clip else None
+    cross = None
+    if cross_clip:
+        cross = cross_clip_gradients(model, memory, targets, autocast, loss_fn, scale_loss)
     banks = memory.banks
     del memory
     total = torch.zeros((), device=video.device)
@@ -236,7 +252,7 @@ def comem_step(
             with autocast():
                 logits = forward_clip(video[:, index], index, banks, cross)
             loss = loss_fn(logits, targets[:, index] if targets.ndim == 3 else targets) / num_clips
-            loss.backward()
+            scale_loss(loss).backward()
         total += loss.detach()
         clip_logits.append(logits.detach())
     return StepOutput(total, torch.stack(clip_logits, dim=1))

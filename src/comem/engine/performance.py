@@ -1,21 +1,16 @@
 """Device-side speed settings shared by training and ``comem bench train``.
 
-On CUDA: cuDNN autotuning, the channels-last-3d layout (cuDNN's fastest 3-D convolutions with
-bf16), and the normalised input kept in bf16 when autocast is on (the first convolution casts it
-to bf16 anyway; half the bytes of a float32 video of N clips). ``compile`` compiles every
-backbone stage in place, so state-dict keys do not change.
+On CUDA: cuDNN autotuning and the channels-last-3d layout (cuDNN's fastest 3-D convolutions with
+bf16). The batch goes to the device as uint8 and stays so: each forward converts its own clips
+(``VideoModel.prepare``), so comem's per-clip passes never hold a float copy of all N clips.
+``compile`` compiles every backbone stage in place, so state-dict keys do not change.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-
 import torch
 
-from comem.data.transforms import normalize
 from comem.models.build import VideoModel
-from comem.models.normalization import Normalization
 
 
 def tune_model(
@@ -47,35 +42,19 @@ def tune_model(
                 stage.compile(backend=compile_backend)
 
 
-def autocast_for(device: torch.device, enabled: bool) -> Callable[[], contextlib.AbstractContextManager]:
-    """bf16 autocast on CUDA when enabled; a no-op elsewhere (CPU bf16 conv3d is slower than fp32)."""
-    if enabled and device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
-
-
-def prepare_video(
-    video: torch.Tensor,
-    device: torch.device,
-    *,
-    amp: bool,
-    channels_last: bool,
-    normalization: Normalization,
-) -> torch.Tensor:
-    """uint8 (B, N, C, T, H, W) batch -> model input on ``device`` normalised with ``normalization``
-    (the model's: ``VideoModel.normalization``).
+def prepare_video(video: torch.Tensor, device: torch.device, *, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, N, C, T, H, W) batch -> the same uint8 batch on ``device``; the model normalises
+    each clip when it runs it (``VideoModel.prepare``).
 
     With ``channels_last`` (CUDA only) the result is a (B, N, C, T, H, W) view of a
     (B, N, T, H, W, C) tensor: every clip ``video[:, i]`` and the flattened (B·N, C, T, H, W)
-    batch are then channels-last-3d without another copy.
+    batch are then channels-last-3d without another copy, and so is their normalised float
+    version (element-wise operations keep the layout of their input).
     """
-    on_cuda = device.type == "cuda"
     video = video.to(device, non_blocking=True)
-    if channels_last and on_cuda:  # re-laid out as uint8 (a quarter of the bytes); the
-        # element-wise normalisation below keeps the layout of its input
+    if channels_last and device.type == "cuda":
         video = channels_last_clips(video)
-    video = normalize(video, *normalization)
-    return video.to(torch.bfloat16) if amp and on_cuda else video
+    return video
 
 
 def channels_last_clips(video: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from comem.config import TrainConfig
 from comem.data.decode import VideoReader
 from comem.data.sampling import clip_frame_indices, clip_span, eval_clip_starts, resample_grid
 from comem.data.transforms import center_crop_views, normalize, short_side_scale_size
-from comem.engine.performance import autocast_for
+from comem.engine.precision import autocast_for
 from comem.errors import UserError
 from comem.models.build import Bank
 from comem.models.normalization import Normalization
@@ -198,7 +198,7 @@ def score_clips(
     """Per-clip probabilities (N, K), video scores (K,) and read weights (N, N) per memory stage of
     ``views`` (N·crops, C, T, H, W), normalised, clip-major."""
     count = views.shape[0] // crops
-    with autocast_for(device, trained.config.amp)():
+    with autocast_for(device, trained.config.precision)():
         logits, weights = score_views(
             trained.model, views[None].to(device), share_memory=trained.config.shares_eval_memory
         )

@@ -20,6 +20,7 @@ from comem.config import MODES
 from comem.engine.distributed import TrainingForward, step_hooks
 from comem.engine.modes import (
     LossFn,
+    LossScale,
     MemoryPassBN,
     StepOutput,
     clip_loss,
@@ -27,6 +28,7 @@ from comem.engine.modes import (
     joint_step,
     single_step,
     tsn_step,
+    unscaled,
 )
 
 
@@ -62,17 +64,20 @@ def train_step(
     memory_pass_bn: MemoryPassBN = "batch",
     memory_chunk: int = 1,
     cross_clip: bool = True,
+    scale_loss: LossScale | None = None,
 ) -> StepOutput:
     """Forward and backward of one batch in ``mode``; the caller zeroes gradients and steps.
 
     ``model`` is the model or its ``DistributedDataParallel`` wrapper; ``video`` (B, N, C, T, H, W);
-    ``targets`` class indices (B,), multi-hot (B, K) or per-clip (B, N, K). Returns the detached
-    loss and per-clip logits (B, N, K).
+    ``targets`` class indices (B,), multi-hot (B, K) or per-clip (B, N, K). Every backward runs on
+    ``scale_loss(loss)`` (e.g. ``GradScaler.scale``). Returns the detached, unscaled loss and
+    per-clip logits (B, N, K).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     autocast = autocast or contextlib.nullcontext
     loss_fn = loss_fn or clip_loss
+    scale_loss = scale_loss or unscaled
     if mode == "comem":
         return comem_step(
             unwrap(model),
@@ -83,14 +88,15 @@ def train_step(
             memory_chunk=memory_chunk,
             cross_clip=cross_clip,
             loss_fn=loss_fn,
+            scale_loss=scale_loss,
             **step_hooks(model),
         )
     if mode == "joint":
-        return joint_step(model, video, targets, autocast, loss_fn=loss_fn)
+        return joint_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss)
     if mode == "tsn":
-        return tsn_step(model, video, targets, autocast, loss_fn=loss_fn)
+        return tsn_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss)
     video, targets = one_clip_per_video(video, targets)
-    return single_step(model, video, targets, autocast, loss_fn=loss_fn)
+    return single_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss)
 
 
 def step(
@@ -104,6 +110,7 @@ def step(
     memory_pass_bn: MemoryPassBN = "batch",
     memory_chunk: int = 1,
     cross_clip: bool = True,
+    scale_loss: LossScale | None = None,
 ) -> torch.Tensor:
     """One training step's forward and backward at video level; returns the detached loss.
 
@@ -127,6 +134,9 @@ def step(
         memory_chunk: clips of each video per no-grad forward in comem mode.
         cross_clip: comem mode also gives each clip's summaries the gradient the other clips'
             losses send them (as joint training does); ``False`` treats them as constants.
+        scale_loss: every backward of the step runs on ``scale_loss(loss)``: ``scaler.scale`` of a
+            ``torch.amp.GradScaler`` for fp16 (then ``scaler.step(optimizer)`` after), or
+            ``lambda loss: loss / K`` to accumulate K steps' gradients; default the loss itself.
 
     The caller owns the optimizer: zero the gradients before, step after.
     """
@@ -140,4 +150,5 @@ def step(
         memory_pass_bn=memory_pass_bn,
         memory_chunk=memory_chunk,
         cross_clip=cross_clip,
+        scale_loss=scale_loss,
     ).loss

@@ -23,7 +23,8 @@ from comem.config import TrainConfig
 from comem.engine import modes
 from comem.engine.distributed import TrainingForward, step_hooks
 from comem.engine.modes import comem_step
-from comem.engine.performance import autocast_for, prepare_video, tune_model
+from comem.engine.performance import prepare_video, tune_model
+from comem.engine.precision import autocast_for
 from comem.engine.trainer import build_optimizer
 from comem.models.build import ModelSpec, VideoModel, build_model
 from comem.tasks.classification import video_scores
@@ -159,9 +160,7 @@ def one_process_group(device: torch.device, folder: Path) -> Iterator[str]:
 
 
 def autocast_of(path: StepPath, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    if path.precision == "fp16":
-        return lambda: torch.autocast(device.type, dtype=torch.float16)
-    return autocast_for(device, path.precision == "bf16")
+    return autocast_for(device, path.precision)
 
 
 def flat_gradients(model: torch.nn.Module) -> torch.Tensor:
@@ -207,13 +206,7 @@ def run_step(
         if path.ddp:
             ids = [device.index] if device.type == "cuda" else None
             train_model = DistributedDataParallel(TrainingForward(model), device_ids=ids)
-        video = prepare_video(
-            batch["video"],
-            device,
-            amp=path.precision == "bf16",
-            channels_last=path.channels_last,
-            normalization=model.normalization,
-        )
+        video = prepare_video(batch["video"], device, channels_last=path.channels_last)
         targets = batch["label"].to(device)
         before = torch.cat([p.detach().float().reshape(-1).cpu() for p in model.parameters()])
         optimizer.zero_grad(set_to_none=True)
@@ -235,10 +228,8 @@ def run_step(
     eval_autocast = autocast if path.precision == "fp16" else contextlib.nullcontext
     with eval_autocast():
         model.eval()
-        video = prepare_video(
-            eval_batch["video"], device, amp=False, channels_last=False, normalization=model.normalization
-        )
-        with torch.no_grad(), autocast_for(device, path.precision == "bf16")():
+        video = prepare_video(eval_batch["video"], device, channels_last=False)
+        with torch.no_grad(), autocast_for(device, "bf16" if path.precision == "bf16" else "fp32")():
             logits = model(video, share_memory=share_memory)
         scores = video_scores(logits, multi_label=eval_batch["label"].is_floating_point()).cpu()
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None

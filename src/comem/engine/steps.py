@@ -1,8 +1,9 @@
 """The engine's side of a training step.
 
 A task's step (``Task.train_step``) gets a :class:`~comem.tasks.base.StepContext` built here: the
-input conversion, autocast, the DDP-routed forward, the no-grad memory pass, and ``run_mode``,
-the step of the run's mode (:func:`comem.engine.step.train_step`) for tasks whose loss is per clip.
+input on the device, autocast, the DDP-routed forward, the no-grad memory pass, the backward with
+the run's loss scaling, and ``run_mode``, the step of the run's mode
+(:func:`comem.engine.step.train_step`) for tasks whose loss is per clip.
 """
 
 from __future__ import annotations
@@ -16,34 +17,41 @@ import torch
 
 from comem.config import TrainConfig
 from comem.engine.modes import StepOutput, eval_batchnorm, preserved_batchnorm_stats
-from comem.engine.performance import autocast_for, prepare_video
+from comem.engine.performance import prepare_video
+from comem.engine.precision import autocast_for
 from comem.engine.step import train_step
 from comem.tasks.base import StepContext
 
 
-@dataclass(frozen=True)
+@dataclass
 class StepEngine:
     """The engine's side of a training step (what a task's step calls, see ``StepContext``):
-    ``model`` is the task's model on ``device``, ``train_model`` the module DDP wraps (or ``model``)."""
+    ``model`` is the task's model on ``device``, ``train_model`` the module DDP wraps (or ``model``),
+    ``scaler`` fp16's loss scaler (None otherwise). ``accumulated``: the batches whose gradients the
+    current optimizer step sums (``--accum-steps``); each backward runs on its loss divided by it."""
 
     config: TrainConfig
     model: torch.nn.Module
     train_model: torch.nn.Module
     device: torch.device
+    scaler: torch.amp.GradScaler | None = None
+    accumulated: int = 1
 
     @property
     def autocast(self) -> Callable[[], AbstractContextManager]:
-        return autocast_for(self.device, self.config.amp)
+        return autocast_for(self.device, self.config.precision)
 
     def to_input(self, video: torch.Tensor) -> torch.Tensor:
-        config = self.config
-        return prepare_video(
-            video,
-            self.device,
-            amp=config.amp,
-            channels_last=config.channels_last,
-            normalization=self.model.normalization,
-        )
+        return prepare_video(video, self.device, channels_last=self.config.channels_last)
+
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss a backward runs on: divided by the accumulated batches, times fp16's scale."""
+        if self.accumulated > 1:
+            loss = loss / self.accumulated
+        return self.scaler.scale(loss) if self.scaler is not None else loss
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scale_loss(loss).backward()
 
     def forward(self, *args: Any, method: str = "forward", **kwargs: Any) -> Any:
         """``model.<method>(*args, **kwargs)``, through DDP when distributed (see ``TrainingForward``)."""
@@ -71,6 +79,7 @@ class StepEngine:
             memory_pass_bn=config.memory_pass_bn,
             memory_chunk=config.memory_chunk,
             cross_clip=config.cross_clip,
+            scale_loss=self.scale_loss,
         )
 
     def context(self) -> StepContext:
@@ -82,4 +91,5 @@ class StepEngine:
             forward=self.forward,
             memory_bank=self.memory_bank,
             run_mode=self.run_mode,
+            backward=self.backward,
         )

@@ -7,17 +7,26 @@ metrics; everything else is here and the same for all tasks.
 Resume is exact because nothing random depends on process history: the epoch's item order is a
 permutation seeded by (seed, epoch), an item's clips and augmentation are a function of
 (seed, epoch, index), and the model-side RNG (dropout) is saved in the checkpoint. A checkpoint
-records how many batches of the current epoch are done, and the sampler skips them.
+records how many optimizer steps of the current epoch are done, and the sampler skips their batches.
+
+With ``--accum-steps K`` an optimizer step sums the gradients of K consecutive batches (each
+backward on its loss / K; under DDP only the last batch's backward all-reduces): a step sees
+K x batch_size videos per process, and an epoch of M batches has ceil(M / K) steps, the last one
+summing the M mod K batches left (each then weighed 1 / (M mod K)). Steps are the unit of
+everything that counts: the learning-rate schedule, ``--save-every``, ``global_step`` in
+TensorBoard, and checkpoints, which are only written between steps, so a resumed run never
+starts inside one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +35,7 @@ from torch.utils.data import Sampler
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from comem.config import TrainConfig
+from comem.config import TrainConfig, upgrade_config
 from comem.data.datasets import DatasetFormatError
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.distributed import (
@@ -45,6 +54,7 @@ from comem.engine.distributed import (
 from comem.engine.evaluate import predict_dataset, to_device
 from comem.engine.loaders import drops_last, make_loader, resolve_device
 from comem.engine.performance import tune_model
+from comem.engine.precision import grad_scaler
 from comem.engine.provenance import write_run_record
 from comem.engine.resume_check import check_resume
 from comem.engine.rng import restore_rng_state, rng_state, seed_everything
@@ -105,6 +115,18 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
+def accumulation_groups(batches: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive groups of ``size`` batches (the last one may be shorter): one optimizer step each."""
+    group: list[dict[str, Any]] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Any:
     """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to 0 at ``total_steps``."""
 
@@ -140,15 +162,17 @@ class Trainer:
         if self.dist.enabled:  # different dropout on every rank; the weights were broadcast from rank 0
             torch.manual_seed(config.seed + self.dist.rank)
         self.optimizer = build_optimizer(self.model, config)
+        self.scaler = grad_scaler(self.device, config.precision)  # fp16 only
         shard_size = self.dist.shard_size(len(task.train_set))  # batch_size is per process
         rounding = math.floor if drops_last(shard_size, config) else math.ceil
-        self.steps_per_epoch = rounding(shard_size / config.batch_size)
+        self.steps_per_epoch = math.ceil(rounding(shard_size / config.batch_size) / config.accum_steps)
         total = self.steps_per_epoch * config.epochs
         warmup = min(round(config.warmup_epochs * self.steps_per_epoch), total)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(total, max(warmup, 1))
         )
-        self.step_context = StepEngine(config, self.model, self.train_model, self.device).context()
+        self.step_engine = StepEngine(config, self.model, self.train_model, self.device, self.scaler)
+        self.step_context = self.step_engine.context()
         self.epoch = 0
         self.step_in_epoch = 0
         self.global_step = 0
@@ -178,6 +202,7 @@ class Trainer:
             "skipped": self.skipped,
             "epoch_running": self.running(),
             "rng": rng_state(),
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
             **self.rank_states(),
         }
 
@@ -199,12 +224,14 @@ class Trainer:
         if not path.exists():
             return False
         state = load_checkpoint(path)
-        accepted = check_resume(state["config"], dataclasses.asdict(self.config), path)
+        accepted = check_resume(upgrade_config(state["config"]), dataclasses.asdict(self.config), path)
         if accepted and self.dist.is_main:
             log.info(f"--resume: accepted changes: {'; '.join(accepted)}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.history = state["global_step"], state["history"]
         self.skipped = state.get("skipped", {})
@@ -224,15 +251,44 @@ class Trainer:
                 self.skipped[path] = message
                 log.warning(f"skipping unreadable video {message}")
 
-    def train_step(self, batch: dict[str, Any]) -> StepResult:
+    def train_step(self, batches: list[dict[str, Any]]) -> StepResult:
+        """One optimizer step on the summed gradients of ``batches`` (``--accum-steps``); returns
+        their results together."""
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        result = self.task.train_step(to_device(batch, self.device), self.step_context)
+        self.step_engine.accumulated = len(batches)
+        results = []
+        for index, batch in enumerate(batches):
+            last = index == len(batches) - 1
+            no_sync = getattr(self.train_model, "no_sync", None)  # DDP: all-reduce on the last one only
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                results.append(self.task.train_step(to_device(batch, self.device), self.step_context))
+        if self.optimizer_step():
+            self.scheduler.step()
+        items = sum(result.items for result in results)
+        loss = sum(result.loss * result.items for result in results) / max(items, 1)
+        return StepResult(loss, items, sum(result.correct for result in results))
+
+    def optimizer_step(self) -> bool:
+        """Unscale (fp16), clip and step; returns whether the parameters were updated.
+
+        fp16's scaler skips a step whose gradients hold an inf or nan (and lowers its scale); the
+        learning-rate schedule then does not advance either, so the step it skipped is taken later
+        at the rate it would have had (as Hugging Face Accelerate does; PyTorch warns of a
+        schedule stepped before its optimizer).
+        """
+        scaler = self.scaler
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)  # once, after every backward of the step
         if self.config.clip_grad:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
-        self.optimizer.step()
-        self.scheduler.step()
-        return result
+        if scaler is None:
+            self.optimizer.step()
+            return True
+        scale = scaler.get_scale()
+        scaler.step(self.optimizer)
+        scaler.update()
+        return scaler.get_scale() >= scale  # a skipped step backs the scale off
 
     def evaluate(self) -> dict[str, float]:
         """Validation metrics of every rank's share together (the same on every rank)."""
@@ -286,7 +342,7 @@ class Trainer:
             len(train_set),
             seed=config.seed,
             epoch=self.epoch,
-            skip=self.step_in_epoch * config.batch_size,
+            skip=self.step_in_epoch * config.accum_steps * config.batch_size,
             context=self.dist,
         )
         shard_size = self.dist.shard_size(len(train_set))
@@ -299,7 +355,6 @@ class Trainer:
             drop_last=drops_last(shard_size, config),
         )
         bar = tqdm(
-            loader,
             desc=f"epoch {self.epoch + 1}/{config.epochs} [{config.mode}]",
             initial=self.step_in_epoch,
             total=self.steps_per_epoch,
@@ -308,14 +363,16 @@ class Trainer:
         )
         started, clips_seen = time.perf_counter(), 0
         waiting_since = started
-        for batch in bar:
+        for group in accumulation_groups(loader, config.accum_steps):
             loader_wait = time.perf_counter() - waiting_since  # > 0: the loader starves the model
-            self.note_skipped(batch.get("skipped", []))
+            for batch in group:
+                self.note_skipped(batch.get("skipped", []))
             # A batch the task cannot step on (e.g. unreadable videos left too few) is skipped on
             # every rank together, or DDP's gradient all-reduce would wait forever.
-            if all_ranks(self.task.usable(batch), self.dist, self.device):
-                result = self.train_step(batch)
-                clips_seen += math.prod(batch["video"].shape[:2])
+            usable = [batch for batch in group if all_ranks(self.task.usable(batch), self.dist, self.device)]
+            if usable:
+                result = self.train_step(usable)
+                clips_seen += sum(math.prod(batch["video"].shape[:2]) for batch in usable)
                 self.epoch_loss_sum += result.loss * result.items
                 self.epoch_correct += result.correct
                 self.epoch_items += result.items
@@ -325,12 +382,15 @@ class Trainer:
                 writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
                 writer.add_scalar("train/clips_per_s", clips_per_s, self.global_step)
                 writer.add_scalar("train/loader_wait_ms", 1000.0 * loader_wait, self.global_step)
+                if self.scaler is not None:
+                    writer.add_scalar("train/loss_scale", self.scaler.get_scale(), self.global_step)
             else:  # keep the schedule on time
                 with warnings.catch_warnings():  # PyTorch warns when no optimizer step came first
                     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                     self.scheduler.step()
             self.step_in_epoch += 1
             self.global_step += 1
+            bar.update(1)
             if config.save_every and self.global_step % config.save_every == 0:
                 self.save()
             if self.stop.due(self.dist, self.device):

@@ -101,9 +101,11 @@ class MemoryPass(NamedTuple):
 class VideoModel(nn.Module):
     """A video classifier whose clips share a collaborative memory.
 
-    Input videos are (B, N, C, T, H, W), normalised with ``normalization`` (``comem.data.transforms
-    .normalize(video, *model.normalization)``); logits are per clip, (B, N, num_classes).
-    ``normalization`` defaults to the backbone's; loading pretrained weights sets that of their source.
+    Input videos are (B, N, C, T, H, W): uint8 pixels, which every forward normalises clip by clip
+    as it runs them (:meth:`prepare`), or float clips already normalised with ``normalization``
+    (``comem.data.transforms.normalize(video, *model.normalization)``); logits are per clip,
+    (B, N, num_classes). ``normalization`` defaults to the backbone's; loading pretrained weights
+    sets that of their source.
     """
 
     def __init__(
@@ -146,6 +148,25 @@ class VideoModel(nn.Module):
     def memory_stage_names(self) -> list[str]:
         return list(self.memories.keys())
 
+    def prepare(self, clips: torch.Tensor) -> torch.Tensor:
+        """uint8 clips (..., C, T, H, W) -> the network's input ``(x / 255 - mean) / std``: float32,
+        or the autocast dtype inside an autocast region (the first convolution casts to it anyway;
+        half the bytes). Float clips are taken as prepared already and returned as they are.
+
+        Every forward path calls it on the clips it is about to run, so a uint8 batch of N clips
+        is converted one clip (or chunk) at a time and the step never holds all N as floats.
+        """
+        if clips.dtype != torch.uint8:
+            return clips
+        channels = len(self.normalization.mean)
+        shape = (channels, 1, 1, 1)
+        mean = torch.tensor(self.normalization.mean, device=clips.device).view(shape)
+        std = torch.tensor(self.normalization.std, device=clips.device).view(shape)
+        prepared = (clips.to(torch.float32) / 255 - mean) / std
+        if torch.is_autocast_enabled(clips.device.type):
+            return prepared.to(torch.get_autocast_dtype(clips.device.type))
+        return prepared
+
     def forward(
         self,
         video: torch.Tensor,
@@ -176,7 +197,7 @@ class VideoModel(nn.Module):
         """
         num_clips = video.shape[1]
         group = num_clips if share_memory else 1
-        features: Any = video.flatten(0, 1)
+        features: Any = self.prepare(video.flatten(0, 1))
         for name, stage in self.backbone.stages.items():
             features = stage(features)
             if name in self.memories:
@@ -222,7 +243,7 @@ class VideoModel(nn.Module):
             summaries: list[Bank] = []
             for position, span in enumerate(spans):
                 if previous is None:
-                    features: Any = video[:, span].flatten(0, 1)
+                    features: Any = self.prepare(video[:, span].flatten(0, 1))
                 else:
                     features = self.memories[previous].forward_bank(carried[position], banks[previous], span)
                 for name in names[begin:end]:
@@ -258,7 +279,7 @@ class VideoModel(nn.Module):
     ) -> Features:
         """Last-stage feature map of clip ``clip_index`` gated by its clip-specific memories
         (per-pathway list for SlowFast, as in ``features``)."""
-        return self._run_stages(clip, self.backbone.stage_names, clip_index, banks, cross_grads)
+        return self._run_stages(self.prepare(clip), self.backbone.stage_names, clip_index, banks, cross_grads)
 
     def logits_from_maps(self, maps: Features, clip_index: int, banks: dict[str, Bank]) -> torch.Tensor:
         """Logits (B, K) of clip ``clip_index`` from its raw output of the first memory stage

@@ -33,16 +33,19 @@ class StepResult(NamedTuple):
 class StepContext:
     """The engine's side of a training or evaluation step, as a task sees it.
 
-    - ``to_input``: uint8 clips on the device (any leading dims, then C, T, H, W) to the model's
-      normalised input in its precision and memory layout; convert one clip at a time to keep a
-      step's input memory that of one float clip.
-    - ``autocast``: the run's autocast context (bf16 on CUDA, a no-op elsewhere).
+    - ``to_input``: a uint8 batch (any leading dims, then C, T, H, W) to the model's input: the same
+      uint8 pixels on the device, in the model's memory layout. The ``VideoModel`` normalises each
+      clip as it runs it (``VideoModel.prepare``), so a step holds one float clip at a time.
+    - ``autocast``: the run's autocast context (``--precision``; bf16 on CUDA by default, a no-op
+      on a CPU).
     - ``forward(*args, method="forward", **kwargs)``: ``model.<method>(...)`` through the DDP wrapper when
       there is one; every forward that carries gradients must go through it.
     - ``memory_bank(video_model, video)``: the two-pass scheme's no-grad first pass of a
       :class:`~comem.models.build.VideoModel`, with BatchNorm kept out of it as configured.
     - ``run_mode(video, targets)``: the engine's step of the run's mode for tasks whose loss is per
       clip against video targets (:mod:`comem.engine.modes`); returns its ``StepOutput``.
+    - ``backward(loss)``: the backward of a task's own loss, with the run's loss scaling (fp16's
+      scaler, 1/K when K batches accumulate); a task never calls ``loss.backward()`` itself.
     """
 
     mode: str
@@ -52,6 +55,7 @@ class StepContext:
     forward: Callable[..., Any] = field(repr=False)
     memory_bank: Callable[[nn.Module, torch.Tensor], dict] = field(repr=False)
     run_mode: Callable[[torch.Tensor, torch.Tensor], Any] = field(repr=False)
+    backward: Callable[[torch.Tensor], None] = field(repr=False)
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from comem.config import TrainConfig, config_fields
+from comem.config import TrainConfig, config_fields, upgrade_config
 from comem.models.build import ModelSpec, VideoModel, load_pretrained
 from comem.models.normalization import PYSLOWFAST, normalization
 
@@ -42,6 +42,7 @@ def spec_from_state(state: dict) -> ModelSpec:
 
 
 def config_from_state(state: dict) -> TrainConfig:
-    """The training config of a checkpoint; fields another comem version added are left out."""
+    """The training config of a checkpoint in today's fields (``upgrade_config``); fields another
+    comem version added are left out."""
     known = config_fields()
-    return TrainConfig(**{k: v for k, v in state["config"].items() if k in known})
+    return TrainConfig(**{k: v for k, v in upgrade_config(state["config"]).items() if k in known})

@@ -47,7 +47,7 @@ def detection_step(detector: AvaDetector, batch: dict[str, Any], step: StepConte
         with step.autocast():
             logits = step.forward(video, boxes, box_index)
     loss = F.binary_cross_entropy_with_logits(logits.float(), batch["targets"])
-    loss.backward()
+    step.backward(loss)
     return StepResult(float(loss.detach()), int(video.shape[0]))
 
 
