@@ -69,8 +69,8 @@ def space(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_scaled_backward_gives_the_scaled_gradients_of_the_same_step(space, mode: str) -> None:
-    # What fp16+scaler relies on: the step functions call backward themselves, and the doctor
-    # scales the gradient at the logits; that must equal scaling the loss (a power of 2: exact).
+    # What fp16+scaler relies on: every backward of the step (comem's per-clip ones and its
+    # cross-clip gradient too) runs on the scaled loss (a power of 2: exact).
     batch = space.train_batch(mode)
     video, targets = batch["video"].float() / 255, batch["label"]
     gradients = []

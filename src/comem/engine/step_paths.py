@@ -1,9 +1,8 @@
 """One training step and one evaluation step of a mode through one code path (precision, layout,
 ``torch.compile``, DDP), for ``comem doctor`` to compare the paths with the plain fp32 step.
 
-The step functions of ``comem.engine.modes`` compute the loss and call ``backward`` themselves, so
-fp16 loss scaling is applied at the logits (``_ScaledGradient``): the same gradients as
-``scaler.scale(loss).backward()``, since the loss is a function of the logits alone.
+fp16 loss scaling goes through the step functions' ``scale_loss``, as in ``comem train``: every
+backward of the step runs on the scaled loss.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -93,28 +92,6 @@ class StepResult:
     peak_mib: float | None  # CUDA: torch.cuda.max_memory_allocated over the step and the evaluation
 
 
-class _ScaledGradient(torch.autograd.Function):
-    """Identity on logits (returned as float32) whose backward multiplies the gradient by the
-    scaler's scale: the gradients of ``scaler.scale(loss).backward()`` for step functions that
-    compute the loss and call ``backward`` themselves (the loss is a function of the logits only)."""
-
-    @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(scale)
-        return logits.float()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        (scale,) = ctx.saved_tensors
-        return grad * scale, None
-
-
-def _scaled(forward: Callable[..., torch.Tensor], scale: torch.Tensor | None) -> Callable[..., torch.Tensor]:
-    if scale is None:
-        return forward
-    return lambda *args, **kwargs: _ScaledGradient.apply(forward(*args, **kwargs), scale)
-
-
 def mode_step(
     mode: str,
     model: VideoModel,
@@ -130,15 +107,14 @@ def mode_step(
     ``comem.engine.modes.m_step(model, video, targets, autocast)``, with the model (or its DDP
     wrapper) as the forward.
     """
-    hooks = step_hooks(train_model)
+    scale_loss = modes.unscaled if scale is None else (lambda loss: loss * scale)
     if mode == "comem":
-        forward_clip = hooks.pop("forward_clip", model.forward_clip)
-        scaled_clip = _scaled(forward_clip, scale)
-        return comem_step(model, video, targets, autocast, forward_clip=scaled_clip, **hooks).loss
+        hooks = step_hooks(train_model)
+        return comem_step(model, video, targets, autocast, scale_loss=scale_loss, **hooks).loss
     step = getattr(modes, f"{mode}_step", None)
     if step is None:
         raise RuntimeError(f"comem.engine.modes has no {mode}_step for mode {mode!r}")
-    return step(_scaled(train_model, scale), video, targets, autocast).loss
+    return step(train_model, video, targets, autocast, scale_loss=scale_loss).loss
 
 
 @contextlib.contextmanager
