@@ -63,8 +63,8 @@ HELP: dict[str, str] = {
     "memory, one more pass of the stages from the first memory on); false: the plain two-pass gradient",
     "precision": "autocast precision: auto is bf16 on CUDA and fp32 on a CPU (where bf16 3-D convolutions "
     "are slower); bf16 and fp16 run as asked on any device; fp16 scales the loss (GradScaler)",
-    "accum_steps": "batches per optimizer step: gradients of K batches accumulate, a step sees K x "
-    "--batch-size videos and an epoch has 1/K as many steps (the schedule, --save-every and logs "
+    "accum_steps": "batches per optimizer step: gradients of N batches accumulate, a step sees N x "
+    "--batch-size videos and an epoch has 1/N as many steps (the schedule, --save-every and logs "
     "count optimizer steps)",
     "out": "output dir: checkpoints, metrics.json, config.yaml, train.log, env.json, TensorBoard",
     "device": "auto, cpu, cuda or cuda:i",
