@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -116,7 +117,7 @@ class WandbLogger:
             raise LoggerError(
                 "--wandb needs the wandb package: pip install 'comem[wandb]' (or run without --wandb)"
             ) from None
-        self.run_id = run_id or wandb.util.generate_id()
+        self.run_id = run_id or secrets.token_hex(4)  # W&B run ids: lowercase letters and digits
         try:
             self.run = wandb.init(
                 project=config.wandb_project,
