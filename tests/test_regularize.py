@@ -5,12 +5,14 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from formatdata import write_charades
 from tinydata import TINY_TRAIN_FLAGS
 
+import comem
 from comem.cli import main
 from comem.config import ConfigError, TrainConfig
 from comem.data.mixing import VideoMix, VideoMixer
@@ -298,6 +300,15 @@ def test_eval_and_predict_use_the_ema_weights(
     with torch.no_grad():
         torch.testing.assert_close(ema.model(clip), independent(clip), rtol=0, atol=0)
         assert not torch.allclose(ema.model(clip), raw.model(clip))
+    scores = {
+        name: comem.load(path, device="cpu", **options).predict(clip[0]).scores
+        for name, path, options in [
+            ("ema", ema_checkpoint, {}),
+            ("raw", ema_checkpoint, {"weights": "raw"}),
+            ("ema_state", plain_path, {}),
+        ]
+    }
+    assert (scores["ema"] == scores["ema_state"]).all() and not np.allclose(scores["ema"], scores["raw"])
     code = main(["eval", "--checkpoint", str(plain_path), "--weights", "ema", "--device", "cpu"])
     assert code == 2 and "has no EMA weights" in capsys.readouterr().err
 
