@@ -51,7 +51,8 @@ def test_csv_rows_are_the_records_of_metrics_json(tiny_dataset: Path, tmp_path: 
         assert {key: float(value) for key, value in row.items() if value != ""} == pytest.approx(record)
         assert all(row[key] == "" for key in columns if key not in record)
     step_columns, steps = read_csv(tmp_path / "steps.csv")
-    assert step_columns == ["step", "epoch", "loss", "lr", "clips_per_s", "loader_wait_ms"]
+    assert step_columns == ["step", "epoch", "loss", "lr", "clips_per_s", "loader_wait_ms", "loss_scale"]
+    assert all(row["loss_scale"] == "" for row in steps)  # fp32: no gradient scaler
     assert [(int(s["step"]), int(s["epoch"])) for s in steps] == [(0, 1), (1, 1), (2, 2), (3, 2)]
     for epoch, record in enumerate(history, start=1):  # equal batches: the epoch loss is the steps' mean
         losses = [float(s["loss"]) for s in steps if int(s["epoch"]) == epoch]

@@ -2,7 +2,8 @@
 per epoch; each logger writes the same numbers its own way:
 
 - TensorBoard (``OUT/tb``): ``train/loss``, ``train/lr``, ``train/clips_per_s``,
-  ``train/loader_wait_ms`` (and fp16's ``train/loss_scale``) per step; ``train/epoch_loss``, ``val/top1``, ... per epoch.
+  ``train/loader_wait_ms`` (and fp16's ``train/loss_scale``) per step; ``train/epoch_loss``,
+  ``val/top1``, ... per epoch.
 - CSV: ``OUT/steps.csv`` one row per step; ``OUT/metrics.csv`` one row per epoch, the records of
   ``metrics.json``'s ``history``.
 - Weights & Biases (``--wandb``): the TensorBoard tags, at the same steps.
