@@ -350,3 +350,21 @@ def test_resume_mid_epoch_matches_a_straight_run(
     resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["history"] == straight["history"]  # same losses, lr and val mAP, epoch by epoch
     assert (out / "tb").is_dir()
+
+
+def test_ava_trains_and_evaluates_the_ema_of_its_weights(ava_dir: Path, tmp_path: Path) -> None:
+    """With --ema-decay the validation scores both weights; comem eval scores the average unless
+    --weights raw, and each gives the detections the run's validation wrote for it."""
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(ava_dir), "--out", str(out), "--mode", "comem", *TINY_FLAGS]
+    assert main([*argv, "--ema-decay", "0.5"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"val_frame_mAP", "val_ema_frame_mAP", "best_val_ema_frame_mAP"} <= set(metrics)
+    trained = {"raw": out / "detections_val.csv", "ema": out / "ema" / "detections_val.csv"}
+    assert trained["raw"].read_text() != trained["ema"].read_text()
+    for weights, flags in (("ema", []), ("raw", ["--weights", "raw"])):
+        evaluated = tmp_path / f"eval_{weights}"
+        eval_argv = ["eval", "--checkpoint", str(out / "last.pt"), "--device", "cpu", "--out", str(evaluated)]
+        assert main([*eval_argv, *flags]) == 0
+        assert json.loads((evaluated / "eval_val.json").read_text())["weights"] == weights
+        assert (evaluated / "detections_val.csv").read_text() == trained[weights].read_text()

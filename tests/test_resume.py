@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils.tensorboard import SummaryWriter
 
 from comem.config import TrainConfig
 from comem.engine import checkpoint
 from comem.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from comem.engine.loggers import open_loggers
 from comem.engine.stopping import TrainingStopped
 from comem.engine.trainer import Trainer
 from comem.tasks.base import StepResult
@@ -79,9 +79,10 @@ def test_resume_at_epoch_boundary_matches_straight_run(
     config = tiny_config(tiny_dataset, tmp_path)
     first = classification_trainer(config)
     first.out.mkdir(parents=True, exist_ok=True)
-    with SummaryWriter(str(first.out / "tb")) as writer:
-        first.train_epoch(writer)
-        first.finish_epoch(writer)
+    loggers = open_loggers(config, first.out, step=0, saved={}, main=True)
+    first.train_epoch(loggers)
+    first.finish_epoch(loggers)
+    loggers.close()
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
 
     resumed = classification_trainer(

@@ -43,6 +43,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "task": ("classify", "ava"),
     "ava_version": ("2.1", "2.2"),
     "flip": ("auto", "on", "off", "swap-labels"),
+    "wandb_mode": ("online", "offline"),
 }
 
 
@@ -120,6 +121,18 @@ class TrainConfig:
     resized_crop_scale: list[float] | None = None  # Inception-style crop of this area range; None: jitter
     randaug_ops: int = 0  # RandAugment operations per clip (same for every frame); 0: off
     randaug_magnitude: int = 9
+    # regularisation (docs/training.md "Regularisation"); each is off by default
+    mixup_alpha: float = 0.0  # mixup of whole videos, weight ~ Beta(a, a) per batch; 0: off
+    cutmix_alpha: float = 0.0  # CutMix of whole videos (one box for every frame), Beta(a, a); 0: off
+    mix_prob: float = 1.0  # chance a batch is mixed, when mixup or CutMix is on
+    mix_switch_prob: float = 0.5  # with both on: chance a mixed batch uses CutMix
+    label_smoothing: float = 0.0  # single-label cross-entropy target (1 - e) * one-hot + e / K
+    ema_decay: float | None = None  # exponential moving average of the weights, e.g. 0.9998; None: off
+    # logging (docs/training.md "Logs"): TensorBoard and CSV files always, Weights & Biases on request
+    wandb: bool = False
+    wandb_project: str = "comem"
+    wandb_name: str | None = None  # None: the name of ``out``
+    wandb_mode: str = "online"  # online | offline (kept under OUT/wandb for `wandb sync`)
 
     def validate(self) -> TrainConfig:
         for name, allowed in CHOICES.items():
@@ -158,6 +171,7 @@ class TrainConfig:
                 "mode tsn averages clip scores of a video label; AVA detection trains single, joint or comem"
             )
         self._validate_inputs()
+        self._validate_regularisation()
         return self
 
     def _validate_inputs(self) -> None:
@@ -175,6 +189,24 @@ class TrainConfig:
             raise ConfigError(
                 f"randaug_ops must be >= 0 and randaug_magnitude in [0, 30]; "
                 f"got {self.randaug_ops} and {self.randaug_magnitude}"
+            )
+
+    def _validate_regularisation(self) -> None:
+        """Mixing, label smoothing and the weight average."""
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: off); got {getattr(self, name)}")
+        for name in ("mix_prob", "mix_switch_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in (0, 1), e.g. 0.9998 (none: off); got {self.ema_decay}")
+        if self.task == "ava" and (self.mixup_alpha or self.cutmix_alpha or self.label_smoothing):
+            raise ConfigError(
+                "mixup_alpha, cutmix_alpha and label_smoothing are for video classification; "
+                "AVA detection trains on person boxes, which do not mix"
             )
 
     @property

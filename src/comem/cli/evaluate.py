@@ -34,6 +34,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument(
         "--aggregate", default="mean", choices=["mean", "max"], help="how view scores become a video score"
     )
+    evaluate.add_argument(
+        "--weights",
+        choices=["ema", "raw"],
+        help="the run's weight average (ema) or its weights (raw); default: ema when the run kept one "
+        "(--ema-decay), as it picked best.pt",
+    )
     evaluate.add_argument("--batch-size", type=int, help="videos per batch")
     evaluate.add_argument("--workers", type=int, help="data loading processes")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -55,6 +61,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     out: str | Path | None = None,
     state: dict | None = None,
+    weights: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a ``comem train`` checkpoint of any task; returns the metrics and the report directory.
 
@@ -62,7 +69,9 @@ def evaluate_checkpoint(
     name>/`` beside the checkpoint) with ``metrics.json``, ``predictions.csv``, ``per_class.csv``
     and a chart. AVA: ``detections_val.csv`` and ``eval_val.json`` (default: beside the
     checkpoint). Everything not given comes from the checkpoint. Under torchrun the items are
-    sharded over the processes and rank 0 writes the report of them all.
+    sharded over the processes and rank 0 writes the report of them all. ``weights``: ``ema`` or
+    ``raw`` (default: the weight average when the run kept one, see ``comem.engine.ema``); the
+    report's ``weights`` says which were scored.
     """
     from comem.engine.checkpoint import load_checkpoint
     from comem.engine.distributed import broadcast_object, init_distributed
@@ -75,17 +84,18 @@ def evaluate_checkpoint(
     context, torch_device = init_distributed(resolve_device(device))
     overrides = {"views": views, "crops": crops, "batch_size": batch_size, "workers": workers}
     if is_ava_state(state):
-        task, model, out_dir = _ava_evaluation(checkpoint, state, data, split, overrides, out)
+        task, model, out_dir, kind = _ava_evaluation(checkpoint, state, data, split, overrides, out, weights)
     else:
-        task, model, out_dir = _classification_evaluation(
-            checkpoint, state, data, split, overrides, aggregate, out, torch_device
+        task, model, out_dir, kind = _classification_evaluation(
+            checkpoint, state, data, split, overrides, aggregate, out, torch_device, weights
         )
     model.to(torch_device)
     predictions = predict_dataset(task, model, task.val_set, task.config, torch_device, context)
     metrics = None
     if context.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = task.report(predictions, out_dir, {"split": split, "checkpoint": str(checkpoint)})
+        extra = {"split": split, "checkpoint": str(checkpoint), "weights": kind}
+        metrics = task.report(predictions, out_dir, extra)
     return broadcast_object(metrics, context), out_dir
 
 
@@ -102,12 +112,13 @@ def _classification_evaluation(
     aggregate: str,
     out: str | Path | None,
     device: torch.device,
-) -> tuple[ClassificationTask, torch.nn.Module, Path]:
+    weights: str | None,
+) -> tuple[ClassificationTask, torch.nn.Module, Path, str]:
     from comem.data.datasets import DatasetFormatError
     from comem.engine.trained import load_trained
     from comem.tasks.classification import evaluation_task
 
-    trained = load_trained(checkpoint, device, state=state)
+    trained = load_trained(checkpoint, device, state=state, weights=weights)
     if data is None and trained.data_dir is None:
         raise DatasetFormatError(f"{checkpoint}: records no data dir; pass --data")
     task = evaluation_task(
@@ -120,7 +131,7 @@ def _classification_evaluation(
         aggregate=aggregate,
     )
     out_dir = Path(out) if out is not None else checkpoint.with_name(f"eval_{split}_{checkpoint.stem}")
-    return task, trained.model, out_dir
+    return task, trained.model, out_dir, trained.weights
 
 
 def _ava_evaluation(
@@ -130,8 +141,10 @@ def _ava_evaluation(
     split: str,
     overrides: dict[str, Any],
     out: str | Path | None,
-) -> tuple[AvaTask, torch.nn.Module, Path]:
+    weights: str | None,
+) -> tuple[AvaTask, torch.nn.Module, Path, str]:
     """``views`` sets the clips per keyframe (memory clips + 1); frames are never cropped."""
+    from comem.engine.ema import checkpoint_weights
     from comem.tasks.ava.model import AvaDetector
     from comem.tasks.ava.task import evaluation_task
     from comem.tasks.common import config_from_state, spec_from_state
@@ -142,8 +155,9 @@ def _ava_evaluation(
     data_dir = Path(data) if data is not None else Path(state["data_dir"])
     task = evaluation_task(config, data_dir=data_dir, split=split)
     detector = AvaDetector(build_model(spec_from_state(state)), state["num_classes"], dropout=config.dropout)
-    detector.load_state_dict(state["model"])
-    return task, detector, Path(out) if out is not None else checkpoint.parent
+    weight_dict, kind = checkpoint_weights(state, checkpoint, weights)
+    detector.load_state_dict(weight_dict)
+    return task, detector, Path(out) if out is not None else checkpoint.parent, kind
 
 
 def run(args: argparse.Namespace) -> int:
@@ -170,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             out=args.out,
             state=state,
+            weights=args.weights,
         )
     finally:
         shutdown_distributed()

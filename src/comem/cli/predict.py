@@ -39,6 +39,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     predict.add_argument("--crops", type=int, choices=[1, 3], help="spatial crops per clip")
     predict.add_argument("--aggregate", default="mean", choices=["mean", "max"], help="clip scores to video")
+    predict.add_argument(
+        "--weights",
+        choices=["ema", "raw"],
+        help="the run's weight average (ema) or its weights (raw); default: ema when the run kept one",
+    )
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} must be >= 1; got {value}")
     if args.clips_per_second is not None and args.clips_per_second <= 0:
         raise ConfigError(f"--clips-per-second must be > 0; got {args.clips_per_second}")
-    predictor = load(args.checkpoint, device=resolve_device(args.device))
+    predictor = load(args.checkpoint, device=resolve_device(args.device), weights=args.weights)
     names = predictor.class_names
     results: list[dict[str, Any]] = []
     failed = 0

@@ -93,6 +93,21 @@ HELP: dict[str, str] = {
     "0.08,1 (none: short-side jitter crop)",
     "randaug_ops": "RandAugment operations per clip, the same for all its frames (0: off)",
     "randaug_magnitude": "RandAugment magnitude (0..30)",
+    "mixup_alpha": "mixup of whole videos: every clip of a video blends with the same partner video by a "
+    "weight ~ Beta(a, a) drawn per batch, targets likewise (0: off; PySlowFast's MViT recipes: 0.8)",
+    "cutmix_alpha": "CutMix of whole videos: one box, the same in every frame of every clip, pasted from the "
+    "partner video; the weight ~ Beta(a, a) sets its area (0: off; MViT recipes: 1.0)",
+    "mix_prob": "chance a batch is mixed when mixup or CutMix is on",
+    "mix_switch_prob": "with both mixup and CutMix on: chance a mixed batch uses CutMix",
+    "label_smoothing": "single-label cross-entropy against (1 - e) one-hot + e / K (multi-label data: "
+    "refused)",
+    "ema_decay": "keep an exponential moving average of the weights, updated after every optimizer step "
+    "(e.g. 0.9998); it is validated beside the weights, picks best.pt and is what eval and predict use "
+    "(none: off)",
+    "wandb": "also log to Weights & Biases (pip install 'comem[wandb]')",
+    "wandb_project": "W&B project",
+    "wandb_name": "W&B run name (none: the name of --out)",
+    "wandb_mode": "W&B online, or offline (kept under OUT/wandb; upload later with `wandb sync`)",
 }
 
 

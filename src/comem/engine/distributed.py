@@ -233,13 +233,3 @@ def all_ranks(flag: bool, context: DistContext, device: torch.device) -> bool:
     value = torch.tensor([int(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
-
-
-class NullWriter:
-    """Stands in for TensorBoard's SummaryWriter on ranks other than 0."""
-
-    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

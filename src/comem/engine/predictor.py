@@ -17,6 +17,7 @@ from torch import nn
 
 from comem.config import ConfigError, TrainConfig, config_fields
 from comem.engine.checkpoint import CheckpointError
+from comem.engine.ema import checkpoint_weights
 from comem.engine.predict import VideoPrediction, predict_clips, predict_frames, predict_video
 from comem.engine.trained import config_from_state, is_multi_label, load_trained
 from comem.models.normalization import PYSLOWFAST, Normalization, normalization
@@ -103,6 +104,7 @@ def load(
     multi_label: bool | None = None,
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
+    weights: str | None = None,
     **settings: Any,
 ) -> Predictor:
     """A :class:`Predictor` from a checkpoint path, or around a model.
@@ -118,13 +120,15 @@ def load(
         mean, std: the per-channel (RGB) input normalisation of the model's weights, pixels in
             [0, 1], applied to frames and files (default: the checkpoint's or the model's
             ``normalization``, else PySlowFast's 0.45 / 0.225).
+        weights: of a comem checkpoint, ``ema`` (the weight average of a run with ``--ema-decay``)
+            or ``raw`` (its weights); default the average when the run kept one.
         settings: clip settings of :class:`~comem.config.TrainConfig` (``clip_len``, ``stride``,
             ``crop_size``, ``views``, ``crops``, ``target_fps``, ``mode``, …) for frames and files;
             a comem checkpoint's own settings are the default.
     """
     torch_device = _device(device)
     if model is None and isinstance(checkpoint, (str, Path)):
-        trained = load_trained(checkpoint, torch_device)
+        trained = load_trained(checkpoint, torch_device, weights=weights)
         config = _with(trained.config, settings)
         names = class_names or trained.class_names
         multi = trained.multi_label if multi_label is None else multi_label
@@ -136,9 +140,11 @@ def load(
     else:
         path = Path(checkpoint)
         state = _read_weights(path)
-        weights = state["model"] if isinstance(state.get("model"), dict) else state
+        weight_dict = (
+            checkpoint_weights(state, path, weights)[0] if isinstance(state.get("model"), dict) else state
+        )
         try:
-            model.load_state_dict(weights)
+            model.load_state_dict(weight_dict)
         except RuntimeError as error:
             raise CheckpointError(
                 f"{path}: does not fit the model ({' '.join(str(error).split())[:300]})"

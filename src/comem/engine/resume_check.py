@@ -32,6 +32,10 @@ MAY_CHANGE = frozenset(
         "pretrained_strict",
         "compile",
         "channels_last",
+        "wandb",  # where the same numbers are also logged
+        "wandb_project",
+        "wandb_name",
+        "wandb_mode",
     }
 )
 

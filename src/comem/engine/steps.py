@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from comem.config import TrainConfig
-from comem.engine.modes import StepOutput, eval_batchnorm, preserved_batchnorm_stats
+from comem.engine.modes import LossFn, StepOutput, eval_batchnorm, preserved_batchnorm_stats
 from comem.engine.performance import prepare_video
 from comem.engine.precision import autocast_for
 from comem.engine.step import train_step
@@ -68,13 +68,16 @@ class StepEngine:
         with guard, self.autocast():
             return video_model.memory_bank(video, chunk=self.config.memory_chunk)
 
-    def run_mode(self, video: torch.Tensor, targets: torch.Tensor) -> StepOutput:
+    def run_mode(
+        self, video: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn | None = None
+    ) -> StepOutput:
         config = self.config
         return train_step(
             self.train_model,
             video,
             targets,
             mode=config.mode,
+            loss_fn=loss_fn,
             autocast=self.autocast,
             memory_pass_bn=config.memory_pass_bn,
             memory_chunk=config.memory_chunk,

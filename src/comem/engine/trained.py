@@ -14,6 +14,7 @@ import torch
 
 from comem.config import TrainConfig
 from comem.engine.checkpoint import CheckpointError, load_checkpoint
+from comem.engine.ema import checkpoint_weights
 from comem.models.build import ModelSpec, VideoModel, build_model
 from comem.tasks.common import config_from_state, spec_from_state
 
@@ -29,6 +30,7 @@ class TrainedModel:
     multi_label: bool
     data_dir: Path | None
     path: Path
+    weights: str = "raw"  # "ema": the weight average of a run with --ema-decay
 
 
 def is_multi_label(state: dict) -> bool:
@@ -39,10 +41,14 @@ def is_multi_label(state: dict) -> bool:
     return any("val_mAP" in record for record in state.get("history", []))
 
 
-def load_trained(checkpoint: str | Path, device: torch.device, *, state: dict | None = None) -> TrainedModel:
+def load_trained(
+    checkpoint: str | Path, device: torch.device, *, state: dict | None = None, weights: str | None = None
+) -> TrainedModel:
     """Rebuild the model of a training checkpoint and load its weights onto ``device``.
 
-    ``state``: the checkpoint already read by the caller, so it is not read twice.
+    ``state``: the checkpoint already read by the caller, so it is not read twice. ``weights``:
+    ``ema`` or ``raw``; default the weight average when the run kept one (``--ema-decay``), else
+    the model's (see :func:`comem.engine.ema.checkpoint_weights`).
     """
     path = Path(checkpoint)
     state = load_checkpoint(path) if state is None else state
@@ -57,7 +63,8 @@ def load_trained(checkpoint: str | Path, device: torch.device, *, state: dict | 
     config = config_from_state(state)
     spec = spec_from_state(state)
     model = build_model(spec)
-    model.load_state_dict(state["model"])
+    weight_dict, kind = checkpoint_weights(state, path, weights)
+    model.load_state_dict(weight_dict)
     model.to(device).eval()
     class_names = list(state["class_names"])
     if len(class_names) != spec.num_classes:
@@ -65,4 +72,4 @@ def load_trained(checkpoint: str | Path, device: torch.device, *, state: dict | 
             f"{path}: has {len(class_names)} class names for a model of {spec.num_classes} classes"
         )
     data_dir = Path(state["data_dir"]) if state.get("data_dir") else None
-    return TrainedModel(model, spec, config, class_names, is_multi_label(state), data_dir, path)
+    return TrainedModel(model, spec, config, class_names, is_multi_label(state), data_dir, path, kind)

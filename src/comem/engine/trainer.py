@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import Sampler
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from comem.config import TrainConfig, upgrade_config
@@ -40,7 +39,6 @@ from comem.data.datasets import DatasetFormatError
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.distributed import (
     DistContext,
-    NullWriter,
     all_ranks,
     broadcast_buffers,
     broadcast_object,
@@ -51,8 +49,10 @@ from comem.engine.distributed import (
     sum_over_ranks,
     wrap_for_training,
 )
+from comem.engine.ema import WeightAverage
 from comem.engine.evaluate import predict_dataset, to_device
 from comem.engine.loaders import drops_last, make_loader, resolve_device
+from comem.engine.loggers import RunLoggers, open_loggers
 from comem.engine.performance import tune_model
 from comem.engine.precision import grad_scaler
 from comem.engine.provenance import write_run_record
@@ -151,7 +151,11 @@ class Trainer:
         seed_everything(config.seed)
         self.model = task.build_model()
         self.model.to(self.device)
+        # the average is copied before compiling: it is only evaluated
+        self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         tune_model(self.model, self.device, channels_last=config.channels_last, compile=config.compile)
+        if self.ema is not None:
+            tune_model(self.ema.module, self.device, channels_last=config.channels_last, compile=False)
         self.train_model = wrap_for_training(
             self.model,
             self.dist,
@@ -181,6 +185,7 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         self.epoch_correct = 0
         self.epoch_items = 0
+        self.logger_state: dict[str, Any] = {}  # what resumes the loggers (the W&B run id)
         self.stop = StopSignals()
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -203,6 +208,8 @@ class Trainer:
             "epoch_running": self.running(),
             "rng": rng_state(),
             **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
+            "loggers": self.logger_state,
+            **(self.ema.state_dict() if self.ema is not None else {}),
             **self.rank_states(),
         }
 
@@ -235,6 +242,9 @@ class Trainer:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.history = state["global_step"], state["history"]
         self.skipped = state.get("skipped", {})
+        self.logger_state = state.get("loggers", {})
+        if self.ema is not None and "ema" in state:  # else the average starts from these weights
+            self.ema.load_state_dict(state)
         running, rng = state["epoch_running"], state["rng"]
         ranks = state.get("rank_states")
         if ranks and len(ranks) == self.dist.world_size:
@@ -284,20 +294,33 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad)
         if scaler is None:
             self.optimizer.step()
-            return True
-        scale = scaler.get_scale()
-        scaler.step(self.optimizer)
-        scaler.update()
-        return scaler.get_scale() >= scale  # a skipped step backs the scale off
+            updated = True
+        else:
+            scale = scaler.get_scale()
+            scaler.step(self.optimizer)
+            scaler.update()
+            updated = scaler.get_scale() >= scale  # a skipped step backs the scale off
+        if updated and self.ema is not None:
+            self.ema.update(self.model)
+        return updated
 
     def evaluate(self) -> dict[str, float]:
+        """Validation metrics of the model and, with ``ema_decay``, of the weight average
+        (``ema_``-prefixed; its files under ``out/ema``)."""
+        metrics = self.evaluate_model(self.model, self.out)
+        if self.ema is not None:
+            ema = self.evaluate_model(self.ema.module, self.out / "ema")
+            metrics.update({f"ema_{key}": value for key, value in ema.items()})
+        return metrics
+
+    def evaluate_model(self, model: torch.nn.Module, out: Path) -> dict[str, float]:
         """Validation metrics of every rank's share together (the same on every rank)."""
-        broadcast_buffers(self.model, self.dist)  # score the model the checkpoint stores on every rank
+        broadcast_buffers(model, self.dist)  # score the model the checkpoint stores on every rank
         predictions = predict_dataset(
-            self.task, self.model, self.task.val_set, self.config, self.device, self.dist
+            self.task, model, self.task.val_set, self.config, self.device, self.dist
         )
         self.note_skipped(predictions.skipped)
-        metrics = self.task.val_metrics(predictions, self.out) if self.dist.is_main else None
+        metrics = self.task.val_metrics(predictions, out) if self.dist.is_main else None
         return broadcast_object(metrics, self.dist)
 
     def run(self) -> dict[str, Any]:
@@ -311,13 +334,14 @@ class Trainer:
         if main:
             self.task.prepare_output(self.out)
             write_run_record(self.out, config, self.dist.world_size)
-        writer = SummaryWriter(str(self.out / "tb"), purge_step=self.global_step) if main else NullWriter()
+        loggers = open_loggers(config, self.out, step=self.global_step, saved=self.logger_state, main=main)
+        self.logger_state = loggers.state()
         try:
             with self.stop:
                 while self.epoch < config.epochs:
-                    self.train_epoch(writer)
+                    self.train_epoch(loggers)
                     if not self.stop.signum:
-                        self.finish_epoch(writer)
+                        self.finish_epoch(loggers)
                     if self.stop.signum or self.stop.due(self.dist, self.device):
                         self.stop_at_step_boundary()
         except KeyboardInterrupt:  # mid-step: the state is not consistent, so it is not saved
@@ -325,7 +349,7 @@ class Trainer:
                 log.info(f"interrupted mid-step: not saved; {self.out / 'last.pt'} holds the last saved step")
             raise
         finally:
-            writer.close()
+            loggers.close()
         return self.metrics()
 
     def stop_at_step_boundary(self) -> None:
@@ -335,7 +359,7 @@ class Trainer:
             log.info(stopped_message(self.stop.signum, str(self.out / "last.pt")))
         raise TrainingStopped(self.stop.signum)
 
-    def train_epoch(self, writer: SummaryWriter) -> None:
+    def train_epoch(self, loggers: RunLoggers) -> None:
         config, train_set = self.config, self.task.train_set
         train_set.set_epoch(self.epoch)
         sampler = EpochSampler(
@@ -378,12 +402,15 @@ class Trainer:
                 self.epoch_items += result.items
                 clips_per_s = clips_seen / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(loss=f"{result.loss:.3f}", clips_s=f"{clips_per_s:.1f}")
-                writer.add_scalar("train/loss", result.loss, self.global_step)
-                writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.global_step)
-                writer.add_scalar("train/clips_per_s", clips_per_s, self.global_step)
-                writer.add_scalar("train/loader_wait_ms", 1000.0 * loader_wait, self.global_step)
+                values = {
+                    "loss": result.loss,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "clips_per_s": clips_per_s,
+                    "loader_wait_ms": 1000.0 * loader_wait,
+                }
                 if self.scaler is not None:
-                    writer.add_scalar("train/loss_scale", self.scaler.get_scale(), self.global_step)
+                    values["loss_scale"] = self.scaler.get_scale()
+                loggers.log_step(self.global_step, self.epoch + 1, values)
             else:  # keep the schedule on time
                 with warnings.catch_warnings():  # PyTorch warns when no optimizer step came first
                     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
@@ -398,7 +425,7 @@ class Trainer:
             waiting_since = time.perf_counter()
         bar.close()
 
-    def finish_epoch(self, writer: SummaryWriter) -> None:
+    def finish_epoch(self, loggers: RunLoggers) -> None:
         config = self.config
         if self.dist.enabled:
             self.epoch_loss_sum, self.epoch_correct, self.epoch_items = sum_over_ranks(
@@ -421,12 +448,16 @@ class Trainer:
         record["lr"] = self.scheduler.get_last_lr()[0]
         if (self.epoch + 1) % config.eval_every == 0 or self.epoch + 1 == config.epochs:
             record.update({f"val_{key}": value for key, value in self.evaluate().items()})
-        for key, value in record.items():
-            if key != "epoch":  # train/loss is the per-step series: epoch means go to train/epoch_*
-                tag = key.replace("_", "/epoch_" if key.startswith("train_") else "/", 1)
-                writer.add_scalar(tag, value, self.epoch + 1)
         self.history.append(record)
-        shown = ("train_loss", "train_top1", "lr", *(f"val_{key}" for key in self.task.headline_metrics))
+        loggers.log_epoch(self.global_step, self.history)
+        headline = [f"val_{key}" for key in self.task.headline_metrics]
+        shown = (
+            "train_loss",
+            "train_top1",
+            "lr",
+            *headline,
+            *(key.replace("val_", "val_ema_") for key in headline),
+        )
         summary = ", ".join(f"{key} {record[key]:.4g}" for key in shown if key in record)
         if self.dist.is_main:
             log.info(f"epoch {self.epoch + 1}/{config.epochs}: {summary}")
@@ -444,7 +475,8 @@ class Trainer:
 
     @property
     def selection_key(self) -> str:
-        return f"val_{self.task.selection_metric}"
+        """The val metric that picks ``best.pt``: the weight average's when there is one."""
+        return f"val_{'ema_' if self.ema is not None else ''}{self.task.selection_metric}"
 
     def metrics(self) -> dict[str, Any]:
         last_eval = next((h for h in reversed(self.history) if any(k.startswith("val_") for k in h)), {})

@@ -12,15 +12,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from comem.config import TrainConfig, comem_home
+from comem.config import ConfigError, TrainConfig, comem_home
 from comem.data.datasets import (
     DatasetFormatError,
     MultiClipVideoDataset,
@@ -30,6 +31,7 @@ from comem.data.datasets import (
 )
 from comem.data.decode import check_decoder
 from comem.data.formats import load_splits, require_training_labels
+from comem.data.mixing import VideoMixer
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.data.transforms import mirrored_classes
 from comem.metrics import classification_metrics
@@ -75,6 +77,15 @@ def video_scores(clip_logits: torch.Tensor, *, multi_label: bool, aggregate: str
         raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
     probabilities = clip_probabilities(clip_logits, multi_label=multi_label)
     return probabilities.mean(dim=1) if aggregate == "mean" else probabilities.amax(dim=1)
+
+
+def clip_loss(*, multi_label: bool, label_smoothing: float = 0.0) -> Callable[..., torch.Tensor]:
+    """The loss of clip logits (M, K) against their video targets: binary cross-entropy for
+    multi-hot (or mixed multi-hot) targets; cross-entropy for class indices or mixed one-hot
+    probabilities, with ``label_smoothing`` (the target becomes ``(1 - e) * target + e / K``)."""
+    if multi_label:
+        return lambda logits, targets: F.binary_cross_entropy_with_logits(logits.float(), targets.float())
+    return lambda logits, targets: F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
 
 
 def flip_policy(config: TrainConfig, splits: VideoSplits | None) -> tuple[bool, list[int] | None]:
@@ -184,6 +195,15 @@ class ClassificationTask:
         self.eval_records = splits.val if eval_split == "val" else splits.test
         if self.eval_records is None:
             raise DatasetFormatError(f"{self.data_dir}: no labelled test split")
+        if config.label_smoothing and self.multi_label:
+            raise ConfigError(
+                f"{self.data_dir}: --label-smoothing applies to single-label cross-entropy; "
+                "this data is multi-label (binary cross-entropy)"
+            )
+        self.loss = clip_loss(multi_label=self.multi_label, label_smoothing=config.label_smoothing)
+        self.mixer = VideoMixer(
+            config.mixup_alpha, config.cutmix_alpha, config.mix_prob, config.mix_switch_prob
+        )
         self.train_set = make_dataset(splits.train, config, train=True, num_classes=classes, splits=splits)
         self.val_set = make_dataset(self.eval_records, config, train=False, num_classes=classes)
 
@@ -199,12 +219,25 @@ class ClassificationTask:
         return batch["label"].shape[0] >= min(2, self.config.batch_size)
 
     def train_step(self, batch: dict[str, Any], step: StepContext) -> StepResult:
-        targets = batch["label"]
-        output = step.run_mode(step.to_input(batch["video"]), targets)
+        """One step in the run's mode; with mixup/CutMix on, the batch's videos and targets are
+        mixed first (``train_top1`` still counts each video's own label)."""
+        video, targets = batch["video"], batch["label"]
+        mixed, train_targets = self.mix(video, targets)
+        output = step.run_mode(step.to_input(mixed), train_targets, loss_fn=self.loss)
         correct = 0
-        if not targets.is_floating_point():
+        if not self.multi_label:
             correct = int((video_scores(output.logits, multi_label=False).argmax(-1) == targets).sum())
         return StepResult(float(output.loss), int(targets.shape[0]), correct)
+
+    def mix(self, video: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's videos (B, N, C, T, H, W) and targets mixed as ``self.mixer`` draws (one-hot
+        class indices first), or as they are when this batch is not mixed."""
+        mix = self.mixer.draw(video.shape[0], video.shape[-2], video.shape[-1])
+        if mix is None:
+            return video, targets
+        if not targets.is_floating_point():
+            targets = F.one_hot(targets, self.splits.num_classes).float()
+        return mix.videos(video), mix.targets(targets)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict[str, Any], step: StepContext) -> list[tuple[int, Any]]:
@@ -243,6 +276,7 @@ class ClassificationTask:
                 "clips": config.eval_views,
                 "crops": config.crops,
                 "aggregate": self.aggregate,
+                "weights": extra.get("weights", "raw"),
                 "videos": int(result.scores.shape[0]),
                 "skipped_videos": len(result.skipped),
                 "skipped": result.skipped,

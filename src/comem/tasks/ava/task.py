@@ -150,7 +150,12 @@ class AvaTask:
         """``comem eval``: ``detections_val.csv`` and ``eval_val.json`` in ``out_dir``; returns metrics."""
         metrics: dict[str, Any] = {f"val_{k}": v for k, v in self.val_metrics(predictions, out_dir).items()}
         metrics.update(
-            {"mode": self.config.mode, "checkpoint": extra["checkpoint"], "data": str(self.data_dir)}
+            {
+                "mode": self.config.mode,
+                "weights": extra.get("weights", "raw"),
+                "checkpoint": extra["checkpoint"],
+                "data": str(self.data_dir),
+            }
         )
         metrics["detections"] = str(out_dir / "detections_val.csv")
         write_json(out_dir / "eval_val.json", metrics)
