@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tinydata import TINY_TRAIN_FLAGS
+from tinydata import TINY_TRAIN_FLAGS, tiny_train_config
 
 from comem.cli import main
 from comem.config import TrainConfig
@@ -17,21 +17,7 @@ from comem.tasks.classification import ClassificationTask
 
 
 def tiny_config(data: Path, out: Path, **changes) -> TrainConfig:
-    config = TrainConfig(
-        data=str(data),
-        out=str(out),
-        backbone="tiny",
-        clips=2,
-        clip_len=4,
-        stride=2,
-        crop_size=32,
-        batch_size=2,
-        epochs=2,
-        workers=0,
-        device="cpu",
-        save_every=0,
-    )
-    return dataclasses.replace(config, **changes)
+    return tiny_train_config(data, out, **changes)
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:

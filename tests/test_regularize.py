@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from formatdata import write_charades
-from tinydata import TINY_TRAIN_FLAGS
+from tinydata import TINY_TRAIN_FLAGS, tiny_train_config
 
 import comem
 from comem.cli import main
@@ -24,22 +24,8 @@ from comem.tasks.classification import ClassificationTask
 
 
 def tiny_config(data: Path, out: Path, **changes) -> TrainConfig:
-    config = TrainConfig(
-        data=str(data),
-        out=str(out),
-        backbone="tiny",
-        clips=3,
-        clip_len=4,
-        stride=2,
-        crop_size=32,
-        batch_size=4,
-        epochs=1,
-        workers=0,
-        device="cpu",
-        save_every=0,
-        dropout=0.0,
-    )
-    return dataclasses.replace(config, **changes)
+    defaults = {"clips": 3, "batch_size": 4, "epochs": 1, "dropout": 0.0}
+    return tiny_train_config(data, out, **{**defaults, **changes})
 
 
 def real_batch(task: ClassificationTask) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tinydata import tiny_train_config
 
 from comem.config import TrainConfig
 from comem.engine import checkpoint
@@ -27,22 +28,7 @@ class Crash(Exception):
 def tiny_config(data: Path, out: Path, **changes) -> TrainConfig:
     # 4 train videos, batch 2: 2 steps per epoch, 4 in all. Dropout stays on, so the model-side RNG
     # state must be restored too for the runs to agree.
-    config = TrainConfig(
-        data=str(data),
-        out=str(out),
-        backbone="tiny",
-        clips=2,
-        clip_len=4,
-        stride=2,
-        crop_size=32,
-        batch_size=2,
-        epochs=2,
-        workers=0,
-        device="cpu",
-        save_every=0,
-        dropout=0.5,
-    )
-    return dataclasses.replace(config, **changes)
+    return tiny_train_config(data, out, **{"dropout": 0.5, **changes})
 
 
 def classification_trainer(config: TrainConfig) -> Trainer:

@@ -4,6 +4,7 @@ Class 0 videos are flat gray frames whose level rises over time, class 1 videos 
 so a model can tell the classes apart from a single clip and overfit them in a few steps.
 """
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -51,3 +52,25 @@ def randomise_norms(model: torch.nn.Module) -> None:
                 module.bias.normal_(0, 0.1)
                 module.running_mean.normal_(0, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
+
+
+def tiny_train_config(data: Path, out: Path, **changes):
+    """A ``TrainConfig`` for a seconds-long CPU run on ``write_dataset``'s videos (tiny network, 2
+    clips of 4 frames at 32², batch 2, 2 epochs, no workers, epoch-end checkpoints only)."""
+    from comem.config import TrainConfig
+
+    config = TrainConfig(
+        data=str(data),
+        out=str(out),
+        backbone="tiny",
+        clips=2,
+        clip_len=4,
+        stride=2,
+        crop_size=32,
+        batch_size=2,
+        epochs=2,
+        workers=0,
+        device="cpu",
+        save_every=0,
+    )
+    return dataclasses.replace(config, **changes)
