@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--gate-init-std", type=float, default=0.0, help="W_g ~ N(0, std) (0: identity)")
     parser.add_argument("--cross-clip", type=int, default=1)
     parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--epochs", type=int, default=12)
@@ -150,6 +151,9 @@ def main() -> None:
                 mode=args.mode,
                 autocast=contextlib.nullcontext,
                 cross_clip=bool(args.cross_clip),
+                loss_fn=lambda logits, target: F.cross_entropy(
+                    logits.float(), target, label_smoothing=args.label_smoothing
+                ),
             )
             optimizer.step()
             schedule.step()
