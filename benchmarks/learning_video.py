@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from comem.config import MODES
+from comem.data.decode import RgbFrames
 from comem.data.sampling import clip_frame_indices, clip_span, eval_clip_starts, train_clip_starts
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.engine import step
@@ -41,7 +42,8 @@ def decode_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
             continue
         path, label = line.split()
         with av.open(str(root / path)) as container:
-            videos.append(np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]))
+            rgb = RgbFrames()
+            videos.append(np.stack([rgb(frame) for frame in container.decode(video=0)]))
         labels.append(int(label))
     return torch.from_numpy(np.stack(videos)), torch.tensor(labels)
 
@@ -88,7 +90,8 @@ def main() -> None:
     parser.add_argument("--stages", default="last-2,last-1,last")
     parser.add_argument("--memory", default="attention")
     parser.add_argument("--fusion", default="gate")
-    parser.add_argument("--gate-hidden", type=int, default=None)
+    parser.add_argument("--summary", default="meanmax", choices=("mean", "max", "meanmax"))
+    parser.add_argument("--gate-hidden", type=int, default=64, help="0: a linear gate")
     parser.add_argument("--gate-init-std", type=float, default=0.0, help="W_g ~ N(0, std) (0: identity)")
     parser.add_argument("--cross-clip", type=int, default=1)
     parser.add_argument("--dropout", type=float, default=0.2)
@@ -99,11 +102,29 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "comem"))
+    generator = parser.add_argument_group("the videos (SyntheticSpec; the defaults are the built-in set)")
+    generator.add_argument("--data-seed", type=int, default=0)
+    generator.add_argument("--num-frames", type=int, default=72)
+    generator.add_argument("--fps", type=int, default=24)
+    generator.add_argument("--parts", type=int, default=3)
+    generator.add_argument("--distractors", type=int, default=1)
+    generator.add_argument("--coloured-distractors", type=int, default=0)
+    generator.add_argument("--codec", default="h264", choices=("h264", "mpeg4", "vp9"))
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
-    root = ensure_synthetic(args.cache, SyntheticSpec(task=args.task))
+    spec_args = dict(
+        task=args.task,
+        seed=args.data_seed,
+        num_frames=args.num_frames,
+        fps=args.fps,
+        num_parts=args.parts,
+        distractors=args.distractors,
+        coloured_distractors=args.coloured_distractors,
+        codec=args.codec,
+    )
+    root = ensure_synthetic(args.cache, SyntheticSpec(**spec_args))
     train_frames, train_labels = decode_split(root, "train")
     val_frames, val_labels = decode_split(root, "val")
     num_classes = int(train_labels.max()) + 1
@@ -113,7 +134,8 @@ def main() -> None:
         memory_stages=tuple(args.stages.split(",")),
         memory=args.memory,
         fusion=args.fusion,
-        gate_hidden=args.gate_hidden,
+        gate_hidden=args.gate_hidden or None,
+        summary=args.summary,
         dropout=args.dropout,
     )
     model = build_model(spec)

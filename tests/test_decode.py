@@ -202,3 +202,25 @@ def test_read_applies_a_per_frame_transform_once_per_distinct_frame(index_video:
     assert kept.shape == (2, 3, 8, 4, 3)
     np.testing.assert_array_equal(kept, full[:, :, :8, :4])
     assert calls == [(HEIGHT, WIDTH, 3)] * 3  # frames 1, 5, 9: once each
+
+
+def test_rgb_frames_equal_pyav_conversion_for_every_frame(tmp_path: Path) -> None:
+    """The reused conversion context returns exactly PyAV's per-frame ``to_ndarray`` pixels,
+    also when the frame size changes mid-way (the context is rebuilt)."""
+    from videos import write_textured_video
+
+    from comem.data.decode import RgbFrames
+
+    sizes = (32, 48)
+    files = [write_textured_video(tmp_path / f"{size}.mp4", 12, size, size + 16, seed=size) for size in sizes]
+    rgb = RgbFrames()
+    count = 0
+    for file in files:
+        with av.open(str(file)) as container:
+            for frame in container.decode(video=0):
+                expected = frame.to_ndarray(format="rgb24")
+                got = rgb(frame)
+                assert got.shape == expected.shape and got.dtype == np.uint8
+                np.testing.assert_array_equal(got, expected)
+                count += 1
+    assert count == 24

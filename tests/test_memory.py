@@ -79,3 +79,37 @@ def test_bad_options_are_rejected() -> None:
         CollaborativeMemory(8, memory="lstm")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="fusion must be one of"):
         CollaborativeMemory(8, fusion="concat")  # type: ignore[arg-type]
+
+
+def test_summaries_pool_as_named() -> None:
+    features = torch.rand(4, 8, 2, 3, 3)
+    means, peaks = features.mean(dim=(2, 3, 4)), features.flatten(2).max(dim=2).values
+    assert torch.equal(CollaborativeMemory(8, summary="mean").summarize(features), means)
+    assert torch.equal(CollaborativeMemory(8, summary="max").summarize(features), peaks)
+    torch.testing.assert_close(CollaborativeMemory(8, summary="meanmax").summarize(features), means + peaks)
+    with pytest.raises(ValueError, match="summary"):
+        CollaborativeMemory(8, summary="median")  # type: ignore[arg-type]
+
+
+def test_max_summary_sees_a_small_event_that_the_mean_hides() -> None:
+    """One bright 1x1 spot in a 8x8 map: the max summary tells the clips apart by a margin
+    64x larger than the mean does."""
+    background = torch.rand(1, 4, 1, 8, 8).expand(2, 4, 1, 8, 8).clone()
+    background[1, 0, 0, 3, 3] += 5.0
+    for summary, expected in (("mean", 5.0 / 64), ("max", None)):
+        bank = CollaborativeMemory(4, summary=summary).summarize(background)  # type: ignore[arg-type]
+        gap = float((bank[1] - bank[0]).abs().max())
+        if expected is None:
+            assert gap > 4.0
+        else:
+            assert gap == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("summary", ["max", "meanmax"])
+def test_forward_one_matches_full_forward_for_every_summary(summary: str) -> None:
+    module = trained_like(CollaborativeMemory(16, summary=summary))  # type: ignore[arg-type]
+    features = torch.randn(2, 3, 16, 2, 3, 3)
+    full = module(features.flatten(0, 1), 3).view_as(features)
+    bank = torch.stack([module.summarize(features[:, i]) for i in range(3)], dim=1)
+    for i in range(3):
+        torch.testing.assert_close(module.forward_one(features[:, i], bank, i), full[:, i])

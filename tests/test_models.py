@@ -72,3 +72,17 @@ def test_partial_state_dict_is_rejected_when_strict(tmp_path: Path) -> None:
         load_pretrained(model, path)
     missing = load_pretrained(model, path, strict=False)
     assert missing and all(key.startswith("backbone.stages.layer") for key in missing)
+
+
+def test_memory_summary_reaches_every_memory_and_old_checkpoints_keep_the_mean() -> None:
+    import dataclasses
+
+    from comem.models.build import ModelSpec, build_model
+    from comem.tasks.common import spec_from_state
+
+    spec = ModelSpec(backbone="tiny", num_classes=3, summary="max")
+    assert {memory.summary for memory in build_model(spec).memories.values()} == {"max"}
+    stored = dataclasses.asdict(spec)
+    assert spec_from_state({"model_spec": stored}).summary == "max"
+    del stored["summary"]  # a checkpoint written before the option: trained with average pooling
+    assert spec_from_state({"model_spec": stored}).summary == "mean"

@@ -17,7 +17,7 @@ import yaml
 from comem.data.decode import DECODERS
 from comem.data.formats import DATA_FORMATS
 from comem.errors import UserError
-from comem.memory import FUSION_KINDS, MEMORY_KINDS
+from comem.memory import FUSION_KINDS, MEMORY_KINDS, SUMMARY_KINDS
 from comem.textfile import read_text
 
 
@@ -33,6 +33,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mode": MODES,
     "memory": MEMORY_KINDS,
     "fusion": FUSION_KINDS,
+    "memory_summary": SUMMARY_KINDS,
     "optimizer": ("sgd", "adamw"),
     "memory_pass_bn": ("batch", "eval"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
@@ -71,7 +72,8 @@ class TrainConfig:
     memory: str = "attention"  # the read (docs/learning.md: sigmoid keeps how many clips match)
     fusion: str = "gate"
     key_dim: int | None = None
-    gate_hidden: int | None = None  # hidden ReLU layer between the memory read and the gate (None: linear)
+    memory_summary: str = "meanmax"  # a clip's memory entry: mean | max | meanmax (docs/learning.md)
+    gate_hidden: int | None = 64  # hidden ReLU layer between the memory read and the gate (None: linear)
     dropout: float = 0.2
     # optimisation
     mode: str = "comem"

@@ -20,8 +20,25 @@ from torch import nn
 
 MemoryKind = Literal["attention", "sigmoid", "sink", "average"]
 FusionKind = Literal["gate", "add"]
+SummaryKind = Literal["mean", "max", "meanmax"]
 MEMORY_KINDS: tuple[str, ...] = ("attention", "sigmoid", "sink", "average")
 FUSION_KINDS: tuple[str, ...] = ("gate", "add")
+SUMMARY_KINDS: tuple[str, ...] = ("mean", "max", "meanmax")
+
+
+def pool(features: torch.Tensor, dims: tuple[int, ...], summary: SummaryKind) -> torch.Tensor:
+    """A clip's summary: ``features`` pooled over ``dims`` by ``summary``.
+
+    ``mean`` is global average pooling (the paper). An event that fills a small part of the frame
+    moves the mean only a little, while the background, the same in every clip of a video, fills
+    the rest; ``max`` keeps the strongest response of each channel wherever it is, so what happens
+    in a clip shows in its summary however small it is. ``meanmax`` is their sum.
+    """
+    if summary == "mean":
+        return features.mean(dim=dims)
+    if summary == "max":
+        return features.amax(dim=dims)
+    return features.mean(dim=dims) + features.amax(dim=dims)
 
 
 class _AddGradient(torch.autograd.Function):
@@ -57,6 +74,11 @@ class CollaborativeMemory(nn.Module):
         memory: ``attention`` (softmax read, the method) or ``average`` (mean of the memory,
             the ablation baseline: every clip gets the same memory).
         fusion: ``gate`` (X * 2·sigmoid(W_g m + b), the method) or ``add`` (X + W m, the ablation).
+        gate_hidden: width of a hidden ReLU layer between the read and the gate (None: the paper's
+            linear gate). The hidden layer lets the gate be a non-monotone function of the read,
+            which labels such as "an odd number of clips show X" need.
+        summary: how a clip's feature map becomes its memory entry (``pool``): ``mean`` (GAP, the
+            paper), ``max`` or ``meanmax`` (the default: small events show in the summary).
 
     At initialisation the module is the identity (W_g = 0, b = 0 gives a gate of exactly 1; the
     additive projection starts at 0), so inserting it into a pretrained backbone does not change
@@ -70,9 +92,12 @@ class CollaborativeMemory(nn.Module):
         key_dim: int | None = None,
         memory: MemoryKind = "attention",
         fusion: FusionKind = "gate",
-        gate_hidden: int | None = None,
+        gate_hidden: int | None = 64,
+        summary: SummaryKind = "meanmax",
     ) -> None:
         super().__init__()
+        if summary not in SUMMARY_KINDS:
+            raise ValueError(f"summary must be one of {SUMMARY_KINDS}, got {summary!r}")
         if memory not in MEMORY_KINDS:
             raise ValueError(f"memory must be one of {MEMORY_KINDS}, got {memory!r}")
         if fusion not in FUSION_KINDS:
@@ -81,6 +106,7 @@ class CollaborativeMemory(nn.Module):
         self.key_dim = key_dim or max(channels // 4, 8)
         self.memory = memory
         self.fusion = fusion
+        self.summary = summary
         self.query = nn.Linear(channels, self.key_dim, bias=False)
         self.key = nn.Linear(channels, self.key_dim, bias=False)
         self.value = nn.Linear(channels, channels, bias=False)
@@ -94,10 +120,9 @@ class CollaborativeMemory(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    @staticmethod
-    def summarize(features: torch.Tensor) -> torch.Tensor:
-        """GAP over (T, H, W): (B·N, C, T, H, W) -> (B·N, C)."""
-        return features.mean(dim=(2, 3, 4))
+    def summarize(self, features: torch.Tensor) -> torch.Tensor:
+        """Pool over (T, H, W) (see ``pool``): (B·N, C, T, H, W) -> (B·N, C)."""
+        return pool(features, (2, 3, 4), self.summary)
 
     def read(self, queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         """Clip-specific memories for ``queries`` (B, Q, C) from the video memory ``bank`` (B, N, C).
@@ -182,5 +207,6 @@ class CollaborativeMemory(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, key_dim={self.key_dim}, memory={self.memory}, fusion={self.fusion}, "
+            f"summary={self.summary}, "
             f"gate_hidden={self.out.in_features if isinstance(self.hidden, nn.Sequential) else None}"
         )

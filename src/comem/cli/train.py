@@ -45,6 +45,8 @@ HELP: dict[str, str] = {
     "memory_stages": "comma-separated stages followed by a memory (names or last, last-1, ...)",
     "memory": "memory read: attention (softmax), sigmoid (keeps how many clips match), sink, average",
     "fusion": "how the memory enters the features: gate or add",
+    "memory_summary": "how a clip's features become its memory entry: mean (average pooling), max (keeps "
+    "small events), meanmax (their sum)",
     "key_dim": "memory key width (none: channels / 4)",
     "gate_hidden": "width of a hidden ReLU layer from the memory read to the gate (none: a linear gate)",
     "dropout": "dropout before the classifier",

@@ -18,7 +18,15 @@ import numpy as np
 import torch
 
 from comem.data.datasets import MultiClipVideoDataset, VideoRecord
-from comem.data.decode import ClipSource, ClosingReader, VideoDecodeError, check_indices, gather, open_video
+from comem.data.decode import (
+    ClipSource,
+    ClosingReader,
+    RgbFrames,
+    VideoDecodeError,
+    check_indices,
+    gather,
+    open_video,
+)
 from comem.data.formats import load_splits
 from comem.data.formats.common import index_videos
 
@@ -60,12 +68,13 @@ class IndependentClipReader(ClosingReader):
         with av.open(self.path) as container:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1
+            rgb = RgbFrames()
             first_pts = self.start + round(int(clip.min()) / self.fps / self.time_base)
             container.seek(first_pts, stream=stream, backward=True, any_frame=False)
             for frame in container.decode(stream):
                 index = self._index(frame.pts)
                 if index in wanted:
-                    frames[index] = frame.to_ndarray(format="rgb24")
+                    frames[index] = rgb(frame)
                 if index >= last:
                     break
         return frames

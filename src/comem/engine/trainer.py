@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
-from comem.config import TrainConfig, upgrade_config
+from comem.config import TrainConfig
 from comem.data.datasets import DatasetFormatError
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.distributed import (
@@ -63,6 +63,7 @@ from comem.engine.steps import StepEngine
 from comem.engine.stopping import StopSignals, TrainingStopped, stopped_message
 from comem.files import write_json
 from comem.tasks.base import StepResult, Task
+from comem.tasks.common import checkpoint_config
 from comem.tasks.reports import plot_training_curves
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ class Trainer:
         if not path.exists():
             return False
         state = load_checkpoint(path)
-        accepted = check_resume(upgrade_config(state["config"]), dataclasses.asdict(self.config), path)
+        accepted = check_resume(checkpoint_config(state["config"]), dataclasses.asdict(self.config), path)
         if accepted and self.dist.is_main:
             log.info(f"--resume: accepted changes: {'; '.join(accepted)}")
         self.model.load_state_dict(state["model"])

@@ -39,7 +39,8 @@ class ModelSpec:
     memory: str = "attention"
     fusion: str = "gate"
     key_dim: int | None = None
-    gate_hidden: int | None = None
+    gate_hidden: int | None = 64
+    summary: str = "meanmax"
     dropout: float = 0.5
     # input normalisation (RGB, pixels in [0, 1]); None: the backbone's (``BackboneEntry.normalization``)
     mean: tuple[float, ...] | None = None
@@ -117,7 +118,8 @@ class VideoModel(nn.Module):
         memory: str = "attention",
         fusion: str = "gate",
         key_dim: int | None = None,
-        gate_hidden: int | None = None,
+        gate_hidden: int | None = 64,
+        summary: str = "meanmax",
         dropout: float = 0.5,
         normalization: Normalization | None = None,
     ) -> None:
@@ -136,7 +138,12 @@ class VideoModel(nn.Module):
         self.memories = nn.ModuleDict(
             {
                 stage: backbone.memory_for(
-                    stage, key_dim=key_dim, memory=memory, fusion=fusion, gate_hidden=gate_hidden
+                    stage,
+                    key_dim=key_dim,
+                    memory=memory,
+                    fusion=fusion,
+                    gate_hidden=gate_hidden,
+                    summary=summary,
                 )
                 for stage in names
                 if stage in resolved
@@ -317,6 +324,7 @@ def build_model(spec: ModelSpec) -> VideoModel:
         fusion=spec.fusion,
         key_dim=spec.key_dim,
         gate_hidden=spec.gate_hidden,
+        summary=spec.summary,
         dropout=spec.dropout,
         normalization=None if spec.mean is None else normalization(spec.mean, spec.std or ()),
     )

@@ -5,7 +5,7 @@ Both keep ``CollaborativeMemory``'s interface (``summarize``, ``forward``, ``for
 
 - ``PathwayMemory``: one memory per pathway of a multi-pathway net (SlowFast), as the paper does
   ("each pathway gets its own module"). Features and banks are lists, one entry per pathway.
-- ``TokenMemory``: a memory over transformer tokens (MViT); the summary is the mean of the patch
+- ``TokenMemory``: a memory over transformer tokens (MViT); the summary pools the patch
   tokens, and the gate scales every token (class token included) channel-wise.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from comem.memory import CollaborativeMemory
+from comem.memory import CollaborativeMemory, pool
 
 
 class Tokens(NamedTuple):
@@ -27,10 +27,9 @@ class Tokens(NamedTuple):
 
 
 class TokenMemory(CollaborativeMemory):
-    @staticmethod
-    def summarize(features: Tokens) -> torch.Tensor:  # type: ignore[override]
-        """Mean over the patch tokens: (B·N, C)."""
-        return features.tokens[:, 1:].mean(dim=1)
+    def summarize(self, features: Tokens) -> torch.Tensor:  # type: ignore[override]
+        """The patch tokens pooled (``pool``, class token left out): (B·N, C)."""
+        return pool(features.tokens[:, 1:], (1,), self.summary)
 
     def fuse(self, features: Tokens, clip_memory: torch.Tensor) -> Tokens:  # type: ignore[override]
         projected = self.out(self.hidden(clip_memory)).to(features.tokens.dtype)[:, None, :]
@@ -46,9 +45,8 @@ class PathwayMemory(nn.Module):
         super().__init__()
         self.pathways = nn.ModuleList(CollaborativeMemory(width, **options) for width in channels)
 
-    @staticmethod
-    def summarize(features: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [CollaborativeMemory.summarize(pathway) for pathway in features]
+    def summarize(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [memory.summarize(x) for memory, x in zip(self.pathways, features, strict=True)]
 
     def forward(self, features: list[torch.Tensor], num_clips: int) -> list[torch.Tensor]:
         return [memory(x, num_clips) for memory, x in zip(self.pathways, features, strict=True)]

@@ -186,6 +186,7 @@ class ClassificationTask:
             fusion=config.fusion,
             key_dim=config.key_dim,
             gate_hidden=config.gate_hidden,
+            summary=config.memory_summary,
             dropout=config.dropout,
         )
         # Multi-label data (Charades) is scored and checkpointed by mAP, single-label by top-1.

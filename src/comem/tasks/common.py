@@ -34,15 +34,22 @@ def spec_from_state(state: dict) -> ModelSpec:
     """The model spec a checkpoint was trained with (YAML/pickle turned its tuple into a list).
 
     Checkpoints that predate the stored input normalisation were all trained with PySlowFast's."""
-    stored = state["model_spec"]
+    stored = {"summary": "mean", **state["model_spec"]}  # checkpoints from before ``summary``: GAP
     spec = ModelSpec(**{**stored, "memory_stages": tuple(stored["memory_stages"])})
     if stored.get("mean") is None:
         return spec.with_normalization(PYSLOWFAST)
     return spec.with_normalization(normalization(stored["mean"], stored["std"]))
 
 
+def checkpoint_config(values: dict) -> dict:
+    """A checkpoint's stored config in today's fields (``upgrade_config``). Settings whose default
+    changed keep the value the run was trained with: a checkpoint from before ``memory_summary``
+    summarised clips by their mean."""
+    return {"memory_summary": "mean", **upgrade_config(values)}
+
+
 def config_from_state(state: dict) -> TrainConfig:
     """The training config of a checkpoint in today's fields (``upgrade_config``); fields another
     comem version added are left out."""
     known = config_fields()
-    return TrainConfig(**{k: v for k, v in upgrade_config(state["config"]).items() if k in known})
+    return TrainConfig(**{k: v for k, v in checkpoint_config(state["config"]).items() if k in known})

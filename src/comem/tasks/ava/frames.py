@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from comem.data.decode import RgbFrames
 from comem.errors import UserError
 
 GRID_FPS = 30
@@ -90,6 +91,7 @@ class MovieFrames:
             with av.open(str(self.path)) as container:
                 stream = container.streams.video[0]
                 stream.codec_context.thread_count = 1
+                rgb = RgbFrames()
                 position = 0
                 while position < len(wanted):
                     target = self._time(wanted[position])
@@ -100,7 +102,7 @@ class MovieFrames:
                         pts = (frame.pts or 0) - (stream.start_time or 0)
                         start = float(pts * stream.time_base)
                         while position < len(wanted) and start > self._time(wanted[position]) + 1e-6:
-                            frames[wanted[position]] = self._tensor(shown if shown is not None else frame)
+                            frames[wanted[position]] = self._tensor(rgb(frame if shown is None else shown))
                             position += 1
                         if position == len(wanted):
                             break
@@ -111,7 +113,7 @@ class MovieFrames:
                         if shown is None:
                             raise FrameReadError(f"{self.path}: no frame at {target:.2f} s")
                         while position < len(wanted):
-                            frames[wanted[position]] = self._tensor(shown)
+                            frames[wanted[position]] = self._tensor(rgb(shown))
                             position += 1
         except av.FFmpegError as error:
             raise FrameReadError(f"{self.path}: cannot decode ({error})") from None
@@ -121,8 +123,8 @@ class MovieFrames:
         return self.start_second + index / GRID_FPS
 
     @staticmethod
-    def _tensor(frame: av.VideoFrame) -> torch.Tensor:
-        return torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+    def _tensor(image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(image).permute(2, 0, 1)
 
 
 def find_movies(root: Path, video_ids: Sequence[str]) -> dict[str, MovieFrames]:

@@ -73,6 +73,7 @@ class AvaTask:
             fusion=config.fusion,
             key_dim=config.key_dim,
             gate_hidden=config.gate_hidden,
+            summary=config.memory_summary,
             dropout=0.0,
         )
         clips = ClipSpec(config.train_clips, config.clip_len, config.stride, config.crop_size)
