@@ -56,6 +56,13 @@ class _AddGradient(torch.autograd.Function):
         return grad + ctx.extra.to(grad.dtype), None  # type: ignore[attr-defined]
 
 
+def float32(tensor: torch.Tensor) -> torch.autocast:
+    """A region where autocast is off on ``tensor``'s device: the memory's arithmetic (N summaries,
+    C-vectors, negligible next to the backbone) runs in float32 under bf16/fp16 training, where a
+    16-bit gate would add the rounding of every projection to every feature it scales."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
 def add_gradient(x: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
     """``x`` unchanged, but whatever gradient reaches it during backward gets ``extra`` added.
 
@@ -129,10 +136,12 @@ class CollaborativeMemory(nn.Module):
 
         Returns (B, Q, C). With ``memory='average'`` the queries only set the output shape.
         """
-        values = self.value(bank)
-        if self.memory == "average":
-            return values.mean(dim=1, keepdim=True).expand(-1, queries.shape[1], -1)
-        return self.attention(queries, bank) @ values
+        with float32(bank):
+            queries, bank = queries.float(), bank.float()
+            values = self.value(bank)
+            if self.memory == "average":
+                return values.mean(dim=1, keepdim=True).expand(-1, queries.shape[1], -1)
+            return self.attention(queries, bank) @ values
 
     def attention(self, queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         """Read weights (B, Q, N) of ``queries`` (B, Q, C) over the N clips of ``bank`` (B, N, C):
@@ -150,7 +159,8 @@ class CollaborativeMemory(nn.Module):
 
     def fuse(self, features: torch.Tensor, clip_memory: torch.Tensor) -> torch.Tensor:
         """Infuse the clip memory (B·Q, C) into the features (B·Q, C, T, H, W)."""
-        projected = self.out(self.hidden(clip_memory)).to(features.dtype)[:, :, None, None, None]
+        with float32(clip_memory):
+            projected = self.out(self.hidden(clip_memory.float())).to(features.dtype)[:, :, None, None, None]
         if self.fusion == "gate":
             return features * (2.0 * torch.sigmoid(projected))
         return features + projected
