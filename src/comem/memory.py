@@ -12,6 +12,7 @@ does the whole thing at once for joint training and inference.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Literal
 
@@ -56,10 +57,13 @@ class _AddGradient(torch.autograd.Function):
         return grad + ctx.extra.to(grad.dtype), None  # type: ignore[attr-defined]
 
 
-def float32(tensor: torch.Tensor) -> torch.autocast:
+def float32(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
     """A region where autocast is off on ``tensor``'s device: the memory's arithmetic (N summaries,
     C-vectors, negligible next to the backbone) runs in float32 under bf16/fp16 training, where a
-    16-bit gate would add the rounding of every projection to every feature it scales."""
+    16-bit gate would add the rounding of every projection to every feature it scales. Devices
+    without autocast (``meta``, for counting FLOPs) need no region."""
+    if not torch.amp.is_autocast_available(tensor.device.type):
+        return contextlib.nullcontext()
     return torch.autocast(tensor.device.type, enabled=False)
 
 
