@@ -37,13 +37,17 @@ def decoded(path: Path) -> np.ndarray:
 
 
 def reference_read_weights(model: nn.Module, clips: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Read weights of the clip summaries each memory sees in a one-graph forward, computed here:
+    """Read weights of the clip summaries each memory sees in a one-graph forward, computed here
+    (summaries pooled as the memory's ``summary`` names):
     softmax(q k^T / sqrt(d')) for the softmax read, sigmoid(q k^T / sqrt(d')) / N for the sigmoid one."""
     seen: dict[str, torch.Tensor] = {}
 
     def capture(memory: CollaborativeMemory, args: tuple, stage: str) -> None:
         features, num_clips = args
-        bank = features.mean(dim=(2, 3, 4)).view(1, num_clips, -1)
+        flat = features.flatten(2)  # (N, C, T·H·W)
+        means, peaks = flat.mean(dim=2), flat.max(dim=2).values
+        summaries = {"mean": means, "max": peaks, "meanmax": means + peaks}[memory.summary]
+        bank = summaries.view(1, num_clips, -1)
         scores = (bank @ memory.query.weight.T) @ (bank @ memory.key.weight.T).transpose(1, 2)
         scores = scores / math.sqrt(memory.key_dim)
         if memory.memory == "sigmoid":
