@@ -32,6 +32,7 @@ from comem.data.sampling import clip_frame_indices, clip_span, eval_clip_starts,
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.engine import step
 from comem.models.build import ModelSpec, build_model
+from comem.tasks.classification import clip_loss
 
 
 def decode_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +115,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
-    spec_args = dict(
+    videos = SyntheticSpec(
         task=args.task,
         seed=args.data_seed,
         num_frames=args.num_frames,
@@ -124,7 +125,7 @@ def main() -> None:
         coloured_distractors=args.coloured_distractors,
         codec=args.codec,
     )
-    root = ensure_synthetic(args.cache, SyntheticSpec(**spec_args))
+    root = ensure_synthetic(args.cache, videos)
     train_frames, train_labels = decode_split(root, "train")
     val_frames, val_labels = decode_split(root, "val")
     num_classes = int(train_labels.max()) + 1
@@ -157,6 +158,7 @@ def main() -> None:
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
     num_clips = 1 if args.mode == "single" else args.clips
+    loss = clip_loss(multi_label=False, label_smoothing=args.label_smoothing)
     history, start = [], time.time()
     for epoch in range(args.epochs):
         model.train()
@@ -173,9 +175,7 @@ def main() -> None:
                 mode=args.mode,
                 autocast=contextlib.nullcontext,
                 cross_clip=bool(args.cross_clip),
-                loss_fn=lambda logits, target: F.cross_entropy(
-                    logits.float(), target, label_smoothing=args.label_smoothing
-                ),
+                loss_fn=loss,
             )
             optimizer.step()
             schedule.step()

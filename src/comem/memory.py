@@ -163,8 +163,16 @@ class CollaborativeMemory(nn.Module):
 
     def fuse(self, features: torch.Tensor, clip_memory: torch.Tensor) -> torch.Tensor:
         """Infuse the clip memory (B·Q, C) into the features (B·Q, C, T, H, W)."""
+        return self.infuse(features, self.project(clip_memory).to(features.dtype)[:, :, None, None, None])
+
+    def project(self, clip_memory: torch.Tensor) -> torch.Tensor:
+        """The clip memory (B·Q, C) through the (hidden and) output layer, in float32: (B·Q, C)."""
         with float32(clip_memory):
-            projected = self.out(self.hidden(clip_memory.float())).to(features.dtype)[:, :, None, None, None]
+            return self.out(self.hidden(clip_memory.float()))
+
+    def infuse(self, features: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+        """``features`` gated by ``2·sigmoid(projected)`` or shifted by it (``fusion``); ``projected``
+        broadcasts over the features' positions."""
         if self.fusion == "gate":
             return features * (2.0 * torch.sigmoid(projected))
         return features + projected

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from comem.memory import CollaborativeMemory, float32, pool
+from comem.memory import CollaborativeMemory, pool
 
 
 class Tokens(NamedTuple):
@@ -32,11 +32,8 @@ class TokenMemory(CollaborativeMemory):
         return pool(features.tokens[:, 1:], (1,), self.summary)
 
     def fuse(self, features: Tokens, clip_memory: torch.Tensor) -> Tokens:  # type: ignore[override]
-        with float32(clip_memory):
-            projected = self.out(self.hidden(clip_memory.float())).to(features.tokens.dtype)[:, None, :]
-        if self.fusion == "gate":
-            return Tokens(features.tokens * (2.0 * torch.sigmoid(projected)), features.thw)
-        return Tokens(features.tokens + projected, features.thw)
+        projected = self.project(clip_memory).to(features.tokens.dtype)[:, None, :]
+        return Tokens(self.infuse(features.tokens, projected), features.thw)
 
 
 class PathwayMemory(nn.Module):
