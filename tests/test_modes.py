@@ -180,6 +180,56 @@ def test_cross_clip_gradient_is_close_to_joint_with_several_memory_stages() -> N
     assert errors[True] < 0.25 * errors[False]
 
 
+@pytest.mark.parametrize("cross_clip", [True, False])
+def test_comem_video_loss_is_the_loss_of_mean_scores_with_joints_gradient(cross_clip: bool) -> None:
+    """The video-level loss: its value is the cross-entropy of the clips' mean logits (computed
+    here independently from a no-grad joint forward), and with one memory stage the two-pass step's
+    gradient equals joint training's on the same loss (exactly with the cross-clip gradient)."""
+    clips, targets = video(), torch.tensor([0, 4])
+    joint_model = make_model()
+    joint_model.eval()
+    with torch.no_grad():
+        want_loss = torch.nn.functional.cross_entropy(joint_model(clips).mean(dim=1), targets)
+    joint = joint_step(joint_model, clips, targets, NO_AUTOCAST, video_loss=True)
+    torch.testing.assert_close(joint.loss, want_loss, rtol=1e-5, atol=1e-6)
+    want = grads(joint_model)
+    model = make_model()
+    model.eval()
+    out = comem_step(model, clips, targets, NO_AUTOCAST, cross_clip=cross_clip, video_loss=True)
+    torch.testing.assert_close(out.loss, want_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.logits, joint.logits, rtol=1e-4, atol=1e-5)
+    clip_level = make_model()
+    clip_level.eval()
+    joint_step(clip_level, clips, targets, NO_AUTOCAST)
+    assert _relative_error(grads(clip_level), want) > 1e-3  # a different loss, a different gradient
+    if cross_clip:
+        assert _relative_error(grads(model), want) < 1e-5
+    else:
+        assert _relative_error(grads(model), want) > 1e-2
+
+
+def test_comem_video_loss_keeps_dropout_masks_and_batchnorm_counted_once() -> None:
+    """The no-grad pass that finds the video loss's score gradients replays the clips' forwards:
+    the step draws the same dropout masks and updates BN running stats as a clip-loss step."""
+    clips, targets = video(), torch.tensor([0, 4])
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(
+            build_model(ModelSpec(backbone="tiny", num_classes=5, memory_stages=("last",), dropout=0.5))
+        )
+    torch.manual_seed(7)
+    video_level = comem_step(models[0], clips, targets, NO_AUTOCAST, video_loss=True)
+    after = torch.rand(1)
+    torch.manual_seed(7)
+    clip_level = comem_step(models[1], clips, targets, NO_AUTOCAST)
+    torch.testing.assert_close(video_level.logits, clip_level.logits)
+    assert torch.equal(after, torch.rand(1))
+    for name, value in models[1].state_dict().items():
+        if "running" in name or "num_batches" in name:
+            torch.testing.assert_close(models[0].state_dict()[name], value, msg=name)
+
+
 def test_cross_clip_gradient_keeps_the_step_reproducible_and_batchnorm_counted_once() -> None:
     """Dropout masks are rewound (same as a plain step's) and BN running stats see each clip once."""
     clips, targets = video(), torch.tensor([0, 4])

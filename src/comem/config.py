@@ -88,6 +88,7 @@ class TrainConfig:
     clip_grad: float | None = None
     memory_pass_bn: str = "batch"
     cross_clip: bool = True  # comem: other clips' losses train each clip's summaries (joint's gradient)
+    video_loss: bool = False  # joint/comem: the loss of the clips' mean scores, not the mean clip loss
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on a CPU) | bf16 | fp16 (with a loss scaler) | fp32
     accum_steps: int = 1  # batches per optimizer step (gradients accumulated: K x batch_size videos)
     # run
@@ -168,6 +169,8 @@ class TrainConfig:
             raise ConfigError(f"target_fps must be > 0; got {self.target_fps}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0; got {self.workers}")
+        if self.task == "ava" and self.video_loss:
+            raise ConfigError("video_loss averages clip scores of a video label; AVA detection scores boxes")
         if self.task == "ava" and self.mode == "tsn":
             raise ConfigError(
                 "mode tsn averages clip scores of a video label; AVA detection trains single, joint or comem"

@@ -63,6 +63,8 @@ HELP: dict[str, str] = {
     "memory_pass_bn": "BatchNorm in comem's no-grad memory pass",
     "cross_clip": "comem: the other clips' losses also train each clip's summaries (joint's gradient at flat "
     "memory, one more pass of the stages from the first memory on); false: the plain two-pass gradient",
+    "video_loss": "joint and comem train on the loss of each video's score, the mean of its clips' logits, "
+    "instead of the mean of the clip losses (each clip still predicts from its own memory; tsn always does)",
     "precision": "autocast precision: auto is bf16 on CUDA and fp32 on a CPU (where bf16 3-D convolutions "
     "are slower); bf16 and fp16 run as asked on any device; fp16 scales the loss (GradScaler)",
     "accum_steps": "batches per optimizer step: gradients of N batches accumulate, a step sees N x "

@@ -55,6 +55,28 @@ def clip_targets(targets: torch.Tensor, num_clips: int) -> torch.Tensor:
     return targets.repeat_interleave(num_clips, dim=0)
 
 
+def video_targets(targets: torch.Tensor) -> torch.Tensor:
+    """One target per video: per-clip targets (B, N, K) averaged over clips, else as given."""
+    return targets.float().mean(dim=1) if targets.ndim == 3 else targets
+
+
+def clip_level_loss(logits: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
+    """The method's loss: the mean over the N clips of each clip's loss. ``logits`` (B, N, K)."""
+    return loss_fn(logits.flatten(0, 1), clip_targets(targets, logits.shape[1]))
+
+
+def video_level_loss(logits: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
+    """The loss of the video's score, the mean of its clips' logits (B, N, K) -> (B, K).
+
+    Every clip still makes its own prediction from its own features and memory; only the
+    training signal is the video's: a clip that cannot be sure alone (in a video whose label
+    depends on all clips, some clips see more of it than others) is not pushed to a guess, the
+    video's score is. Evaluation averages clip scores the same way. With no memory across clips
+    this is ``tsn``'s segment consensus.
+    """
+    return loss_fn(logits.mean(dim=1), video_targets(targets))
+
+
 @contextlib.contextmanager
 def preserved_batchnorm_stats(model: nn.Module) -> Iterator[None]:
     """Run train-mode BatchNorm (batch statistics) without keeping its running-stat updates.
@@ -96,15 +118,18 @@ def joint_step(
     *,
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
+    video_loss: bool = False,
 ) -> StepOutput:
     """All N clips in one graph. ``video`` is (B, N, C, T, H, W).
 
     ``model`` is a :class:`VideoModel` or anything that forwards like one (its DDP wrapper).
+    ``video_loss``: the loss of the clips' mean scores (``video_level_loss``) instead of the mean
+    of the clip losses.
     """
-    num_clips = video.shape[1]
     with autocast():
         logits = model(video)
-    loss = loss_fn(logits.flatten(0, 1), clip_targets(targets, num_clips))
+    level_loss = video_level_loss if video_loss else clip_level_loss
+    loss = level_loss(logits, targets, loss_fn)
     scale_loss(loss).backward()
     return StepOutput(loss.detach(), logits.detach())
 
@@ -140,17 +165,19 @@ def _flat(banks: dict[str, Bank]) -> list[torch.Tensor]:
     return [t for bank in banks.values() for t in (bank if isinstance(bank, list) else [bank])]
 
 
+ClipObjective = Callable[[torch.Tensor, int], torch.Tensor]  # (clip logits (B, K), clip index) -> scalar
+
+
 def cross_clip_gradients(
     model: VideoModel,
     memory: MemoryPass,
-    targets: torch.Tensor,
+    objective: ClipObjective,
     autocast: Callable,
-    loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
 ) -> dict[str, Bank]:
-    """Gradient of the video's loss (mean of its clips' losses) with respect to every bank entry
-    through the OTHER clips' memory reads: entry i of the result, (B, C) per stage, is
-    sum over j != i of d loss_j / d summary_i.
+    """Gradient of the video's loss with respect to every bank entry through the OTHER clips'
+    memory reads: entry i of the result, (B, C) per stage, is sum over j != i of
+    d objective_j / d summary_i, where ``objective(logits_j, j)`` is clip j's share of the loss.
 
     This is the gradient the plain two-pass scheme drops (it treats the other clips' entries as
     constants), so a clip's features never learn to be useful to the other clips. Each clip's
@@ -161,22 +188,17 @@ def cross_clip_gradients(
     per-clip batches, so the gradient is that of the step's own forward. It is that of the
     scaled loss (``scale_loss``), as the gradient pass's backwards it is added to.
     """
-    num_clips = len(memory.maps)
     leaves = _bank_leaves(memory.banks)
     flat = _flat(leaves)
     totals = [torch.zeros_like(t) for t in flat]
-    device = flat[0].device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        with preserved_batchnorm_stats(model):
-            for index in range(num_clips):
-                with autocast():
-                    logits = model.logits_from_maps(memory.maps[index], index, leaves)
-                target = targets[:, index] if targets.ndim == 3 else targets
-                loss = loss_fn(logits, target) / num_clips
-                grads = torch.autograd.grad(scale_loss(loss), flat, allow_unused=True)
-                for total, grad in zip(totals, grads, strict=True):
-                    if grad is not None:
-                        total += grad
+    with replayed_clip_forwards(model, flat[0].device):
+        for index in range(len(memory.maps)):
+            with autocast():
+                logits = model.logits_from_maps(memory.maps[index], index, leaves)
+            grads = torch.autograd.grad(scale_loss(objective(logits, index)), flat, allow_unused=True)
+            for total, grad in zip(totals, grads, strict=True):
+                if grad is not None:
+                    total += grad
     result: dict[str, Bank] = {}
     position = 0
     for name, bank in leaves.items():
@@ -185,6 +207,42 @@ def cross_clip_gradients(
         result[name] = parts if isinstance(bank, list) else parts[0]
         position += count
     return result
+
+
+@contextlib.contextmanager
+def replayed_clip_forwards(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """A region whose per-clip forwards repeat those of the gradient pass that follows: the RNG
+    (dropout) is rewound afterwards and BatchNorm's running statistics are left as they were."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with preserved_batchnorm_stats(model):
+            yield
+
+
+def video_loss_gradients(
+    model: VideoModel,
+    memory: MemoryPass,
+    targets: torch.Tensor,
+    autocast: Callable,
+    loss_fn: LossFn,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """For the video-level loss in the two-pass scheme: the gradient d L / d z_j (B, K) of
+    L = ``video_level_loss`` with respect to each clip's logits z_j, and L itself (detached).
+
+    L depends on all N clips' logits at once, but its gradient with respect to z_j is all a
+    clip's own backward needs (its surrogate loss <z_j, d L / d z_j> has the same gradient), so
+    the logits are computed here without gradients, one clip at a time from the kept maps, and
+    each clip then runs forward and backward alone: peak memory stays that of one clip.
+    """
+    with torch.no_grad(), replayed_clip_forwards(model, targets.device):
+        clip_logits = []
+        for index in range(len(memory.maps)):
+            with autocast():
+                clip_logits.append(model.logits_from_maps(memory.maps[index], index, memory.banks).float())
+    logits = torch.stack(clip_logits, dim=1).requires_grad_(True)
+    with torch.enable_grad():
+        loss = video_level_loss(logits, targets, loss_fn)
+        (grad,) = torch.autograd.grad(loss, logits)
+    return list(grad.unbind(dim=1)), loss.detach()
 
 
 def tsn_step(
@@ -201,9 +259,7 @@ def tsn_step(
     clips are combined by averaging scores, never by comparing what they saw."""
     with autocast():
         logits = model(video, share_memory=False)
-    consensus = logits.mean(dim=1)
-    video_targets = targets.float().mean(dim=1) if targets.ndim == 3 else targets
-    loss = loss_fn(consensus, video_targets)
+    loss = video_level_loss(logits, targets, loss_fn)
     scale_loss(loss).backward()
     return StepOutput(loss.detach(), logits.detach())
 
@@ -221,6 +277,7 @@ def comem_step(
     forward_clip: Callable[..., torch.Tensor] | None = None,
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
+    video_loss: bool = False,
 ) -> StepOutput:
     """The two-pass, memory-flat scheme. ``video`` is (B, N, C, T, H, W).
 
@@ -229,18 +286,29 @@ def comem_step(
     its summaries (``cross_clip_gradients``), which joint training has and the plain two-pass
     scheme drops. Under DDP, ``forward_clip`` is the DDP-wrapped ``model.forward_clip`` (gradients
     are only all-reduced for forwards that go through DDP) and ``no_sync`` its ``no_sync``, which
-    suppresses the all-reduce for every clip but the last. The uint8 ``video`` is converted one
-    clip (memory pass: one chunk) at a time, by the model (``VideoModel.prepare``).
+    suppresses the all-reduce for every clip but the last. ``video_loss``: the loss of the
+    clips' mean scores (``video_level_loss``), through ``video_loss_gradients``. The uint8
+    ``video`` is converted one clip (memory pass: one chunk) at a time, by the model
+    (``VideoModel.prepare``).
     """
     num_clips = video.shape[1]
     forward_clip = forward_clip or model.forward_clip
     cross_clip = cross_clip and num_clips > 1
     guard = preserved_batchnorm_stats(model) if memory_pass_bn == "batch" else eval_batchnorm(model)
     with guard, autocast():
-        memory = model.memory_pass(video, chunk=memory_chunk, keep_maps=cross_clip)
-    cross = None
-    if cross_clip:
-        cross = cross_clip_gradients(model, memory, targets, autocast, loss_fn, scale_loss)
+        memory = model.memory_pass(video, chunk=memory_chunk, keep_maps=cross_clip or video_loss)
+    if video_loss:
+        score_grads, video_loss_value = video_loss_gradients(model, memory, targets, autocast, loss_fn)
+
+        def objective(logits: torch.Tensor, index: int) -> torch.Tensor:
+            return (logits.float() * score_grads[index]).sum()  # its gradient: d L / d z_index
+
+    else:
+
+        def objective(logits: torch.Tensor, index: int) -> torch.Tensor:
+            return loss_fn(logits, targets[:, index] if targets.ndim == 3 else targets) / num_clips
+
+    cross = cross_clip_gradients(model, memory, objective, autocast, scale_loss) if cross_clip else None
     banks = memory.banks
     del memory
     total = torch.zeros((), device=video.device)
@@ -251,8 +319,10 @@ def comem_step(
         with sync:
             with autocast():
                 logits = forward_clip(video[:, index], index, banks, cross)
-            loss = loss_fn(logits, targets[:, index] if targets.ndim == 3 else targets) / num_clips
+            loss = objective(logits, index)
             scale_loss(loss).backward()
         total += loss.detach()
         clip_logits.append(logits.detach())
+    if video_loss:
+        total = video_loss_value
     return StepOutput(total, torch.stack(clip_logits, dim=1))

@@ -65,6 +65,7 @@ def train_step(
     memory_chunk: int = 1,
     cross_clip: bool = True,
     scale_loss: LossScale | None = None,
+    video_loss: bool = False,
 ) -> StepOutput:
     """Forward and backward of one batch in ``mode``; the caller zeroes gradients and steps.
 
@@ -89,10 +90,13 @@ def train_step(
             cross_clip=cross_clip,
             loss_fn=loss_fn,
             scale_loss=scale_loss,
+            video_loss=video_loss,
             **step_hooks(model),
         )
     if mode == "joint":
-        return joint_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss)
+        return joint_step(
+            model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, video_loss=video_loss
+        )
     if mode == "tsn":
         return tsn_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss)
     video, targets = one_clip_per_video(video, targets)
@@ -111,6 +115,7 @@ def step(
     memory_chunk: int = 1,
     cross_clip: bool = True,
     scale_loss: LossScale | None = None,
+    video_loss: bool = False,
 ) -> torch.Tensor:
     """One training step's forward and backward at video level; returns the detached loss.
 
@@ -137,6 +142,9 @@ def step(
         scale_loss: every backward of the step runs on ``scale_loss(loss)``: ``scaler.scale`` of a
             ``torch.amp.GradScaler`` for fp16 (then ``scaler.step(optimizer)`` after), or
             ``lambda loss: loss / K`` to accumulate K steps' gradients; default the loss itself.
+        video_loss: ``joint`` and ``comem`` train on the loss of each video's score, the mean of
+            its clips' logits, instead of the mean of the clip losses (``tsn`` always does; one
+            clip in ``single`` makes them equal). Each clip still predicts from its own memory.
 
     The caller owns the optimizer: zero the gradients before, step after.
     """
@@ -151,4 +159,5 @@ def step(
         memory_chunk=memory_chunk,
         cross_clip=cross_clip,
         scale_loss=scale_loss,
+        video_loss=video_loss,
     ).loss

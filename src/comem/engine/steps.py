@@ -83,6 +83,7 @@ class StepEngine:
             memory_chunk=config.memory_chunk,
             cross_clip=config.cross_clip,
             scale_loss=self.scale_loss,
+            video_loss=config.video_loss,
         )
 
     def context(self) -> StepContext:
