@@ -90,6 +90,12 @@ class CollaborativeMemory(nn.Module):
             which labels such as "an odd number of clips show X" need.
         summary: how a clip's feature map becomes its memory entry (``pool``): ``mean`` (GAP, the
             paper), ``max`` or ``meanmax`` (the default: small events show in the summary).
+        value_hidden: width of a hidden ReLU layer in the value projection (None: the paper's
+            linear W_v). The read sums the clips' values; a sum of linear images of the summaries
+            is a superposition in which some sets of clips look alike (two colours mixed read like
+            a third); a non-linear value per clip, then the sum, then the gate's hidden layer is
+            the sum-decomposition that represents any function of the set of clips (Deep Sets,
+            Zaheer et al., NeurIPS 2017).
 
     At initialisation the module is the identity (W_g = 0, b = 0 gives a gate of exactly 1; the
     additive projection starts at 0), so inserting it into a pretrained backbone does not change
@@ -105,6 +111,7 @@ class CollaborativeMemory(nn.Module):
         fusion: FusionKind = "gate",
         gate_hidden: int | None = 64,
         summary: SummaryKind = "meanmax",
+        value_hidden: int | None = None,
     ) -> None:
         super().__init__()
         if summary not in SUMMARY_KINDS:
@@ -120,7 +127,11 @@ class CollaborativeMemory(nn.Module):
         self.summary = summary
         self.query = nn.Linear(channels, self.key_dim, bias=False)
         self.key = nn.Linear(channels, self.key_dim, bias=False)
-        self.value = nn.Linear(channels, channels, bias=False)
+        self.value: nn.Module = nn.Linear(channels, channels, bias=False)
+        if value_hidden:
+            self.value = nn.Sequential(
+                nn.Linear(channels, value_hidden), nn.ReLU(), nn.Linear(value_hidden, channels, bias=False)
+            )
         # The clip memory reaches the gate through a hidden ReLU layer when ``gate_hidden`` is set,
         # so the gate can be any (also non-monotone) function of what the memory read returns.
         self.hidden: nn.Module = nn.Identity()
@@ -230,5 +241,6 @@ class CollaborativeMemory(nn.Module):
         return (
             f"channels={self.channels}, key_dim={self.key_dim}, memory={self.memory}, fusion={self.fusion}, "
             f"summary={self.summary}, "
-            f"gate_hidden={self.out.in_features if isinstance(self.hidden, nn.Sequential) else None}"
+            f"gate_hidden={self.out.in_features if isinstance(self.hidden, nn.Sequential) else None}, "
+            f"value_hidden={self.value[0].out_features if isinstance(self.value, nn.Sequential) else None}"
         )
