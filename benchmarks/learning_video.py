@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--fusion", default="gate")
     parser.add_argument("--summary", default="meanmax", choices=("mean", "max", "meanmax"))
     parser.add_argument("--gate-hidden", type=int, default=64, help="0: a linear gate")
-    parser.add_argument("--value-hidden", type=int, default=0, help="0: a linear value projection")
+    parser.add_argument("--entry-hidden", type=int, default=0, help="0: linear q/k/v of the summaries")
     parser.add_argument("--gate-init-std", type=float, default=0.0, help="W_g ~ N(0, std) (0: identity)")
     parser.add_argument("--cross-clip", type=int, default=1)
     parser.add_argument("--video-loss", type=int, default=0, help="1: the loss of the clips' mean logits")
@@ -139,7 +139,7 @@ def main() -> None:
         fusion=args.fusion,
         gate_hidden=args.gate_hidden or None,
         summary=args.summary,
-        value_hidden=args.value_hidden or None,
+        entry_hidden=args.entry_hidden or None,
         dropout=args.dropout,
     )
     model = build_model(spec)

@@ -115,25 +115,26 @@ def test_forward_one_matches_full_forward_for_every_summary(summary: str) -> Non
         torch.testing.assert_close(module.forward_one(features[:, i], bank, i), full[:, i])
 
 
-def test_value_hidden_tells_apart_sets_of_clips_whose_summaries_sum_alike() -> None:
+def test_entry_hidden_tells_apart_sets_of_clips_whose_summaries_sum_alike() -> None:
     """Clips summarised as a=(1,0), b=(0,1), c=(1,1), d=(0,0): the videos {a, b, d} (3 distinct
-    clips) and {c, d, d} (2) have the same summed summaries, so through a linear W_v every read, and
-    so every gate, is the same for both; a hidden ReLU layer in the value projection tells them apart."""
+    clips) and {c, d, d} (2) have the same summed summaries, so through linear projections every
+    (average) read, and so every gate, is the same for both; a hidden ReLU layer on each entry before
+    the projections tells them apart."""
     a, b, c, d = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1.0]), torch.zeros(2)
     videos = torch.stack([torch.stack([a, b, d]), torch.stack([c, d, d])])  # (B=2, N=3, C=2)
     torch.manual_seed(0)
     linear = CollaborativeMemory(2, memory="average", key_dim=8)
-    with_hidden = CollaborativeMemory(2, memory="average", key_dim=8, value_hidden=16)
+    with_hidden = CollaborativeMemory(2, memory="average", key_dim=8, entry_hidden=16)
     linear_reads = linear.read(videos, videos)
     torch.testing.assert_close(linear_reads[0], linear_reads[1])
     hidden_reads = with_hidden.read(videos, videos)
     assert (hidden_reads[0] - hidden_reads[1]).abs().max() > 1e-3
-    module = trained_like(CollaborativeMemory(16, value_hidden=32))  # and the module stays per-clip
+    module = trained_like(CollaborativeMemory(16, entry_hidden=32))  # and the module stays per-clip
     features = torch.randn(2, 3, 16, 2, 3, 3)
     full = module(features.flatten(0, 1), 3).view_as(features)
     bank = torch.stack([module.summarize(features[:, i]) for i in range(3)], dim=1)
     for i in range(3):
         torch.testing.assert_close(module.forward_one(features[:, i], bank, i), full[:, i])
     assert torch.equal(
-        CollaborativeMemory(16, value_hidden=32)(features.flatten(0, 1), 3), features.flatten(0, 1)
+        CollaborativeMemory(16, entry_hidden=32)(features.flatten(0, 1), 3), features.flatten(0, 1)
     )

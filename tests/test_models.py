@@ -88,19 +88,19 @@ def test_memory_summary_reaches_every_memory_and_old_checkpoints_keep_the_mean()
     assert spec_from_state({"model_spec": stored}).summary == "mean"
 
 
-def test_value_hidden_reaches_every_memory_and_old_checkpoints_keep_a_linear_value() -> None:
+def test_entry_hidden_reaches_every_memory_and_old_checkpoints_keep_linear_projections() -> None:
     import dataclasses
 
     from comem.models.build import ModelSpec, build_model
     from comem.tasks.common import checkpoint_config, spec_from_state
 
-    spec = ModelSpec(backbone="tiny", num_classes=3, value_hidden=24)
+    spec = ModelSpec(backbone="tiny", num_classes=3, entry_hidden=24)
     model = build_model(spec)
-    assert {memory.value[0].out_features for memory in model.memories.values()} == {24}
+    assert {memory.entry[0].out_features for memory in model.memories.values()} == {24}
     stored = dataclasses.asdict(spec)
-    assert spec_from_state({"model_spec": stored}).value_hidden == 24
-    del stored["value_hidden"]  # a checkpoint written before the option: W_v was one linear layer
+    assert spec_from_state({"model_spec": stored}).entry_hidden == 24
+    del stored["entry_hidden"]  # written before the option: linear q/k/v
     old = spec_from_state({"model_spec": stored})
-    assert old.value_hidden is None
-    assert all(isinstance(m.value, torch.nn.Linear) for m in build_model(old).memories.values())
-    assert checkpoint_config({"epochs": 3})["value_hidden"] is None
+    assert old.entry_hidden is None
+    assert all(isinstance(m.entry, torch.nn.Identity) for m in build_model(old).memories.values())
+    assert checkpoint_config({"epochs": 3})["entry_hidden"] is None

@@ -74,7 +74,7 @@ class TrainConfig:
     key_dim: int | None = None
     memory_summary: str = "meanmax"  # a clip's memory entry: mean | max | meanmax (docs/learning.md)
     gate_hidden: int | None = 64  # hidden ReLU layer between the memory read and the gate (None: linear)
-    value_hidden: int | None = None  # hidden ReLU layer in the memory's value projection (None: linear)
+    entry_hidden: int | None = None  # hidden ReLU layer on each memory entry before q/k/v (None: linear)
     dropout: float = 0.0  # before the classifier; 0.2 held back the built-in tasks (docs/learning.md)
     # optimisation
     mode: str = "comem"

@@ -90,12 +90,14 @@ class CollaborativeMemory(nn.Module):
             which labels such as "an odd number of clips show X" need.
         summary: how a clip's feature map becomes its memory entry (``pool``): ``mean`` (GAP, the
             paper), ``max`` or ``meanmax`` (the default: small events show in the summary).
-        value_hidden: width of a hidden ReLU layer in the value projection (None: the paper's
-            linear W_v). The read sums the clips' values; a sum of linear images of the summaries
-            is a superposition in which some sets of clips look alike (two colours mixed read like
-            a third); a non-linear value per clip, then the sum, then the gate's hidden layer is
-            the sum-decomposition that represents any function of the set of clips (Deep Sets,
-            Zaheer et al., NeurIPS 2017).
+        entry_hidden: width of a hidden ReLU layer that every memory entry (a clip's summary)
+            passes through before the query, key and value projections (None: the paper's linear
+            projections of the summary itself). Linear projections compare clips and sum them as
+            superpositions: where one event's features are near the sum of two others' (yellow
+            against red plus green), a bilinear match or a sum of values cannot tell the set of
+            clips {red, green, yellow} from {red, green, green}. A non-linear map of each entry
+            before the read, and the gate's hidden layer after it, is the sum-decomposition that
+            represents any function of the set of clips (Deep Sets, Zaheer et al., NeurIPS 2017).
 
     At initialisation the module is the identity (W_g = 0, b = 0 gives a gate of exactly 1; the
     additive projection starts at 0), so inserting it into a pretrained backbone does not change
@@ -111,7 +113,7 @@ class CollaborativeMemory(nn.Module):
         fusion: FusionKind = "gate",
         gate_hidden: int | None = 64,
         summary: SummaryKind = "meanmax",
-        value_hidden: int | None = None,
+        entry_hidden: int | None = None,
     ) -> None:
         super().__init__()
         if summary not in SUMMARY_KINDS:
@@ -125,13 +127,13 @@ class CollaborativeMemory(nn.Module):
         self.memory = memory
         self.fusion = fusion
         self.summary = summary
-        self.query = nn.Linear(channels, self.key_dim, bias=False)
-        self.key = nn.Linear(channels, self.key_dim, bias=False)
-        self.value: nn.Module = nn.Linear(channels, channels, bias=False)
-        if value_hidden:
-            self.value = nn.Sequential(
-                nn.Linear(channels, value_hidden), nn.ReLU(), nn.Linear(value_hidden, channels, bias=False)
-            )
+        self.entry: nn.Module = nn.Identity()
+        if entry_hidden:
+            self.entry = nn.Sequential(nn.Linear(channels, entry_hidden), nn.ReLU())
+        width = entry_hidden or channels
+        self.query = nn.Linear(width, self.key_dim, bias=False)
+        self.key = nn.Linear(width, self.key_dim, bias=False)
+        self.value = nn.Linear(width, channels, bias=False)
         # The clip memory reaches the gate through a hidden ReLU layer when ``gate_hidden`` is set,
         # so the gate can be any (also non-monotone) function of what the memory read returns.
         self.hidden: nn.Module = nn.Identity()
@@ -152,16 +154,21 @@ class CollaborativeMemory(nn.Module):
         Returns (B, Q, C). With ``memory='average'`` the queries only set the output shape.
         """
         with float32(bank):
-            queries, bank = queries.float(), bank.float()
+            queries, bank = self.entry(queries.float()), self.entry(bank.float())
             values = self.value(bank)
             if self.memory == "average":
                 return values.mean(dim=1, keepdim=True).expand(-1, queries.shape[1], -1)
-            return self.attention(queries, bank) @ values
+            return self._weights(queries, bank) @ values
 
     def attention(self, queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         """Read weights (B, Q, N) of ``queries`` (B, Q, C) over the N clips of ``bank`` (B, N, C):
         how much each query draws on each clip. Rows sum to 1 (``attention``; uniform with
         ``average``), to at most 1 (``sink``), or are sigmoids / N (``sigmoid``)."""
+        with float32(bank):
+            return self._weights(self.entry(queries.float()), self.entry(bank.float()))
+
+    def _weights(self, queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        """``attention`` of entries already through ``self.entry``."""
         if self.memory == "average":
             return bank.new_full((bank.shape[0], queries.shape[1], bank.shape[1]), 1.0 / bank.shape[1])
         scores = self.query(queries) @ self.key(bank).transpose(1, 2) / math.sqrt(self.key_dim)
@@ -242,5 +249,5 @@ class CollaborativeMemory(nn.Module):
             f"channels={self.channels}, key_dim={self.key_dim}, memory={self.memory}, fusion={self.fusion}, "
             f"summary={self.summary}, "
             f"gate_hidden={self.out.in_features if isinstance(self.hidden, nn.Sequential) else None}, "
-            f"value_hidden={self.value[0].out_features if isinstance(self.value, nn.Sequential) else None}"
+            f"entry_hidden={self.entry[0].out_features if isinstance(self.entry, nn.Sequential) else None}"
         )

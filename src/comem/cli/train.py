@@ -49,8 +49,8 @@ HELP: dict[str, str] = {
     "small events), meanmax (their sum)",
     "key_dim": "memory key width (none: channels / 4)",
     "gate_hidden": "width of a hidden ReLU layer from the memory read to the gate (none: a linear gate)",
-    "value_hidden": "width of a hidden ReLU layer in the memory's value projection, applied to each clip's "
-    "summary before the read sums them (none: the linear W_v)",
+    "entry_hidden": "width of a hidden ReLU layer that each clip's summary passes through before the "
+    "memory's query, key and value projections (none: linear projections of the summary)",
     "dropout": "dropout before the classifier",
     "mode": "training mode (README: Training modes)",
     "epochs": "training epochs",

@@ -41,7 +41,7 @@ class ModelSpec:
     key_dim: int | None = None
     gate_hidden: int | None = 64
     summary: str = "meanmax"
-    value_hidden: int | None = None
+    entry_hidden: int | None = None
     dropout: float = 0.5
     # input normalisation (RGB, pixels in [0, 1]); None: the backbone's (``BackboneEntry.normalization``)
     mean: tuple[float, ...] | None = None
@@ -121,7 +121,7 @@ class VideoModel(nn.Module):
         key_dim: int | None = None,
         gate_hidden: int | None = 64,
         summary: str = "meanmax",
-        value_hidden: int | None = None,
+        entry_hidden: int | None = None,
         dropout: float = 0.5,
         normalization: Normalization | None = None,
     ) -> None:
@@ -146,7 +146,7 @@ class VideoModel(nn.Module):
                     fusion=fusion,
                     gate_hidden=gate_hidden,
                     summary=summary,
-                    value_hidden=value_hidden,
+                    entry_hidden=entry_hidden,
                 )
                 for stage in names
                 if stage in resolved
@@ -328,7 +328,7 @@ def build_model(spec: ModelSpec) -> VideoModel:
         key_dim=spec.key_dim,
         gate_hidden=spec.gate_hidden,
         summary=spec.summary,
-        value_hidden=spec.value_hidden,
+        entry_hidden=spec.entry_hidden,
         dropout=spec.dropout,
         normalization=None if spec.mean is None else normalization(spec.mean, spec.std or ()),
     )

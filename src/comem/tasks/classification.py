@@ -187,7 +187,7 @@ class ClassificationTask:
             key_dim=config.key_dim,
             gate_hidden=config.gate_hidden,
             summary=config.memory_summary,
-            value_hidden=config.value_hidden,
+            entry_hidden=config.entry_hidden,
             dropout=config.dropout,
         )
         # Multi-label data (Charades) is scored and checkpointed by mAP, single-label by top-1.

@@ -74,7 +74,7 @@ class AvaTask:
             key_dim=config.key_dim,
             gate_hidden=config.gate_hidden,
             summary=config.memory_summary,
-            value_hidden=config.value_hidden,
+            entry_hidden=config.entry_hidden,
             dropout=0.0,
         )
         clips = ClipSpec(config.train_clips, config.clip_len, config.stride, config.crop_size)
