@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--clip-len", type=int, default=8)
     parser.add_argument("--stride", type=int, default=2)
     parser.add_argument("--crop", type=int, default=64)
-    parser.add_argument("--stages", default="last-2,last-1,last")
+    parser.add_argument("--stages", default="all")
     parser.add_argument("--memory", default="attention")
     parser.add_argument("--fusion", default="gate")
     parser.add_argument("--summary", default="meanmax", choices=("mean", "max", "meanmax"))

@@ -58,7 +58,7 @@ def test_flops_command_prints_the_three_lines_and_json(capsys: pytest.CaptureFix
     )
     report = json.loads(capsys.readouterr().out)
     assert report["input_shape"] == [1, 2, 3, 4, 64, 64]
-    assert report["memory_stages"] == ["res4", "res5", "conv5"]
+    assert report["memory_stages"] == ["stem", "res2", "res3", "res4", "res5", "conv5"]  # default: all
 
 
 def test_models_command_lists_backbones(

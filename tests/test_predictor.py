@@ -81,7 +81,7 @@ def test_predictions_from_a_file_its_frames_and_its_clips_agree(
     np.testing.assert_allclose(from_frames.clip_scores, from_file.clip_scores, atol=1e-6)
     assert from_frames.clip_frames.tolist() == from_file.clip_frames.tolist()
     stages = predictor.model.memory_stage_names
-    assert list(from_file.attention) == stages and len(stages) == 3
+    assert list(from_file.attention) == stages == predictor.model.backbone.stage_names  # default: all
     kinds = {memory.memory for memory in predictor.model.memories.values()}
     for weights in from_file.attention.values():  # 3 crops pooled into clips
         assert weights.shape == (4, 4)
@@ -100,12 +100,13 @@ def test_clip_tensor_scores_and_read_weights_are_the_models(tiny_checkpoint: Pat
     prediction = predictor.predict(clips)
     with torch.no_grad():
         expected = predictor.model(clips[None])[0].softmax(dim=-1)
-    np.testing.assert_allclose(prediction.clip_scores, expected.numpy(), atol=1e-5)
-    np.testing.assert_allclose(prediction.scores, expected.mean(dim=0).numpy(), atol=1e-5)
+    # float32 rounding of the per-clip and the one-graph forward, compounded over five memory stages
+    np.testing.assert_allclose(prediction.clip_scores, expected.numpy(), atol=1e-4)
+    np.testing.assert_allclose(prediction.scores, expected.mean(dim=0).numpy(), atol=1e-4)
     assert prediction.clip_frames.shape == (0, 2) and prediction.thumbnails == []
     reference = reference_read_weights(predictor.model, clips)
     for stage, weights in reference.items():
-        np.testing.assert_allclose(prediction.attention[stage], weights.numpy(), atol=1e-5)
+        np.testing.assert_allclose(prediction.attention[stage], weights.numpy(), atol=1e-4)
         assert not np.allclose(weights.numpy(), 0.2, atol=1e-3)  # random memories: not uniform
 
 

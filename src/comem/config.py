@@ -67,8 +67,9 @@ class TrainConfig:
     backbone: str = "tiny"
     pretrained: str | None = None
     pretrained_strict: bool = True
-    # stages followed by a memory: names, or "last", "last-1", … (default: the last three, see README)
-    memory_stages: list[str] = field(default_factory=lambda: ["last-2", "last-1", "last"])
+    # stages followed by a memory: names, "last", "last-1", …, or "all" (the default: after every stage,
+    # so the memory also compares what the stem sees; docs/learning.md)
+    memory_stages: list[str] = field(default_factory=lambda: ["all"])
     memory: str = "attention"  # the read (docs/learning.md: sigmoid keeps how many clips match)
     fusion: str = "gate"
     key_dim: int | None = None

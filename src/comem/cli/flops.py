@@ -19,7 +19,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     flops.add_argument(
         "--memory-stages",
         type=stage_list,
-        help="comma-separated stages followed by a memory (default: train's, last-2,last-1,last)",
+        help="comma-separated stages followed by a memory (default: train's, all)",
     )
     flops.add_argument("--frames", type=int, help="frames per clip (default: the backbone's usual clip)")
     flops.add_argument("--size", type=int, help="crop side in pixels (default: the backbone's usual crop)")

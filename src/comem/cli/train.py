@@ -42,7 +42,7 @@ HELP: dict[str, str] = {
     "pretrained": "weights file: torchvision / PySlowFast / PyTorchVideo / VMZ / comem checkpoint "
     "(keys renamed); 'torchvision': the backbone's file in $TORCH_HOME/hub/checkpoints",
     "pretrained_strict": "fail on missing or unexpected checkpoint keys (false: load the keys that match)",
-    "memory_stages": "comma-separated stages followed by a memory (names or last, last-1, ...)",
+    "memory_stages": "comma-separated stages followed by a memory (names, last, last-1, ..., or all)",
     "memory": "memory read: attention (softmax), sigmoid (keeps how many clips match), sink, average",
     "fusion": "how the memory enters the features: gate or add",
     "memory_summary": "how a clip's features become its memory entry: mean (average pooling), max (keeps "

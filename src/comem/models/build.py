@@ -35,7 +35,7 @@ class ModelSpec:
 
     backbone: str = "tiny"
     num_classes: int = 400
-    memory_stages: tuple[str, ...] = ("last-2", "last-1", "last")
+    memory_stages: tuple[str, ...] = ("all",)
     memory: str = "attention"
     fusion: str = "gate"
     key_dim: int | None = None
@@ -115,7 +115,7 @@ class VideoModel(nn.Module):
         backbone: VideoBackbone,
         num_classes: int,
         *,
-        memory_stages: Sequence[str] = ("last-2", "last-1", "last"),
+        memory_stages: Sequence[str] = ("all",),
         memory: str = "attention",
         fusion: str = "gate",
         key_dim: int | None = None,
@@ -130,12 +130,12 @@ class VideoModel(nn.Module):
         self.normalization: Normalization = normalization or backbone.normalization
         names = backbone.stage_names
         aliases = {"last": names[-1], **{f"last-{k}": names[-1 - k] for k in range(1, len(names))}}
-        resolved = [aliases.get(stage, stage) for stage in memory_stages]
+        resolved = list(names) if "all" in memory_stages else [aliases.get(s, s) for s in memory_stages]
         unknown = [stage for stage in resolved if stage not in names]
         if unknown:
             raise MemoryStageError(
                 f"unknown memory stage(s) {', '.join(unknown)}; {backbone.name}'s stages are "
-                f"{', '.join(names)} (or last, last-1, …)"
+                f"{', '.join(names)} (or last, last-1, …, or all)"
             )
         self.memories = nn.ModuleDict(
             {
