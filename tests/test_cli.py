@@ -198,6 +198,16 @@ def test_boolean_flags_take_true_or_false_only(capsys: pytest.CaptureFixture) ->
     assert "--span-labels takes true or false, not 'ture'" in capsys.readouterr().err
 
 
+def test_learning_options_parse_and_the_video_loss_is_refused_for_detection() -> None:
+    from comem.config import ConfigError
+
+    args = build_parser().parse_args(["train", "--video-loss", "true", "--entry-hidden", "32"])
+    assert args.video_loss is True and args.entry_hidden == 32
+    assert TrainConfig().memory_stages == ["all"] and TrainConfig().video_loss is False
+    with pytest.raises(ConfigError, match="video_loss averages clip scores"):
+        TrainConfig(task="ava", video_loss=True).validate()
+
+
 @pytest.mark.parametrize("command", [["train"], ["flops", "--backbone", "tiny"]])
 @pytest.mark.parametrize("value", ["", ",", " , "])
 def test_memory_stages_must_name_a_stage(
