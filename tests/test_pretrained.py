@@ -30,8 +30,8 @@ def test_torchvision_r2plus1d_predicts_as_torchvision_behind_identity_memories(t
     torch.save(reference.state_dict(), path)
 
     torch.manual_seed(2)
-    model = build_model(ModelSpec(backbone="r2plus1d_18", num_classes=400))  # memories after 3 stages
-    assert model.memory_stage_names == ["layer2", "layer3", "layer4"]
+    model = build_model(ModelSpec(backbone="r2plus1d_18", num_classes=400))  # memories after every stage
+    assert model.memory_stage_names == ["stem", "layer1", "layer2", "layer3", "layer4"]
     assert load_pretrained(model, path) == []
     model.eval()
     video = torch.randn(1, 3, 3, 4, 32, 32)
