@@ -107,6 +107,9 @@ def main() -> None:
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "comem"))
     generator = parser.add_argument_group("the videos (SyntheticSpec; the defaults are the built-in set)")
     generator.add_argument("--data-seed", type=int, default=0)
+    generator.add_argument("--train-videos", type=int, default=480)
+    generator.add_argument("--val-videos", type=int, default=120)
+    generator.add_argument("--size", type=int, default=64, help="frame side in pixels")
     generator.add_argument("--num-frames", type=int, default=72)
     generator.add_argument("--fps", type=int, default=24)
     generator.add_argument("--parts", type=int, default=3)
@@ -118,6 +121,9 @@ def main() -> None:
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
     videos = SyntheticSpec(
+        num_train=args.train_videos,
+        num_val=args.val_videos,
+        size=args.size,
         task=args.task,
         seed=args.data_seed,
         num_frames=args.num_frames,

@@ -1,12 +1,14 @@
-"""Learning that can fail: on long-range data, whose label only the combination of clips shows,
-comem with a counting memory read and a hidden gate layer must beat the single-clip and the
-score-averaging (tsn) baselines by a wide margin.
+"""Learning that can fail: on long-range videos, whose label only the combination of clips shows,
+comem must beat the single-clip and the score-averaging (tsn) baselines by a wide margin.
 
-It runs ``benchmarks/learning_micro.py`` (the feature-level model of the built-in ``parity`` task
-that docs/learning.md's ablations use: three clips, each a noisy vector of one part's colour, label
-= odd number of red parts; comem's own memory, modes and optimizer). No single clip says anything
-about the label, and averaging per-clip scores cannot compare clips, so single and tsn stay at
-chance (50%); the memory must carry what each clip saw to the others.
+It runs ``benchmarks/learning_video.py`` (comem's model, modes and step functions on real encoded
+videos, decoded once) on a small version of the built-in ``distinct`` task: 160 + 48 videos of
+32x32 pixels, three parts of 8 frames, each part with one coloured square; the label is how many
+different colours the video shows. One clip sees one part, so a single clip says nothing about the
+label, and averaging per-clip scores cannot compare clips: single and tsn stay near chance (33%).
+The memory must carry what each clip saw to the others. Measured on 2 cores with the defaults of
+the model (memories after every stage, attention read, hidden gate layer): comem 75.0%, single
+29.2%, tsn 37.5% (seed 0, 8 epochs).
 """
 
 import json
@@ -14,28 +16,31 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_micro.py"
-MEMORY = ["--memory", "sigmoid", "--gate-hidden", "64"]  # the memory options that learn parity here
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "learning_video.py"
+SMALL_SET = [
+    *("--task", "distinct", "--size", "32", "--crop", "32", "--num-frames", "24"),
+    *("--clip-len", "4", "--stride", "2", "--distractors", "0"),
+    *("--train-videos", "160", "--val-videos", "48", "--epochs", "8", "--seed", "0"),
+]
 
 
-def val_top1(mode: str) -> float:
-    command = [
-        sys.executable,
-        str(SCRIPT),
-        "--task",
-        "parity",
-        "--mode",
-        mode,
-        *MEMORY,
-        "--seed",
-        "0",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
-    line = next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))
+def start(mode: str, cache: Path) -> subprocess.Popen:
+    command = [sys.executable, str(SCRIPT), *SMALL_SET, "--mode", mode, "--cache", str(cache)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def val_top1(process: subprocess.Popen) -> float:
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err[-2000:]
+    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))["val_top1"]
 
 
-def test_comem_learns_what_only_the_whole_video_shows() -> None:
-    top1 = {mode: val_top1(mode) for mode in ("comem", "single", "tsn")}
-    assert top1["single"] <= 62 and top1["tsn"] <= 62, top1
-    assert top1["comem"] >= 90, top1
+def test_comem_learns_what_only_the_whole_video_shows(tmp_path: Path) -> None:
+    # one core for comem, the other for the two cheaper baselines one after the other (the first
+    # process to start generates the videos; the others wait on the cache's lock)
+    comem = start("comem", tmp_path)
+    top1 = {"single": val_top1(start("single", tmp_path)), "tsn": val_top1(start("tsn", tmp_path))}
+    top1["comem"] = val_top1(comem)
+    assert top1["single"] <= 45 and top1["tsn"] <= 45, top1
+    assert top1["comem"] >= 60 and top1["comem"] >= max(top1["single"], top1["tsn"]) + 20, top1
