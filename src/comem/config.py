@@ -18,6 +18,7 @@ from comem.data.decode import DECODERS
 from comem.data.formats import DATA_FORMATS
 from comem.errors import UserError
 from comem.memory import FUSION_KINDS, MEMORY_KINDS, SUMMARY_KINDS
+from comem.models.build import DEFAULT_MEMORY_STAGES
 from comem.textfile import read_text
 
 
@@ -69,7 +70,7 @@ class TrainConfig:
     pretrained_strict: bool = True
     # stages followed by a memory: names, "last", "last-1", …, or "all" (the default: after every stage,
     # so the memory also compares what the stem sees; docs/learning.md)
-    memory_stages: list[str] = field(default_factory=lambda: ["all"])
+    memory_stages: list[str] = field(default_factory=lambda: list(DEFAULT_MEMORY_STAGES))
     memory: str = "attention"  # the read (docs/learning.md: sigmoid keeps how many clips match)
     fusion: str = "gate"
     key_dim: int | None = None

@@ -26,7 +26,18 @@ from comem.models.normalization import Normalization, normalization
 from comem.models.pretrained import PretrainedLoadError, load_pretrained
 from comem.models.stages import VideoBackbone
 
-__all__ = ["ModelSpec", "VideoModel", "build_model", "load_pretrained", "PretrainedLoadError"]
+__all__ = [
+    "ModelSpec",
+    "VideoModel",
+    "build_model",
+    "load_pretrained",
+    "PretrainedLoadError",
+    "DEFAULT_MEMORY_STAGES",
+]
+
+# A memory after every stage, the stem included: the memory then compares what the clips show one or
+# two layers from the pixels, where telling colours apart is cheap to learn (docs/learning.md).
+DEFAULT_MEMORY_STAGES: tuple[str, ...] = ("all",)
 
 
 @dataclass(frozen=True)
@@ -35,7 +46,7 @@ class ModelSpec:
 
     backbone: str = "tiny"
     num_classes: int = 400
-    memory_stages: tuple[str, ...] = ("all",)
+    memory_stages: tuple[str, ...] = DEFAULT_MEMORY_STAGES
     memory: str = "attention"
     fusion: str = "gate"
     key_dim: int | None = None
@@ -115,7 +126,7 @@ class VideoModel(nn.Module):
         backbone: VideoBackbone,
         num_classes: int,
         *,
-        memory_stages: Sequence[str] = ("all",),
+        memory_stages: Sequence[str] = DEFAULT_MEMORY_STAGES,
         memory: str = "attention",
         fusion: str = "gate",
         key_dim: int | None = None,
@@ -130,6 +141,10 @@ class VideoModel(nn.Module):
         self.normalization: Normalization = normalization or backbone.normalization
         names = backbone.stage_names
         aliases = {"last": names[-1], **{f"last-{k}": names[-1 - k] for k in range(1, len(names))}}
+        if "all" in memory_stages and len(memory_stages) > 1:
+            raise MemoryStageError(
+                f"memory stages {', '.join(memory_stages)}: 'all' already names every stage; give it alone"
+            )
         resolved = list(names) if "all" in memory_stages else [aliases.get(s, s) for s in memory_stages]
         unknown = [stage for stage in resolved if stage not in names]
         if unknown:
