@@ -65,8 +65,10 @@ def main() -> None:
     parser.add_argument("--memory", default="attention")
     parser.add_argument("--fusion", default="gate")
     parser.add_argument("--gate-hidden", type=int, default=None)
+    parser.add_argument("--key-dim", type=int, default=None, help="d' of queries and keys (default C // 4)")
     parser.add_argument("--gate-init-std", type=float, default=0.0, help="W_g ~ N(0, std) (0: identity)")
     parser.add_argument("--cross-clip", type=int, default=1)
+    parser.add_argument("--memory-pass-bn", default="batch", choices=("batch", "eval"))
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--memory-lr-scale", type=float, default=1.0)
     parser.add_argument("--weight-decay", type=float, default=0.05)
@@ -87,6 +89,7 @@ def main() -> None:
         memory=args.memory,
         fusion=args.fusion,
         gate_hidden=args.gate_hidden,
+        key_dim=args.key_dim,
         dropout=0.0,
     )
     if args.gate_init_std:
@@ -109,7 +112,14 @@ def main() -> None:
         if args.mode == "single":
             modes.single_step(model, clips[:, :1], labels, no_autocast)
         elif args.mode == "comem":
-            modes.comem_step(model, clips, labels, no_autocast, cross_clip=bool(args.cross_clip))
+            modes.comem_step(
+                model,
+                clips,
+                labels,
+                no_autocast,
+                cross_clip=bool(args.cross_clip),
+                memory_pass_bn=args.memory_pass_bn,
+            )
         else:
             getattr(modes, f"{args.mode}_step")(model, clips, labels, no_autocast)
         optimizer.step()

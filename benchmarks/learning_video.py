@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--fusion", default="gate")
     parser.add_argument("--summary", default="meanmax", choices=("mean", "max", "meanmax"))
     parser.add_argument("--gate-hidden", type=int, default=64, help="0: a linear gate")
+    parser.add_argument("--key-dim", type=int, default=0, help="query/key width (0: C // 4, min 8)")
     parser.add_argument("--entry-hidden", type=int, default=0, help="0: linear q/k/v of the summaries")
     parser.add_argument("--gate-init-std", type=float, default=0.0, help="W_g ~ N(0, std) (0: identity)")
     parser.add_argument("--cross-clip", type=int, default=1)
@@ -144,6 +145,7 @@ def main() -> None:
         memory=args.memory,
         fusion=args.fusion,
         gate_hidden=args.gate_hidden or None,
+        key_dim=args.key_dim or None,
         summary=args.summary,
         entry_hidden=args.entry_hidden or None,
         dropout=args.dropout,
