@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--memory-stages",
         type=lambda text: tuple(stage_list(text)),
         default=("last-2", "last-1", "last"),
-        help="stages followed by a memory [last-2,last-1,last]",
+        help="stages followed by a memory; the default is the recipes' placement [last-2,last-1,last]",
     )
     parser.add_argument("--data", help="real data dir, any format train reads (default: random video)")
     parser.add_argument("--workers", type=int, default=4, help="data loading processes [4]")

@@ -81,6 +81,7 @@ class BenchSpec:
     warmup: int = 3
     compile: bool = False
     memory_chunk: int = 1
+    # the recipes' placement for real backbones (configs/*.yaml), not train's CPU default (every stage)
     memory_stages: tuple[str, ...] = ("last-2", "last-1", "last")
     num_classes: int = 400
     device: str = "auto"
