@@ -8,8 +8,9 @@ eval clips) and prints one JSON line:
   ``--precise-batches`` batches of 8 training videos with the per-clip passes of a comem step (B
   clips per BatchNorm batch), as a cumulative average;
 - ``by_colours``: right / total of the validation videos per colour set of their parts (read back
-  from the pixels: the palette colour most pixels of each part's middle frame are nearest to), so
-  an error that takes a whole colour set shows as such.
+  from the pixels: the palette colour most pixels of each part's middle frame are nearest to; the
+  initials sorted, so ``BBR`` is two blue parts and a red one in any order), so an error that takes
+  a whole colour set shows as such.
 
     python benchmarks/inspect_run.py --checkpoint runs/exp/last.pt [--data DIR] [--precise-batches 60]
 """
@@ -43,7 +44,7 @@ def part_colours(video: torch.Tensor, parts: int) -> str:
         near = distance.min(dim=1)
         counts = torch.bincount(near.indices[near.values < 60], minlength=len(palette))
         out += initials[int(counts.argmax())]
-    return out
+    return "".join(sorted(out))
 
 
 def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -91,8 +92,7 @@ def main() -> None:
     with torch.no_grad():
         for begin in range(0, min(len(train_frames), 8 * args.precise_batches), 8):
             video = batch(train_frames[begin : begin + 8], config.clips, clips, rng)
-            for index in range(config.clips):  # a comem step's per-clip passes
-                model(video[:, index : index + 1], share_memory=False)
+            model(video, share_memory=True)  # every clip reads the others' memory, as in training
     model.eval()
     precise = predictions()
     model.load_state_dict(saved)
