@@ -5,8 +5,8 @@ eval clips) and prints one JSON line:
 
 - ``val_top1`` three ways: BatchNorm's running statistics (what ``comem eval`` uses), the statistics
   of each validation batch itself, and "precise BN": running statistics recomputed over
-  ``--precise-batches`` batches of 8 training videos with the per-clip passes of a comem step (B
-  clips per BatchNorm batch), as a cumulative average;
+  ``--precise-batches`` batches of 8 training videos (train sampling and augmentation; the clips of
+  a batch run together, each reading the others' memory as in training), as a cumulative average;
 - ``by_colours``: right / total of the validation videos per colour set of their parts (read back
   from the pixels: the palette colour most pixels of each part's middle frame are nearest to; the
   initials sorted, so ``BBR`` is two blue parts and a red one in any order), so an error that takes
