@@ -45,23 +45,24 @@ RESERVE_S = 15.0  # kept for the summary and for stopping a command that overran
 class TimeModel:
     """Seconds each part is expected to take; what the plan is made from.
 
-    GPU rates come from the H100 anchors in RESULTS.md (r2plus1d_18, 16×112², B=16): bf16 single
-    405 clips/s at 3.88 TFLOP/step is 98 TFLOP/s (10% of the 989 TFLOP/s peak), the plain float32
-    loop 206 clips/s is 50 TFLOP/s. The overheads and compile times are guesses until a GPU run
-    measures them (its summary lists estimate beside actual for every command).
+    From the first GPU run (an H200, torch 2.11, 2026-11-29; benchmarks/RESULTS.md): bf16
+    single ran r2plus1d_18 (16×112², B=16) at 93 TFLOP/s, joint at 113-131, comem at 63-69; the
+    plain float32 loop at 46. The doctor took 102 s, the FLOP count beside it 102 s, one epoch of
+    ``comem train`` with data generation 35 s. Compile times are still guesses: the compiled
+    bench has not run to its end on a GPU.
     """
 
-    tflops: float = 100.0  # bf16 rows (single, joint, comem)
-    plain_tflops: float = 50.0  # the float32 ``plain`` row
+    tflops: float = 80.0  # bf16 rows (single, joint, comem)
+    plain_tflops: float = 45.0  # the float32 ``plain`` row
     process_s: float = 20.0  # python start, import torch, CUDA context
     row_s: float = 6.0  # per row: model build, loader workers, cuDNN autotuning of new shapes
     flop_count_steps: float = 3.0  # the step under FlopCounterMode, in step times
-    compile_first_s: float = 45.0  # inductor, forward and backward of the first compiled row
+    compile_first_s: float = 60.0  # inductor, forward and backward of the first compiled row
     compile_row_s: float = 15.0  # each later compiled row (new shapes)
-    doctor_s: float = 90.0
-    flops_s: float = 40.0  # on the CPU, beside the doctor
+    doctor_s: float = 110.0
+    flops_s: float = 105.0  # on the CPU, beside the doctor
     data_s: float = 0.0  # a separate data-generation command (--quick only)
-    train_s: float = 60.0  # built-in data generated (once per machine) + one epoch + evaluation
+    train_s: float = 40.0  # built-in data generated (once per machine) + one epoch + evaluation
 
 
 GPU_TIMES = TimeModel()

@@ -98,6 +98,20 @@ def test_fp16_with_a_grad_scaler_runs_on_the_cpu_and_matches_fp32(space, mode: s
     assert float(differences["loss"]) < 0.01
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_bf16_runs_on_the_cpu_and_stays_within_its_tolerance_of_fp32(space, mode: str) -> None:
+    # bf16 rounds the same way on a CPU as on a GPU (an H200 gave these very differences), so
+    # the bf16 check's tolerance is tested here: rounding passes it, and it is not trivially loose.
+    paths = {path.name: path for path in step_paths(CPU)}
+    assert check_step(paths["fp32"], mode, space)[0] == "PASS"
+    bf16 = replace(paths["bf16"], cuda_only=None)
+    status, detail = check_step(bf16, mode, space)
+    assert status == "PASS", detail
+    differences = dict(part.split(" ") for part in detail.split("vs fp32: ")[1].split(", "))
+    assert 0.01 < float(differences["gradient"]) < bf16.tolerance / 1.5
+    assert float(differences["loss"]) < 0.01 and float(differences["scores"]) < 0.05
+
+
 def test_a_check_that_raises_is_a_fail_line_and_the_report_fails(tmp_path: Path) -> None:
     report = start_report("cpu")
     run_checks(report, modes_to_check=("comem", "no-such-mode"), skip=("compile", "train-loop"))

@@ -37,7 +37,7 @@ from comem.config import TrainConfig
 from comem.data.datasets import collate_clips
 from comem.data.formats import load_splits
 from comem.engine.loaders import make_loader, resolve_device
-from comem.engine.performance import prepare_video, tune_model
+from comem.engine.performance import prepare_video, tune_model, uses_channels_last
 from comem.engine.precision import autocast_for
 from comem.engine.step import train_step
 from comem.engine.trainer import EpochSampler, build_optimizer
@@ -257,10 +257,11 @@ def make_step(mode: str, model: VideoModel, device: torch.device, spec: BenchSpe
     """One training step of ``mode`` on a loader batch, optimizer included."""
     fast = mode != "plain"
     autocast = autocast_for(device, "auto" if fast else "fp32")
+    layout = uses_channels_last(channels_last=fast, compile=spec.compile)
     optimizer = build_optimizer(model, TrainConfig())
 
     def step(batch: dict) -> None:
-        video = prepare_video(batch["video"], device, channels_last=fast)
+        video = prepare_video(batch["video"], device, channels_last=layout)
         targets = batch["label"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         bench_step(mode, model, video, targets, autocast, spec)
@@ -307,8 +308,13 @@ def measure(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) ->
     model.train()
     fast = mode != "plain"
     torch.backends.cudnn.benchmark = False  # ``plain`` is the loop without any speed setting
-    if fast:
-        tune_model(model, device, channels_last=True, compile=False)
+    if fast:  # compiled below, after the eager FLOP count: then in the default layout
+        tune_model(
+            model,
+            device,
+            channels_last=uses_channels_last(channels_last=True, compile=spec.compile),
+            compile=False,
+        )
     step = make_step(mode, model, device, spec)
     source = batches(spec, num_clips, device)
     try:

@@ -18,7 +18,7 @@ one evaluation step of every mode (``comem.config.MODES``) through every path th
 - ``train-loop``: ``comem train`` itself, one epoch of one step and an evaluation, loader workers on.
 
 Every step path starts from the same weights and batch as the fp32 step, and its loss, gradients
-and evaluation scores must agree with that step's within the path's tolerance (loose for 16-bit
+and evaluation scores must agree with that step's within the path's tolerance (loose for bf16
 paths: the check is for wrong results, not rounding). These compared steps run BatchNorm on its
 running statistics: with batch statistics over two videos of 4×32² clips the gradient is so
 ill-conditioned that 16-bit rounding alone moves it by 20-100%, which would hide a real error

@@ -4,6 +4,12 @@ On CUDA: cuDNN autotuning and the channels-last-3d layout (cuDNN's fastest 3-D c
 bf16). The batch goes to the device as uint8 and stays so: each forward converts its own clips
 (``VideoModel.prepare``), so comem's per-clip passes never hold a float copy of all N clips.
 ``compile`` compiles every backbone stage in place, so state-dict keys do not change.
+
+The two do not combine: under ``torch.compile`` the model and its input keep the default layout
+(``uses_channels_last``). Inductor chooses convolution layouts itself, and its fake kernel for
+``aten.convolution_backward`` predicts contiguous gradients where cuDNN returns channels-last
+ones, so a compiled backward of a channels-last model fails a stride assertion on CUDA (seen on
+an H200 with torch 2.11; https://github.com/pytorch/pytorch/issues/171622).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ def tune_model(
     """
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        if channels_last:
+        if uses_channels_last(channels_last=channels_last, compile=compile):
             model.to(memory_format=torch.channels_last_3d)
     if compile:
         # Stages share code (nn.Sequential.forward), so every (stage, input shape) pair is one
@@ -40,6 +46,12 @@ def tune_model(
         for video_model in (module for module in model.modules() if isinstance(module, VideoModel)):
             for stage in video_model.backbone.stages.values():
                 stage.compile(backend=compile_backend)
+
+
+def uses_channels_last(*, channels_last: bool, compile: bool) -> bool:
+    """Whether the model and its input take the channels-last-3d layout (on CUDA): asked for, and
+    the stages are not compiled (see the module docstring)."""
+    return channels_last and not compile
 
 
 def prepare_video(video: torch.Tensor, device: torch.device, *, channels_last: bool) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from comem.config import TrainConfig
 from comem.engine.modes import LossFn, StepOutput, eval_batchnorm, preserved_batchnorm_stats
-from comem.engine.performance import prepare_video
+from comem.engine.performance import prepare_video, uses_channels_last
 from comem.engine.precision import autocast_for
 from comem.engine.step import train_step
 from comem.tasks.base import StepContext
@@ -42,7 +42,8 @@ class StepEngine:
         return autocast_for(self.device, self.config.precision)
 
     def to_input(self, video: torch.Tensor) -> torch.Tensor:
-        return prepare_video(video, self.device, channels_last=self.config.channels_last)
+        layout = uses_channels_last(channels_last=self.config.channels_last, compile=self.config.compile)
+        return prepare_video(video, self.device, channels_last=layout)
 
     def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """The loss a backward runs on: divided by the accumulated batches, times fp16's scale."""

@@ -53,7 +53,7 @@ from comem.engine.ema import WeightAverage
 from comem.engine.evaluate import predict_dataset, to_device
 from comem.engine.loaders import drops_last, make_loader, resolve_device
 from comem.engine.loggers import RunLoggers, open_loggers
-from comem.engine.performance import tune_model
+from comem.engine.performance import tune_model, uses_channels_last
 from comem.engine.precision import grad_scaler
 from comem.engine.provenance import write_run_record
 from comem.engine.resume_check import check_resume
@@ -156,7 +156,8 @@ class Trainer:
         self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         tune_model(self.model, self.device, channels_last=config.channels_last, compile=config.compile)
         if self.ema is not None:
-            tune_model(self.ema.module, self.device, channels_last=config.channels_last, compile=False)
+            layout = uses_channels_last(channels_last=config.channels_last, compile=config.compile)
+            tune_model(self.ema.module, self.device, channels_last=layout, compile=False)
         self.train_model = wrap_for_training(
             self.model,
             self.dist,
