@@ -5,9 +5,11 @@ import dataclasses
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from tinydata import TINY_TRAIN_FLAGS
 
@@ -118,3 +120,17 @@ def test_library_runs_log_through_logging_not_stdout(
     assert any(
         record.name == "comem.engine.trainer" and "epoch 1/1:" in record.message for record in caplog.records
     )
+
+
+def test_env_names_comems_version_when_it_runs_from_a_source_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    # PYTHONPATH=src (no installed distribution): the version comes from the imported package
+    import comem
+    from comem.engine import provenance
+
+    def not_installed(package: str) -> str:
+        raise provenance.metadata.PackageNotFoundError(package)
+
+    monkeypatch.setattr(provenance.metadata, "version", not_installed)
+    versions = provenance.environment()["versions"]
+    assert versions["comem"] == comem.__version__ and versions["torch"] == torch.__version__
+    assert versions["torchcodec"] is None or "torchcodec" in sys.modules

@@ -28,10 +28,13 @@ PACKAGES = ("comem", "torch", "torchvision", "av", "numpy", "torchcodec")
 
 
 def _version(package: str) -> str | None:
+    """The installed distribution's version; else, for a package imported from a source tree
+    (``PYTHONPATH=src``, as ``benchmarks/gpu_check.sh`` runs comem), its ``__version__``."""
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
-        return None
+        module = sys.modules.get(package)
+        return getattr(module, "__version__", None) if module is not None else None
 
 
 def git_state(path: Path) -> dict[str, Any] | None:
