@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--gate-hidden", type=int, default=None)
     parser.add_argument("--key-dim", type=int, default=None, help="d' of queries and keys (default C // 4)")
     parser.add_argument("--gate-init-std", type=float, default=0.0, help="W_g ~ N(0, std) (0: identity)")
-    parser.add_argument("--cross-clip", type=int, default=1)
+    parser.add_argument("--cross-clip", type=int, default=0)
     parser.add_argument("--memory-pass-bn", default="batch", choices=("batch", "eval"))
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--memory-lr-scale", type=float, default=1.0)

@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--key-dim", type=int, default=0, help="query/key width (0: C // 4, min 8)")
     parser.add_argument("--entry-hidden", type=int, default=0, help="0: linear q/k/v of the summaries")
     parser.add_argument("--gate-init-std", type=float, default=0.0, help="W_g ~ N(0, std) (0: identity)")
-    parser.add_argument("--cross-clip", type=int, default=1)
+    parser.add_argument("--cross-clip", type=int, default=0)
     parser.add_argument("--memory-pass-bn", default="batch", choices=("batch", "eval"))
     parser.add_argument("--video-loss", type=int, default=0, help="1: the loss of the clips' mean logits")
     parser.add_argument("--dropout", type=float, default=0.0)

@@ -90,7 +90,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     clip_grad: float | None = None
     memory_pass_bn: str = "batch"
-    cross_clip: bool = True  # comem: other clips' losses train each clip's summaries (joint's gradient)
+    cross_clip: bool = False  # comem: other clips' losses also train each clip's summaries (joint's gradient)
     video_loss: bool = False  # joint/comem: the loss of the clips' mean scores, not the mean clip loss
     precision: str = "auto"  # auto (bf16 on CUDA, fp32 on a CPU) | bf16 | fp16 (with a loss scaler) | fp32
     accum_steps: int = 1  # batches per optimizer step (gradients accumulated: K x batch_size videos)

@@ -272,7 +272,7 @@ def comem_step(
     *,
     memory_pass_bn: MemoryPassBN = "batch",
     memory_chunk: int = 1,
-    cross_clip: bool = True,
+    cross_clip: bool = False,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
     forward_clip: Callable[..., torch.Tensor] | None = None,
     loss_fn: LossFn = clip_loss,
@@ -284,8 +284,9 @@ def comem_step(
     ``memory_chunk`` clips of each video run per no-grad forward (see ``VideoModel.memory_pass``).
     ``cross_clip`` also trains each clip's path by the gradient the other clips' losses send to
     its summaries (``cross_clip_gradients``), which joint training has and the plain two-pass
-    scheme drops. Under DDP, ``forward_clip`` is the DDP-wrapped ``model.forward_clip`` (gradients
-    are only all-reduced for forwards that go through DDP) and ``no_sync`` its ``no_sync``, which
+    scheme (the default) drops. Under DDP, ``forward_clip`` is the DDP-wrapped
+    ``model.forward_clip`` (gradients are only all-reduced for forwards that go through DDP) and
+    ``no_sync`` its ``no_sync``, which
     suppresses the all-reduce for every clip but the last. ``video_loss``: the loss of the
     clips' mean scores (``video_level_loss``), through ``video_loss_gradients``. The uint8
     ``video`` is converted one clip (memory pass: one chunk) at a time, by the model

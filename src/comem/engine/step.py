@@ -63,7 +63,7 @@ def train_step(
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     memory_pass_bn: MemoryPassBN = "batch",
     memory_chunk: int = 1,
-    cross_clip: bool = True,
+    cross_clip: bool = False,
     scale_loss: LossScale | None = None,
     video_loss: bool = False,
 ) -> StepOutput:
@@ -113,7 +113,7 @@ def step(
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     memory_pass_bn: MemoryPassBN = "batch",
     memory_chunk: int = 1,
-    cross_clip: bool = True,
+    cross_clip: bool = False,
     scale_loss: LossScale | None = None,
     video_loss: bool = False,
 ) -> torch.Tensor:
@@ -138,7 +138,9 @@ def step(
             restores the running ones afterwards, or on its running statistics (``eval``).
         memory_chunk: clips of each video per no-grad forward in comem mode.
         cross_clip: comem mode also gives each clip's summaries the gradient the other clips'
-            losses send them (as joint training does); ``False`` treats them as constants.
+            losses send them (as joint training does), at one more pass of the stages from the
+            first memory on; default ``False``, the plain two-pass gradient, which treats them as
+            constants and learned the built-in long-range tasks better (docs/learning.md).
         scale_loss: every backward of the step runs on ``scale_loss(loss)``: ``scaler.scale`` of a
             ``torch.amp.GradScaler`` for fp16 (then ``scaler.step(optimizer)`` after), or
             ``lambda loss: loss / K`` to accumulate K steps' gradients; default the loss itself.
