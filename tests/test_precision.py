@@ -203,13 +203,16 @@ def test_fp16_skips_a_step_with_inf_gradients_without_advancing_the_schedule(
         trainer.task.train_step = poisoned if poison else real_step
         before = [p.detach().clone() for p in trainer.model.parameters()]
         scale, lr_step = trainer.scaler.get_scale(), trainer.scheduler.last_epoch
+        lr = trainer.optimizer.param_groups[0]["lr"]
         trainer.train_step([batch])
         changed = not all(torch.equal(a, p) for a, p in zip(before, trainer.model.parameters(), strict=True))
         skipped = trainer.scaler.get_scale() < scale  # the scaler found an inf or nan (its own too)
-        assert changed != skipped and trainer.scheduler.last_epoch == lr_step + int(changed)
+        stepped = trainer.scheduler.last_epoch == lr_step + 1
+        assert stepped != skipped and trainer.scheduler.last_epoch in (lr_step, lr_step + 1)
+        assert changed == (stepped and lr > 0)  # the cosine schedule ends at lr 0: a step, no change
         if skipped:
             assert trainer.scaler.get_scale() == scale / 2
-        taken.append(changed)
+        taken.append(stepped)
     assert taken[0] is False and any(taken[1:])
 
 
