@@ -286,11 +286,10 @@ def comem_step(
     its summaries (``cross_clip_gradients``), which joint training has and the plain two-pass
     scheme (the default) drops. Under DDP, ``forward_clip`` is the DDP-wrapped
     ``model.forward_clip`` (gradients are only all-reduced for forwards that go through DDP) and
-    ``no_sync`` its ``no_sync``, which
-    suppresses the all-reduce for every clip but the last. ``video_loss``: the loss of the
-    clips' mean scores (``video_level_loss``), through ``video_loss_gradients``. The uint8
-    ``video`` is converted one clip (memory pass: one chunk) at a time, by the model
-    (``VideoModel.prepare``).
+    ``no_sync`` its ``no_sync``, which suppresses the all-reduce for every clip but the last.
+    ``video_loss``: the loss of the clips' mean scores (``video_level_loss``), through
+    ``video_loss_gradients``. The uint8 ``video`` is converted one clip (memory pass: one chunk)
+    at a time, by the model (``VideoModel.prepare``).
     """
     num_clips = video.shape[1]
     forward_clip = forward_clip or model.forward_clip
