@@ -15,7 +15,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from comem.config import TrainConfig
 from comem.engine.distributed import gather_predictions, init_distributed, step_hooks, wrap_for_training
 from comem.engine.modes import comem_step, joint_step
-from comem.engine.steps import StepEngine
+from comem.engine.step_engine import StepEngine
 from comem.models.build import ModelSpec, build_model
 from comem.tasks.ava.model import AvaDetector
 from comem.tasks.ava.task import detection_step

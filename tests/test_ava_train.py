@@ -16,7 +16,7 @@ from videos import frame_index_of, gray_level
 
 from comem.cli import main
 from comem.config import TrainConfig
-from comem.engine.steps import StepEngine
+from comem.engine.step_engine import StepEngine
 from comem.models.build import ModelSpec, build_model
 from comem.tasks.ava.data import (
     AvaKeyframeDataset,

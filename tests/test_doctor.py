@@ -14,8 +14,8 @@ import torch
 
 from comem.cli import main
 from comem.config import MODES
-from comem.engine.doctor import check_step, make_workspace, run_checks, start_report
-from comem.engine.step_paths import mode_step, step_paths
+from comem.diagnostics.doctor import check_step, make_workspace, run_checks, start_report
+from comem.diagnostics.step_paths import mode_step, step_paths
 from comem.models.build import build_model
 
 SRC = Path(__file__).resolve().parents[1] / "src"

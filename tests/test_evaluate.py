@@ -23,7 +23,7 @@ from comem.data.decode import VideoReader
 from comem.data.sampling import eval_clip_starts
 from comem.data.transforms import normalize
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
-from comem.engine.trained import load_trained
+from comem.inference.trained import load_trained
 from comem.tasks.classification import video_scores
 from comem.tasks.reports import write_eval_report
 

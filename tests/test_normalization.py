@@ -17,9 +17,9 @@ from comem.data.datasets import MultiClipVideoDataset, VideoRecord, collate_clip
 from comem.data.frame_folder import FrameFolderReader
 from comem.data.transforms import normalize
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
-from comem.engine.predict import predict_video
-from comem.engine.steps import StepEngine
-from comem.engine.trained import load_trained, spec_from_state
+from comem.engine.step_engine import StepEngine
+from comem.inference.predict import predict_video
+from comem.inference.trained import load_trained, spec_from_state
 from comem.models.build import ModelSpec, build_model, load_pretrained
 from comem.models.normalization import PYSLOWFAST, TORCHVISION_KINETICS
 

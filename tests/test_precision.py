@@ -18,7 +18,7 @@ from comem.config import MODES, load_config
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.precision import autocast_for, grad_scaler, resolve_precision
 from comem.engine.step import train_step
-from comem.engine.steps import StepEngine
+from comem.engine.step_engine import StepEngine
 from comem.engine.stopping import TrainingStopped
 from comem.engine.trainer import Trainer
 from comem.models.build import ModelSpec, build_model

@@ -15,9 +15,9 @@ from videos import frame_index_of, write_test_video
 from comem.cli import main
 from comem.cli.evaluate import evaluate_checkpoint
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
-from comem.engine.predict import number_of_clips, predict_video
-from comem.engine.timeline import thumbnail_clips
-from comem.engine.trained import is_multi_label, load_trained
+from comem.inference.predict import number_of_clips, predict_video
+from comem.inference.timeline import thumbnail_clips
+from comem.inference.trained import is_multi_label, load_trained
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ import comem
 from comem.cli import main
 from comem.config import ConfigError
 from comem.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from comem.engine.predict import FramesError, predict_video
-from comem.engine.timeline import plot_timeline
-from comem.engine.trained import load_trained
+from comem.inference.predict import FramesError, predict_video
+from comem.inference.timeline import plot_timeline
+from comem.inference.trained import load_trained
 from comem.memory import CollaborativeMemory
 
 

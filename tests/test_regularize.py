@@ -17,9 +17,9 @@ from comem.cli import main
 from comem.config import ConfigError, TrainConfig
 from comem.data.mixing import VideoMix, VideoMixer
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
-from comem.engine.steps import StepEngine
-from comem.engine.trained import load_trained
+from comem.engine.step_engine import StepEngine
 from comem.engine.trainer import Trainer
+from comem.inference.trained import load_trained
 from comem.tasks.classification import ClassificationTask
 
 

@@ -20,7 +20,7 @@ def _modes(text: str) -> tuple[str, ...]:
 
 
 def _checks(text: str) -> tuple[str, ...]:
-    from comem.engine.doctor import check_names
+    from comem.diagnostics.doctor import check_names
 
     chosen = tuple(part.strip() for part in text.split(",") if part.strip())
     if any(name not in check_names() for name in chosen):
@@ -47,7 +47,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from comem.config import MODES
-    from comem.engine.doctor import format_header, format_summary, run_checks, start_report
+    from comem.diagnostics.doctor import format_header, format_summary, run_checks, start_report
 
     report = start_report(args.device)
     print(format_header(report), flush=True)

@@ -115,7 +115,7 @@ def _classification_evaluation(
     weights: str | None,
 ) -> tuple[ClassificationTask, torch.nn.Module, Path, str]:
     from comem.data.datasets import DatasetFormatError
-    from comem.engine.trained import load_trained
+    from comem.inference.trained import load_trained
     from comem.tasks.classification import evaluation_task
 
     trained = load_trained(checkpoint, device, state=state, weights=weights)

@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from comem.config import ConfigError
     from comem.data.decode import VideoDecodeError
     from comem.engine.loaders import resolve_device
-    from comem.engine.predictor import load
-    from comem.engine.timeline import plot_timeline
+    from comem.inference.predictor import load
+    from comem.inference.timeline import plot_timeline
 
     for flag, value in (("--top", args.top), ("--views", args.clips), ("--max-clips", args.max_clips)):
         if value is not None and value < 1:

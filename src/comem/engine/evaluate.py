@@ -17,7 +17,7 @@ from tqdm import tqdm
 from comem.config import TrainConfig
 from comem.engine.distributed import DistContext, ShardSampler, gather_predictions
 from comem.engine.loaders import make_loader
-from comem.engine.steps import StepEngine
+from comem.engine.step_engine import StepEngine
 from comem.tasks.base import Predictions, Task
 
 

@@ -23,10 +23,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 
 from comem.config import TrainConfig
 from comem.errors import UserError
+from comem.files import save_figure
 
 # ``loss_scale``: fp16's gradient scale (empty in other precisions)
 STEP_COLUMNS: tuple[str, ...] = ("step", "epoch", "loss", "lr", "clips_per_s", "loader_wait_ms", "loss_scale")
@@ -182,3 +185,30 @@ def open_loggers(
         loggers.append(WandbLogger(config, out, run_id=saved.get("wandb_id")))
     loggers += [TensorBoardLogger(out / "tb", purge_step=step), CsvLogger(out, purge_step=step)]
     return RunLoggers(loggers)
+
+
+def plot_training_curves(path: Path, history: Sequence[dict[str, Any]]) -> None:
+    """Loss and accuracy/mAP per epoch from the trainer's history (one dict per finished epoch)."""
+    figure = Figure(figsize=(10.0, 4.0))
+    loss_axes, score_axes = figure.subplots(1, 2)
+    epochs = [record["epoch"] for record in history]
+    keys = sorted({key for record in history for key in record if key.startswith(("train_", "val_"))})
+    for key in keys:
+        points = [(record["epoch"], record[key]) for record in history if key in record]
+        x, y = zip(*points, strict=True)
+        axes = loss_axes if key.endswith("loss") else score_axes
+        axes.plot(x, y, "--" if key.startswith("train_") else "-", marker="o", label=key)
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_ylabel("loss")
+    loss_axes.set_title("Loss")
+    score_axes.set_xlabel("epoch")
+    score_axes.set_ylabel("%")
+    score_axes.set_ylim(0, 100)
+    score_axes.set_title("Accuracy / mAP")
+    for axes in (loss_axes, score_axes):
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+        if epochs:
+            axes.set_xticks(np.unique(np.linspace(min(epochs), max(epochs), min(len(epochs), 10)).round()))
+    figure.tight_layout()
+    save_figure(figure, path)

@@ -52,19 +52,18 @@ from comem.engine.distributed import (
 from comem.engine.ema import WeightAverage
 from comem.engine.evaluate import predict_dataset, to_device
 from comem.engine.loaders import drops_last, make_loader, resolve_device
-from comem.engine.loggers import RunLoggers, open_loggers
+from comem.engine.loggers import RunLoggers, open_loggers, plot_training_curves
 from comem.engine.performance import tune_model, uses_channels_last
 from comem.engine.precision import grad_scaler
 from comem.engine.provenance import write_run_record
 from comem.engine.resume_check import check_resume
 from comem.engine.rng import restore_rng_state, rng_state, seed_everything
 from comem.engine.run_dir import claim_run_dir
-from comem.engine.steps import StepEngine
+from comem.engine.step_engine import StepEngine
 from comem.engine.stopping import StopSignals, TrainingStopped, stopped_message
 from comem.files import write_json
 from comem.tasks.base import StepResult, Task
 from comem.tasks.common import checkpoint_config
-from comem.tasks.reports import plot_training_curves
 
 log = logging.getLogger(__name__)
 

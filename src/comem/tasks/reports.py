@@ -1,5 +1,5 @@
 """What a user reads after training and evaluation: per-video predictions, per-class tables, and
-figures (confusion matrix, per-class AP, training curves).
+figures (confusion matrix, per-class AP); the training curves are the engine's (``engine/loggers.py``).
 
 Figures use matplotlib's object API on the Agg canvas (no pyplot state, no display needed), so they
 can be written from training loops, DataLoader-heavy jobs and headless servers alike. Single- or
@@ -16,16 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from comem.files import save_figure
 from comem.metrics import confusion_matrix, per_class_average_precision, top_confused_pairs
-
-
-def save_figure(figure: Figure, path: Path) -> None:
-    FigureCanvasAgg(figure)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
 
 
 def true_label_names(target: torch.Tensor, class_names: Sequence[str]) -> str:
@@ -169,30 +163,3 @@ def write_eval_report(
             for true, predicted, count in top_confused_pairs(matrix)
         ]
     }
-
-
-def plot_training_curves(path: Path, history: Sequence[dict[str, Any]]) -> None:
-    """Loss and accuracy/mAP per epoch from the trainer's history (one dict per finished epoch)."""
-    figure = Figure(figsize=(10.0, 4.0))
-    loss_axes, score_axes = figure.subplots(1, 2)
-    epochs = [record["epoch"] for record in history]
-    keys = sorted({key for record in history for key in record if key.startswith(("train_", "val_"))})
-    for key in keys:
-        points = [(record["epoch"], record[key]) for record in history if key in record]
-        x, y = zip(*points, strict=True)
-        axes = loss_axes if key.endswith("loss") else score_axes
-        axes.plot(x, y, "--" if key.startswith("train_") else "-", marker="o", label=key)
-    loss_axes.set_xlabel("epoch")
-    loss_axes.set_ylabel("loss")
-    loss_axes.set_title("Loss")
-    score_axes.set_xlabel("epoch")
-    score_axes.set_ylabel("%")
-    score_axes.set_ylim(0, 100)
-    score_axes.set_title("Accuracy / mAP")
-    for axes in (loss_axes, score_axes):
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=8)
-        if epochs:
-            axes.set_xticks(np.unique(np.linspace(min(epochs), max(epochs), min(len(epochs), 10)).round()))
-    figure.tight_layout()
-    save_figure(figure, path)

@@ -168,7 +168,7 @@ def run_step(
     process group's rendezvous file.
 
     BatchNorm runs on its running statistics: a small batch's statistics make the gradient so
-    ill-conditioned that 16-bit rounding alone moves it by 20-100% (see ``comem.engine.doctor``).
+    ill-conditioned that 16-bit rounding alone moves it by 20-100% (see ``comem.diagnostics.doctor``).
     """
     torch.manual_seed(0)
     model = build_model(spec).to(device)

@@ -15,8 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.gridspec import SubplotSpec
 
-from comem.engine.predict import VideoPrediction
-from comem.tasks.reports import save_figure
+from comem.files import save_figure
+from comem.inference.predict import VideoPrediction
 
 MAX_THUMBNAILS = 8
 

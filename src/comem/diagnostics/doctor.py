@@ -50,8 +50,8 @@ from comem.data.datasets import VideoSplits, collate_clips
 from comem.data.decode import open_video
 from comem.data.formats import load_splits
 from comem.data.synthetic import SyntheticSpec, make_synthetic
+from comem.diagnostics.step_paths import Skipped, StepPath, StepResult, compare, run_step, step_paths
 from comem.engine.loaders import make_loader, resolve_device
-from comem.engine.step_paths import Skipped, StepPath, StepResult, compare, run_step, step_paths
 from comem.engine.trainer import train
 from comem.models.build import ModelSpec
 from comem.tasks.classification import ClassificationTask, make_dataset

@@ -18,8 +18,8 @@ from torch import nn
 from comem.config import ConfigError, TrainConfig, config_fields
 from comem.engine.checkpoint import CheckpointError
 from comem.engine.ema import checkpoint_weights
-from comem.engine.predict import VideoPrediction, predict_clips, predict_frames, predict_video
-from comem.engine.trained import config_from_state, is_multi_label, load_trained
+from comem.inference.predict import VideoPrediction, predict_clips, predict_frames, predict_video
+from comem.inference.trained import config_from_state, is_multi_label, load_trained
 from comem.models.normalization import PYSLOWFAST, Normalization, normalization
 
 
@@ -65,7 +65,7 @@ class Predictor:
                 a file or frames (default: the model's eval setting).
             aggregate: ``mean`` or ``max`` of the clip probabilities.
 
-        Returns a :class:`~comem.engine.predict.VideoPrediction`: ``scores`` (K,),
+        Returns a :class:`~comem.inference.predict.VideoPrediction`: ``scores`` (K,),
         ``clip_scores`` (N, K), ``attention`` {memory stage: (N, N)}, ``top(k)``.
         """
         options = {"clips": clips, "clips_per_second": clips_per_second, "max_clips": max_clips}
