@@ -1,4 +1,4 @@
-"""The collaborative memory module (shared/method.md, "The module").
+"""The collaborative memory module (docs/method.md, "The module").
 
 For one video with N clips, clip i has a feature map X_i (C, T, H, W) at some backbone stage.
 Each clip is summarised by global average pooling, x_i = GAP(X_i); the N summaries form the
@@ -8,6 +8,10 @@ own clip-specific memory m_i, which gates X_i channel-wise.
 The module is split into ``summarize`` / ``read`` / ``fuse`` so the two-pass ``comem`` training
 scheme can build M without gradients and later read it for one clip at a time, while ``forward``
 does the whole thing at once for joint training and inference.
+
+Every entry point takes the clips' times, ``times`` (B, N): where each clip sits in its video, as
+its centre's fraction of the video's duration in [0, 1] (None: the clips in order, spread evenly,
+``even_times``). The order-blind memory of the paper reads the same whatever the times.
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ def pool(features: torch.Tensor, dims: tuple[int, ...], summary: SummaryKind) ->
     if summary == "max":
         return features.amax(dim=dims)
     return features.mean(dim=dims) + features.amax(dim=dims)
+
+
+def even_times(batch: int, num_clips: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Clip times (B, N) when none are given: N clips in order, spread evenly, ``(i + 0.5) / N``."""
+    times = (torch.arange(num_clips, device=device, dtype=torch.float32) + 0.5) / num_clips
+    return times.expand(batch, num_clips)
 
 
 class _AddGradient(torch.autograd.Function):
@@ -148,10 +158,17 @@ class CollaborativeMemory(nn.Module):
         """Pool over (T, H, W) (see ``pool``): (B·N, C, T, H, W) -> (B·N, C)."""
         return pool(features, (2, 3, 4), self.summary)
 
-    def read(self, queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    def read(
+        self,
+        queries: torch.Tensor,
+        bank: torch.Tensor,
+        query_times: torch.Tensor | None = None,
+        bank_times: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Clip-specific memories for ``queries`` (B, Q, C) from the video memory ``bank`` (B, N, C).
 
-        Returns (B, Q, C). With ``memory='average'`` the queries only set the output shape.
+        ``query_times`` (B, Q) and ``bank_times`` (B, N) say when the clips happened (module
+        docstring). Returns (B, Q, C). With ``memory='average'`` the queries only set the output shape.
         """
         with float32(bank):
             queries, bank = self.entry(queries.float()), self.entry(bank.float())
@@ -160,7 +177,13 @@ class CollaborativeMemory(nn.Module):
                 return values.mean(dim=1, keepdim=True).expand(-1, queries.shape[1], -1)
             return self._weights(queries, bank) @ values
 
-    def attention(self, queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    def attention(
+        self,
+        queries: torch.Tensor,
+        bank: torch.Tensor,
+        query_times: torch.Tensor | None = None,
+        bank_times: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Read weights (B, Q, N) of ``queries`` (B, Q, C) over the N clips of ``bank`` (B, N, C):
         how much each query draws on each clip. Rows sum to 1 (``attention``; uniform with
         ``average``), to at most 1 (``sink``), or are sigmoids / N (``sigmoid``)."""
@@ -195,17 +218,21 @@ class CollaborativeMemory(nn.Module):
             return features * (2.0 * torch.sigmoid(projected))
         return features + projected
 
-    def forward(self, features: torch.Tensor, num_clips: int) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, num_clips: int, times: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Apply the memory to all clips at once.
 
         Args:
             features: (B·N, C, T, H, W), clips grouped by video (video-major: the N clips of
                 video b are rows b·N .. b·N + N - 1).
             num_clips: N.
+            times: (B, N) clip times (module docstring); None: ``even_times``.
         """
         summaries = self.summarize(features).float()
         bank = summaries.view(-1, num_clips, self.channels)
-        clip_memory = self.read(bank, bank).reshape(-1, self.channels)
+        times = self._times(times, bank)
+        clip_memory = self.read(bank, bank, times, times).reshape(-1, self.channels)
         return self.fuse(features, clip_memory)
 
     def forward_one(
@@ -214,6 +241,7 @@ class CollaborativeMemory(nn.Module):
         bank: torch.Tensor,
         clip_index: int,
         cross_grad: torch.Tensor | None = None,
+        times: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Apply the memory to clip ``clip_index`` of each video, given the other clips' summaries.
 
@@ -227,22 +255,37 @@ class CollaborativeMemory(nn.Module):
             cross_grad: (B, C) gradient of the other clips' losses with respect to this clip's
                 summary, added to the summary's gradient in backward (None: the other clips'
                 losses do not train this clip's path, the plain two-pass scheme).
+            times: (B, N) times of the bank's clips (module docstring); None: ``even_times``.
         """
         live = add_gradient(self.summarize(features).float(), cross_grad)
         onehot = torch.zeros(bank.shape[1], device=bank.device, dtype=bank.dtype)
         onehot[clip_index] = 1.0
         mixed = bank * (1.0 - onehot)[None, :, None] + live[:, None, :] * onehot[None, :, None]
-        clip_memory = self.read(live[:, None, :], mixed)[:, 0]
+        times = self._times(times, bank)
+        clip_memory = self.read(live[:, None, :], mixed, times[:, clip_index : clip_index + 1], times)[:, 0]
         return self.fuse(features, clip_memory)
 
-    def forward_bank(self, features: torch.Tensor, bank: torch.Tensor, clips: slice) -> torch.Tensor:
+    def forward_bank(
+        self, features: torch.Tensor, bank: torch.Tensor, clips: slice, times: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Apply the memory to the clips ``clips`` of each video, whose summaries are in ``bank``.
 
         The no-grad memory pass: ``features`` (B·k, C, T, H, W) are clips ``clips`` of each video,
         video-major, and ``bank`` (B, N, C) already holds their summaries, so they serve as queries.
+        ``times`` (B, N): the bank's clip times (module docstring); None: ``even_times``.
         """
-        clip_memory = self.read(bank[:, clips], bank).flatten(0, 1)
+        times = self._times(times, bank)
+        clip_memory = self.read(bank[:, clips], bank, times[:, clips], times).flatten(0, 1)
         return self.fuse(features, clip_memory)
+
+    @staticmethod
+    def _times(times: torch.Tensor | None, bank: torch.Tensor) -> torch.Tensor:
+        """``times`` (B, N) as float32 on the bank's device, or ``even_times`` for the bank (B, N, C)."""
+        if times is None:
+            return even_times(bank.shape[0], bank.shape[1], bank.device)
+        if times.shape != bank.shape[:2]:
+            raise ValueError(f"times must be (B, N) = {tuple(bank.shape[:2])}; got {tuple(times.shape)}")
+        return times.to(device=bank.device, dtype=torch.float32)
 
     def extra_repr(self) -> str:
         return (
