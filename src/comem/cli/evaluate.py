@@ -8,12 +8,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from comem.config import TrainConfig
-from comem.models.build import build_model
 
 if TYPE_CHECKING:
+    import torch
+
     from comem.tasks.ava.task import AvaTask
     from comem.tasks.classification import ClassificationTask
 
@@ -145,6 +144,7 @@ def _ava_evaluation(
 ) -> tuple[AvaTask, torch.nn.Module, Path, str]:
     """``views`` sets the clips per keyframe (memory clips + 1); frames are never cropped."""
     from comem.engine.ema import checkpoint_weights
+    from comem.models.build import build_model
     from comem.tasks.ava.model import AvaDetector
     from comem.tasks.ava.task import evaluation_task
     from comem.tasks.common import config_from_state, spec_from_state
