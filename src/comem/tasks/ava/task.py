@@ -181,11 +181,6 @@ class AvaTask:
         pass
 
 
-def is_ava_state(state: dict) -> bool:
-    """Whether a loaded checkpoint is one of ``comem train --task ava``."""
-    return state.get("config", {}).get("task") == "ava"
-
-
 def evaluation_task(config: TrainConfig, *, data_dir: Path, split: str) -> AvaTask:
     """The task ``comem eval`` runs on an AVA checkpoint. AVA's test split has no public ground
     truth: only ``val`` is scored."""
