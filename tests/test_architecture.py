@@ -87,3 +87,12 @@ def test_the_command_lists_its_options_without_importing_torch() -> None:
         timeout=120,
     )
     assert "'torch'" in heavy.stdout  # the check sees torch when something imports it
+
+
+def test_one_table_steps_every_mode_name() -> None:
+    # the names --mode takes (torch-free, comem.config) are the keys of the engine's one dispatch table
+    from comem.config import MODES
+    from comem.engine.modes import MODE_STEPS, TWO_PASS_MODES
+
+    assert tuple(MODE_STEPS) == MODES
+    assert set(TWO_PASS_MODES) <= set(MODES)

@@ -40,6 +40,7 @@ from comem.diagnostics.bench_spec import MULTI_CLIP_MODES, BenchSpec
 from comem.engine.loaders import make_loader, resolve_device
 from comem.engine.performance import prepare_video, tune_model, uses_channels_last
 from comem.engine.precision import autocast_for
+from comem.engine.provenance import device_name, versions
 from comem.engine.step import train_step
 from comem.engine.trainer import EpochSampler, build_optimizer
 from comem.models.build import ModelSpec, VideoModel, build_model
@@ -107,6 +108,11 @@ def device_peak_tflops(device: torch.device, *, amp: bool, override: float | Non
     return None
 
 
+def bench_model_spec(spec: BenchSpec) -> ModelSpec:
+    """The model every row of ``spec`` trains."""
+    return ModelSpec(backbone=spec.backbone, num_classes=spec.num_classes, memory_stages=spec.memory_stages)
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -114,15 +120,11 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
+        "device_name": device_name(device),
     }
     if device.type == "cuda":
-        info.update(
-            device_name=torch.cuda.get_device_name(device),
-            cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(),
-        )
-    else:
-        info["device_name"] = platform.processor() or platform.machine()
+        found = versions()
+        info.update(cuda=found["cuda"], cudnn=found["cudnn"])
     return info
 
 
@@ -256,9 +258,7 @@ def synchronize(device: torch.device) -> None:
 def measure(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) -> BenchRow:
     row = BenchRow(mode=mode, clips=num_clips, batch_size=spec.batch_size)
     torch.manual_seed(0)
-    model = build_model(
-        ModelSpec(backbone=spec.backbone, num_classes=spec.num_classes, memory_stages=spec.memory_stages)
-    ).to(device)
+    model = build_model(bench_model_spec(spec)).to(device)
     model.train()
     fast = mode != "plain"
     torch.backends.cudnn.benchmark = False  # ``plain`` is the loop without any speed setting
@@ -311,9 +311,7 @@ def measure(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) ->
 def profile_cpu_memory(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) -> float:
     """``profiled_peak_gib`` of one step of ``mode`` after a warm-up step, on a fresh model."""
     torch.manual_seed(0)
-    model = build_model(
-        ModelSpec(backbone=spec.backbone, num_classes=spec.num_classes, memory_stages=spec.memory_stages)
-    ).to(device)
+    model = build_model(bench_model_spec(spec)).to(device)
     model.train()
     step = make_step(mode, model, device, spec)
     source = batches(replace(spec, workers=0), num_clips, device)
@@ -365,9 +363,7 @@ def compare_to_single(rows: list[BenchRow]) -> None:
 def meta_step_flops(spec: BenchSpec, mode: str, num_clips: int) -> int:
     """FLOPs of one step counted on the meta device: exact, instant, no memory, any size."""
     with torch.device("meta"):
-        model = build_model(
-            ModelSpec(backbone=spec.backbone, num_classes=spec.num_classes, memory_stages=spec.memory_stages)
-        )
+        model = build_model(bench_model_spec(spec))
     model.train()
     shape = (spec.batch_size, num_clips, 3, spec.clip_len, spec.crop_size, spec.crop_size)
     video = torch.empty(shape, device="meta")

@@ -1,5 +1,5 @@
-"""Pieces every task uses: pretrained weights and input normalisation (a checkpoint's spec and config
-are read back by :mod:`comem.checkpoint_state`)."""
+"""Pieces every task uses: the model spec of a config, pretrained weights and input normalisation
+(a checkpoint's spec and config are read back by :mod:`comem.checkpoint_state`)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,23 @@ def load_pretrained_weights(model: VideoModel, config: TrainConfig) -> None:
             f"{config.pretrained}: {len(missing)} tensors of the model are not in the file "
             f"and keep their initialisation (first: {missing[0]})"
         )
+
+
+def model_spec(config: TrainConfig, num_classes: int, *, dropout: float | None = None) -> ModelSpec:
+    """The spec of the video model ``config`` trains (backbone and memories), with ``num_classes``
+    outputs; ``dropout`` before its classifier (default ``config.dropout``)."""
+    return ModelSpec(
+        backbone=config.backbone,
+        num_classes=num_classes,
+        memory_stages=tuple(config.memory_stages),
+        memory=config.memory,
+        fusion=config.fusion,
+        key_dim=config.key_dim,
+        gate_hidden=config.gate_hidden,
+        summary=config.memory_summary,
+        entry_hidden=config.entry_hidden,
+        dropout=config.dropout if dropout is None else dropout,
+    )
 
 
 def settle_normalization(model: VideoModel, spec: ModelSpec, config: TrainConfig) -> ModelSpec:
