@@ -1,6 +1,7 @@
 """Training configuration: one plain dataclass, loadable from YAML, overridable from the command line.
 
-Precedence: dataclass defaults < ``--config FILE.yaml`` < command-line flags.
+Precedence: dataclass defaults < ``--config FILE.yaml`` < command-line flags. This module imports no
+torch (its choices come from :mod:`comem.choices`), so the command's parser is built from it quickly.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from comem.data.decode import DECODERS
-from comem.data.formats import DATA_FORMATS
+from comem.choices import (
+    DATA_FORMATS,
+    DECODERS,
+    DEFAULT_MEMORY_STAGES,
+    FUSION_KINDS,
+    MEMORY_KINDS,
+    SUMMARY_KINDS,
+)
 from comem.errors import UserError
-from comem.memory import FUSION_KINDS, MEMORY_KINDS, SUMMARY_KINDS
-from comem.models.build import DEFAULT_MEMORY_STAGES
 from comem.textfile import read_text
 
 
@@ -26,7 +29,7 @@ class ConfigError(UserError, ValueError):
     """A bad configuration value or file (one-line message)."""
 
 
-# The training modes (engine/modes.py; ``engine.steps.MODE_STEPS`` has one step per name).
+# The training modes (docs/method.md, "Training"); ``comem.engine.modes.MODE_STEPS`` has one step per name.
 MODES: tuple[str, ...] = ("single", "tsn", "joint", "comem")
 
 # The values a string option takes (``comem train -h`` shows them; ``validate`` checks them).
@@ -271,6 +274,8 @@ def _check_yaml_type(path: Path, name: str, value: Any) -> None:
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults, then the YAML file (keys as field names, '-' or '_'), then ``overrides``."""
+    import yaml
+
     values: dict[str, Any] = {}
     loaded_keys: dict[str, str] = {}  # field name -> the key as the file spells it
     if path is not None:
@@ -310,6 +315,8 @@ def _as_typed(message: str, path: Path | None, keys: dict[str, str], flags: dict
 
 def config_yaml(config: TrainConfig) -> str:
     """``config`` as a YAML ``--config`` file: every field, in the dataclass's order."""
+    import yaml
+
     header = "# comem train configuration (resolved); repeat the run with: comem train --config THIS_FILE\n"
     return header + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
 

@@ -8,12 +8,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from comem.config import TrainConfig
-from comem.models.build import build_model
 
 if TYPE_CHECKING:
+    import torch
+
     from comem.tasks.ava.task import AvaTask
     from comem.tasks.classification import ClassificationTask
 
@@ -73,17 +72,17 @@ def evaluate_checkpoint(
     ``raw`` (default: the weight average when the run kept one, see ``comem.engine.ema``); the
     report's ``weights`` says which were scored.
     """
+    from comem.checkpoint_state import stored_task
     from comem.engine.checkpoint import load_checkpoint
     from comem.engine.distributed import broadcast_object, init_distributed
     from comem.engine.evaluate import predict_dataset
     from comem.engine.loaders import resolve_device
-    from comem.tasks.ava.task import is_ava_state
 
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint) if state is None else state
     context, torch_device = init_distributed(resolve_device(device))
     overrides = {"views": views, "crops": crops, "batch_size": batch_size, "workers": workers}
-    if is_ava_state(state):
+    if stored_task(state) == "ava":
         task, model, out_dir, kind = _ava_evaluation(checkpoint, state, data, split, overrides, out, weights)
     else:
         task, model, out_dir, kind = _classification_evaluation(
@@ -144,10 +143,10 @@ def _ava_evaluation(
     weights: str | None,
 ) -> tuple[AvaTask, torch.nn.Module, Path, str]:
     """``views`` sets the clips per keyframe (memory clips + 1); frames are never cropped."""
-    from comem.engine.ema import checkpoint_weights
+    from comem.checkpoint_state import checkpoint_weights, config_from_state, spec_from_state
+    from comem.models.build import build_model
     from comem.tasks.ava.model import AvaDetector
     from comem.tasks.ava.task import evaluation_task
-    from comem.tasks.common import config_from_state, spec_from_state
 
     config = _replaced(config_from_state(state), {**overrides, "crops": None})
     if overrides["views"] is not None and config.mode != "single":
@@ -161,10 +160,10 @@ def _ava_evaluation(
 
 
 def run(args: argparse.Namespace) -> int:
+    from comem.checkpoint_state import stored_task
     from comem.config import ConfigError
     from comem.engine.checkpoint import load_checkpoint
     from comem.engine.distributed import is_main_process, shutdown_distributed
-    from comem.tasks.ava.task import is_ava_state
 
     for flag, value, least in (("--views", args.views, 1), ("--batch-size", args.batch_size, 1),
                                ("--workers", args.workers, 0)):  # fmt: skip
@@ -190,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         shutdown_distributed()
     if not is_main_process():  # under torchrun, rank 0 reports
         return 0
-    if is_ava_state(state):  # AVA detection: detections CSV + official frame mAP
+    if stored_task(state) == "ava":  # AVA detection: detections CSV + official frame mAP
         print(json.dumps(metrics))
         print(f"wrote {out_dir / 'eval_val.json'} and {metrics['detections']}")
         return 0

@@ -14,8 +14,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from tqdm import tqdm
-
 LOGGER = "comem"
 
 
@@ -32,6 +30,8 @@ class ConsoleHandler(logging.Handler):
     """Writes to the current ``sys.stdout`` through ``tqdm.write`` (so open progress bars stay intact)."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm  # not at import: ``comem --help`` stays quick
+
         try:
             tqdm.write(self.format(record), file=sys.stdout)
         except Exception:  # logging's convention: a failing handler reports, never raises

@@ -15,11 +15,13 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from comem.cli.logs import log_file
 from comem.config import CHOICES, TrainConfig, config_fields, config_yaml, load_config, stage_list
-from comem.tasks.base import Task
+
+if TYPE_CHECKING:
+    from comem.tasks.base import Task
 
 NAME = "train"
 log = logging.getLogger(__name__)

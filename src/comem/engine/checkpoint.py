@@ -1,5 +1,6 @@
-"""Checkpoints written atomically (a crash mid-write never leaves a half-written ``last.pt``) and
-read without running code from the file (:mod:`comem.serialization`)."""
+"""Checkpoint files written atomically (a crash mid-write never leaves a half-written ``last.pt``) and
+read without running code from the file (:mod:`comem.serialization`). What the file holds and how its
+entries are interpreted: :mod:`comem.checkpoint_state`."""
 
 from __future__ import annotations
 
@@ -11,15 +12,11 @@ from typing import Any
 
 import torch
 
+from comem.checkpoint_state import CheckpointError
 from comem.engine.rng import numpy_state_as_plain
-from comem.errors import UserError
 from comem.serialization import read_torch_file
 
 TEMP_PATTERN = ".*.pt.*.tmp"  # what save_checkpoint writes before renaming
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that is missing, unreadable or unwritable (message names the file)."""
 
 
 class _RecordingWriter:

@@ -147,6 +147,13 @@ def wrap_for_training(
     )
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (and comem's ``TrainingForward``)."""
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    return model.model if isinstance(model, TrainingForward) else model
+
+
 def step_hooks(train_model: nn.Module) -> dict[str, Any]:
     """Keyword arguments that make ``comem_step`` run its per-clip forwards through DDP and
     all-reduce once, after the last clip (the model's ``forward(clip, i, banks, cross_grads)`` is

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
+from comem.checkpoint_state import checkpoint_config
 from comem.config import TrainConfig
 from comem.data.datasets import DatasetFormatError
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -63,7 +64,6 @@ from comem.engine.step_engine import StepEngine
 from comem.engine.stopping import StopSignals, TrainingStopped, stopped_message
 from comem.files import write_json
 from comem.tasks.base import StepResult, Task
-from comem.tasks.common import checkpoint_config
 
 log = logging.getLogger(__name__)
 

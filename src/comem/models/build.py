@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from comem.choices import DEFAULT_MEMORY_STAGES
 from comem.errors import UserError
 from comem.models.backbones import build_backbone
 from comem.models.heads import ClipHead
@@ -34,10 +35,6 @@ __all__ = [
     "PretrainedLoadError",
     "DEFAULT_MEMORY_STAGES",
 ]
-
-# A memory after every stage, the stem included: the memory then compares what the clips show one or
-# two layers from the pixels, where telling colours apart is cheap to learn (docs/learning.md).
-DEFAULT_MEMORY_STAGES: tuple[str, ...] = ("all",)
 
 
 @dataclass(frozen=True)

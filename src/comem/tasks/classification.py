@@ -35,9 +35,9 @@ from comem.data.mixing import VideoMixer
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.data.transforms import mirrored_classes
 from comem.metrics import classification_metrics
-from comem.models.build import ModelSpec, VideoModel, build_model
+from comem.models.build import VideoModel, build_model
 from comem.tasks.base import Predictions, StepContext, StepResult
-from comem.tasks.common import load_pretrained_weights, settle_normalization
+from comem.tasks.common import load_pretrained_weights, model_spec, settle_normalization
 from comem.tasks.reports import write_eval_report
 
 AGGREGATES: tuple[str, ...] = ("mean", "max")
@@ -79,7 +79,7 @@ def video_scores(clip_logits: torch.Tensor, *, multi_label: bool, aggregate: str
     return probabilities.mean(dim=1) if aggregate == "mean" else probabilities.amax(dim=1)
 
 
-def clip_loss(*, multi_label: bool, label_smoothing: float = 0.0) -> Callable[..., torch.Tensor]:
+def make_clip_loss(*, multi_label: bool, label_smoothing: float = 0.0) -> Callable[..., torch.Tensor]:
     """The loss of clip logits (M, K) against their video targets: binary cross-entropy for
     multi-hot (or mixed multi-hot) targets; cross-entropy for class indices or mixed one-hot
     probabilities, with ``label_smoothing`` (the target becomes ``(1 - e) * target + e / K``)."""
@@ -178,18 +178,7 @@ class ClassificationTask:
         self.aggregate = aggregate
         self.multi_label = splits.multi_label
         classes = splits.num_classes
-        self.model_spec = ModelSpec(
-            backbone=config.backbone,
-            num_classes=classes,
-            memory_stages=tuple(config.memory_stages),
-            memory=config.memory,
-            fusion=config.fusion,
-            key_dim=config.key_dim,
-            gate_hidden=config.gate_hidden,
-            summary=config.memory_summary,
-            entry_hidden=config.entry_hidden,
-            dropout=config.dropout,
-        )
+        self.model_spec = model_spec(config, classes)
         # Multi-label data (Charades) is scored and checkpointed by mAP, single-label by top-1.
         self.selection_metric = "mAP" if self.multi_label else "top1"
         self.headline_metrics = ("mAP",) if self.multi_label else ("top1", "top5", "mean_class_acc")
@@ -202,7 +191,7 @@ class ClassificationTask:
                 f"{self.data_dir}: --label-smoothing applies to single-label cross-entropy; "
                 "this data is multi-label (binary cross-entropy)"
             )
-        self.loss = clip_loss(multi_label=self.multi_label, label_smoothing=config.label_smoothing)
+        self.loss = make_clip_loss(multi_label=self.multi_label, label_smoothing=config.label_smoothing)
         self.mixer = VideoMixer(
             config.mixup_alpha, config.cutmix_alpha, config.mix_prob, config.mix_switch_prob
         )

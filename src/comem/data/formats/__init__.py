@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from comem.choices import DATA_FORMATS
 from comem.data.datasets import DatasetFormatError, VideoSplits, load_kinetics_csv_dir
 from comem.data.formats import charades, kinetics, something
 from comem.data.formats.common import find_file
@@ -22,7 +23,6 @@ READERS: dict[str, Callable[[Path], VideoSplits]] = {
     "ssv1": something.load_ssv1,
     "ssv2": something.load_ssv2,
 }
-DATA_FORMATS: tuple[str, ...] = ("auto", *READERS)
 
 
 def detect_format(data_dir: str | Path) -> str:
