@@ -9,6 +9,7 @@ gradient-carrying forward of both steps goes through DDP and the averaged gradie
 """
 
 import contextlib
+import csv
 import json
 import os
 import subprocess
@@ -128,11 +129,20 @@ def test_ddp_ava_step_gradients_equal_single_process_on_the_union_batch(ddp_rank
     )
 
 
+def video_scores(predictions_csv: Path) -> dict[str, dict[str, float]]:
+    """``predictions.csv``'s scores: video -> class name -> score (every class when there are <= 5)."""
+    rows = list(csv.DictReader(predictions_csv.open()))
+    ranks = range(1, (len(rows[0]) - 2) // 2 + 1)
+    return {row["video"]: {row[f"pred{k}"]: float(row[f"score{k}"]) for k in ranks} for row in rows}
+
+
 def test_torchrun_multi_label_val_map_is_that_of_the_saved_checkpoint(tmp_path: Path) -> None:
     # Charades-format multi-label data: the per-video sigmoid scores of both ranks are gathered, and
-    # the val mAP printed during DDP training is the one `comem eval` gives on the checkpoint. (Each
-    # rank's last training forward updates its own BatchNorm running statistics; evaluating with
-    # rank 1's would score a model that was never saved.)
+    # the val mAP printed during DDP training is the one a sharded `comem eval` of the checkpoint
+    # gives (the same model: rank 0's BatchNorm statistics, which the checkpoint stores; each rank's
+    # last training forward updates its own). One process scores every video in the same batch
+    # beside the same videos (ShardSampler deals out whole batches), so its per-video scores agree
+    # to float rounding; its mAP may still differ by a rank where two videos' scores nearly tie.
     from comem.cli.evaluate import evaluate_checkpoint
 
     data = write_charades(tmp_path / "charades", num_train=8, num_val=6)
@@ -141,8 +151,16 @@ def test_torchrun_multi_label_val_map_is_that_of_the_saved_checkpoint(tmp_path: 
     torchrun(["-m", "comem", "train", *flags], tmp_path)
     trained = json.loads((out / "metrics.json").read_text())
     assert trained["multi_label"] and trained["val_videos"] == 6
-    evaluated, _ = evaluate_checkpoint(out / "last.pt", device="cpu", workers=0)
-    assert evaluated["val_mAP"] == trained["val_mAP"]
+    sharded = tmp_path / "sharded"
+    eval_flags = ["--checkpoint", str(out / "last.pt"), "--device", "cpu", "--workers", "0", "--out", str(sharded)]
+    torchrun(["-m", "comem", "eval", *eval_flags], tmp_path)
+    assert json.loads((sharded / "metrics.json").read_text())["val_mAP"] == trained["val_mAP"]
+    evaluated, one = evaluate_checkpoint(out / "last.pt", device="cpu", workers=0, out=tmp_path / "one")
+    assert evaluated["videos"] == 6
+    expected, got = video_scores(one / "predictions.csv"), video_scores(sharded / "predictions.csv")
+    assert expected.keys() == got.keys() and all(len(scores) == 3 for scores in got.values())
+    for video, scores in expected.items():
+        assert scores == pytest.approx(got[video], abs=2e-6), video
 
 
 def test_torchrun_training_writes_the_single_process_metrics_and_resumes(

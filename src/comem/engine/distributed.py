@@ -157,10 +157,19 @@ def step_hooks(train_model: nn.Module) -> dict[str, Any]:
 
 
 class ShardSampler(Sampler[int]):
-    """Evaluation order for one rank: its strided share of ``range(size)`` (see ``DistContext.shard``)."""
+    """Evaluation order for one rank: whole batches of ``range(size)``, batch ``b`` on rank
+    ``b mod world_size``.
 
-    def __init__(self, size: int, context: DistContext) -> None:
-        self.indices = context.shard(torch.arange(size))
+    Every item then sits in the batch it has in one process with the same ``batch_size``, beside the
+    same items: the kernels a batch's shape picks (oneDNN's differ by batch size) round each item's
+    scores the same way, so a sharded evaluation scores every item as ``comem eval`` in one process
+    does. Ranks may get a different number of items (evaluation takes no collective per batch).
+    """
+
+    def __init__(self, size: int, context: DistContext, batch_size: int) -> None:
+        batches = torch.arange(size).split(batch_size)
+        mine = batches[context.rank :: context.world_size]
+        self.indices = torch.cat(mine) if mine else torch.arange(0)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices.tolist())
@@ -181,8 +190,7 @@ def gather_objects(value: Any, context: DistContext) -> list[Any]:
 def gather_predictions(own: list[tuple[int, Any]], skipped: list[str], context: DistContext) -> Predictions:
     """Every rank's ``(dataset index, prediction)`` pairs together, one per item in dataset order.
 
-    Ranks padded their share by wrapping around (:meth:`DistContext.shard`), so an item may come
-    twice; the first is kept.
+    An item a rank's share repeats (a padded share) counts once: the first is kept.
     """
     parts = gather_objects((own, skipped), context)
     by_index: dict[int, Any] = {}
