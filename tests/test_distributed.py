@@ -152,7 +152,8 @@ def test_torchrun_multi_label_val_map_is_that_of_the_saved_checkpoint(tmp_path: 
     trained = json.loads((out / "metrics.json").read_text())
     assert trained["multi_label"] and trained["val_videos"] == 6
     sharded = tmp_path / "sharded"
-    eval_flags = ["--checkpoint", str(out / "last.pt"), "--device", "cpu", "--workers", "0", "--out", str(sharded)]
+    eval_flags = ["--checkpoint", str(out / "last.pt"), "--device", "cpu", "--workers", "0"]
+    eval_flags += ["--out", str(sharded)]
     torchrun(["-m", "comem", "eval", *eval_flags], tmp_path)
     assert json.loads((sharded / "metrics.json").read_text())["val_mAP"] == trained["val_mAP"]
     evaluated, one = evaluate_checkpoint(out / "last.pt", device="cpu", workers=0, out=tmp_path / "one")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from comem.config import TrainConfig
+from comem.files import json_text
 from comem.models.build import build_model
 
 if TYPE_CHECKING:
@@ -191,10 +191,10 @@ def run(args: argparse.Namespace) -> int:
     if not is_main_process():  # under torchrun, rank 0 reports
         return 0
     if is_ava_state(state):  # AVA detection: detections CSV + official frame mAP
-        print(json.dumps(metrics))
+        print(json_text(metrics))
         print(f"wrote {out_dir / 'eval_val.json'} and {metrics['detections']}")
         return 0
-    print(json.dumps({key: value for key, value in metrics.items() if not isinstance(value, list | dict)}))
+    print(json_text({key: value for key, value in metrics.items() if not isinstance(value, list | dict)}))
     for pair in metrics.get("top_confused", [])[:5]:
         print(f"confused: {pair['videos']} x {pair['true']} -> {pair['predicted']}")
     print(f"wrote {', '.join(sorted(path.name for path in out_dir.iterdir()))} to {out_dir}")

@@ -10,7 +10,6 @@ multi-label data (Charades) by mAP.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from comem.data.formats import load_splits, require_training_labels
 from comem.data.mixing import VideoMixer
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.data.transforms import mirrored_classes
+from comem.files import write_json
 from comem.metrics import classification_metrics
 from comem.models.build import ModelSpec, VideoModel, build_model
 from comem.tasks.base import Predictions, StepContext, StepResult
@@ -288,7 +288,7 @@ class ClassificationTask:
         )
         videos = [str(self.eval_records[index].path) for index in result.video_indices.tolist()]
         metrics.update(write_eval_report(out_dir, result.scores, result.targets, videos, self.class_names))
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(out_dir / "metrics.json", metrics)
         return metrics
 
     @property
