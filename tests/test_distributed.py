@@ -266,3 +266,50 @@ def test_sync_bn_on_cpu_processes_is_refused_in_one_line() -> None:
     with pytest.raises(DistributedSetupError, match="--sync-bn needs CUDA devices"):
         wrap_for_training(model, DistContext(rank=0, world_size=2), torch.device("cpu"), sync_bn=True)
     assert issubclass(DistributedSetupError, UserError)
+
+
+def test_a_stopped_rank_makes_the_other_fail_in_one_line_within_the_timeout(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    # Two gloo processes started by hand (torchrun would end the job itself once one fails); rank 1 is
+    # SIGSTOPped mid-run, as a hung GPU or a paused container would leave it.
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flags = [*TINY_TRAIN_FLAGS, "--data", str(tiny_dataset), "--batch-size", "2", "--epochs", "500"]
+    argv = [sys.executable, "-m", "comem", "train", *flags, "--out", str(tmp_path / "run")]
+    argv += ["--dist-timeout", "0.1", "--save-every", "0"]
+    base = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    base.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ranks = [
+        subprocess.Popen(
+            argv,
+            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        lines = [ranks[0].stdout.readline() for _ in range(2)]  # the command, then epoch 1's summary
+        assert lines[1].startswith("epoch 1/500:"), lines
+        ranks[1].send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        _, stderr = ranks[0].communicate(timeout=120)
+        waited = time.monotonic() - stopped
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert ranks[0].returncode == 2 and len(errors) == 1, stderr[-3000:]
+    assert errors[0].startswith(
+        "comem train: error: rank 0 of 2: another process did not answer within --dist-timeout 0.1 min"
+    )
+    assert waited < 6 + 30  # the 6 s timeout, and at most one step and evaluation around it
+    assert errors[0].split("comem train: error: ", 1)[1] in (tmp_path / "run" / "train.log").read_text()

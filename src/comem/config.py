@@ -110,6 +110,7 @@ class TrainConfig:
     decoder: str = "pyav"  # pyav | torchcodec | frames (folders of frames are always read as frames)
     target_fps: float | None = None  # sample clips on this frame-rate grid (default: the file's frames)
     span_labels: bool = False  # multi-label: train on the actions whose time span overlaps the clips
+    allow_outside_data: bool = False  # PySlowFast CSVs may name videos outside ``data`` (absolute, ../)
     # speed and multi-GPU (README "Multi-GPU and multi-node", benchmarks/RESULTS.md)
     memory_chunk: int = 1  # comem: clips of each video per no-grad memory-pass forward
     channels_last: bool = True  # channels-last-3d layout on CUDA (faster cuDNN 3-D convolutions)

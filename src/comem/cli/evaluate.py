@@ -40,6 +40,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="the run's weight average (ema) or its weights (raw); default: ema when the run kept one "
         "(--ema-decay), as it picked best.pt",
     )
+    evaluate.add_argument(
+        "--allow-other-classes",
+        action="store_true",
+        help="score a dataset whose class names differ from the checkpoint's, mapping labels by index "
+        "(refused otherwise)",
+    )
     evaluate.add_argument("--batch-size", type=int, help="videos per batch")
     evaluate.add_argument("--workers", type=int, help="data loading processes")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -62,6 +68,7 @@ def evaluate_checkpoint(
     out: str | Path | None = None,
     state: dict | None = None,
     weights: str | None = None,
+    allow_other_classes: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a ``comem train`` checkpoint of any task; returns the metrics and the report directory.
 
@@ -71,7 +78,8 @@ def evaluate_checkpoint(
     checkpoint). Everything not given comes from the checkpoint. Under torchrun the items are
     sharded over the processes and rank 0 writes the report of them all. ``weights``: ``ema`` or
     ``raw`` (default: the weight average when the run kept one, see ``comem.engine.ema``); the
-    report's ``weights`` says which were scored.
+    report's ``weights`` says which were scored. A classification dataset whose class names differ
+    from the checkpoint's is refused unless ``allow_other_classes`` (labels then map by index).
     """
     from comem.engine.checkpoint import load_checkpoint
     from comem.engine.distributed import broadcast_object, init_distributed
@@ -87,8 +95,9 @@ def evaluate_checkpoint(
         task, model, out_dir, kind = _ava_evaluation(checkpoint, state, data, split, overrides, out, weights)
     else:
         task, model, out_dir, kind = _classification_evaluation(
-            checkpoint, state, data, split, overrides, aggregate, out, torch_device, weights
-        )
+            checkpoint, state, data, split, overrides, aggregate, out, torch_device, weights,
+            allow_other_classes,
+        )  # fmt: skip
     model.to(torch_device)
     predictions = predict_dataset(task, model, task.val_set, task.config, torch_device, context)
     metrics = None
@@ -113,6 +122,7 @@ def _classification_evaluation(
     out: str | Path | None,
     device: torch.device,
     weights: str | None,
+    allow_other_classes: bool = False,
 ) -> tuple[ClassificationTask, torch.nn.Module, Path, str]:
     from comem.data.datasets import DatasetFormatError
     from comem.inference.trained import load_trained
@@ -129,6 +139,7 @@ def _classification_evaluation(
         multi_label=trained.multi_label,
         class_names=trained.class_names,
         aggregate=aggregate,
+        allow_other_classes=allow_other_classes,
     )
     out_dir = Path(out) if out is not None else checkpoint.with_name(f"eval_{split}_{checkpoint.stem}")
     return task, trained.model, out_dir, trained.weights
@@ -185,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
             state=state,
             weights=args.weights,
+            allow_other_classes=args.allow_other_classes,
         )
     finally:
         shutdown_distributed()

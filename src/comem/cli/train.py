@@ -88,6 +88,8 @@ HELP: dict[str, str] = {
     "decoder": "video decoding backend",
     "target_fps": "sample clips on this frame-rate grid (none: every frame)",
     "span_labels": "multi-label: train targets only the actions overlapping the sampled clips",
+    "allow_outside_data": "let a PySlowFast CSV name videos outside --data (absolute paths, ../); "
+    "refused otherwise",
     "memory_chunk": "comem: clips of each video per no-grad memory-pass forward",
     "channels_last": "channels-last-3d layout on CUDA",
     "compile": "torch.compile every backbone stage",

@@ -39,6 +39,7 @@ from comem.data.datasets import DatasetFormatError
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.distributed import (
     DistContext,
+    RankStalledError,
     all_ranks,
     broadcast_buffers,
     broadcast_object,
@@ -46,6 +47,7 @@ from comem.engine.distributed import (
     gather_objects,
     init_distributed,
     shutdown_distributed,
+    stalled_message,
     sum_over_ranks,
     wrap_for_training,
 )
@@ -62,6 +64,7 @@ from comem.engine.rng import restore_rng_state, rng_state, seed_everything
 from comem.engine.run_dir import claim_run_dir
 from comem.engine.step_engine import StepEngine
 from comem.engine.stopping import StopSignals, TrainingStopped, stopped_message
+from comem.errors import UserError
 from comem.files import write_json
 from comem.tasks.base import StepResult, Task
 from comem.tasks.common import checkpoint_config
@@ -148,7 +151,9 @@ class Trainer:
         self.config = config.validate()
         self.task = task
         self.out = Path(config.out)
-        self.dist, self.device = init_distributed(resolve_device(config.device))
+        self.dist, self.device = init_distributed(
+            resolve_device(config.device), timeout_minutes=config.dist_timeout
+        )
         seed_everything(config.seed)
         self.model = task.build_model()
         self.model.to(self.device)
@@ -539,15 +544,21 @@ class Trainer:
 def train(config: TrainConfig, task: Task) -> dict[str, Any]:
     """Run ``task`` to the end in its claimed ``config.out``; returns what ``metrics.json`` holds."""
     config.validate()
+    context = context_from_env()
     claim = claim_run_dir(
         config.out,
         resume=config.resume,
         overwrite=config.overwrite,
-        main=context_from_env().is_main,
+        main=context.is_main,
         data=config.data,
     )
     with claim:
         try:
             return Trainer(config, task).run()
+        except RuntimeError as error:
+            if not context.enabled or isinstance(error, UserError):
+                raise
+            # a collective failed (timed out, or its peer is gone): not a bug of this rank
+            raise RankStalledError(stalled_message(error, context, config.dist_timeout)) from error
         finally:
             shutdown_distributed()
