@@ -90,3 +90,38 @@ def test_eval_refuses_a_dataset_with_other_class_names(
     assert f"{data}: its classes differ from those {tiny_checkpoint} was trained on" in error
     assert "class 0: 'cat' vs 'gray'" in error and not (tmp_path / "eval").exists()
     assert main([*argv, "--allow-other-classes"]) == 0
+
+
+def test_predict_warns_when_a_file_ends_before_its_stated_duration(
+    tiny_checkpoint: Path, faststart_video: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    from comem.inference.predict import predict_video
+    from comem.inference.trained import load_trained
+
+    cut = tmp_path / "cut.mp4"
+    data = faststart_video.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])  # a half-downloaded file: the header still states 36 frames
+    with caplog.at_level("WARNING", logger="comem"):
+        predict_video(load_trained(tiny_checkpoint, torch.device("cpu")), cut)
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{cut}: ends after "), warnings
+    assert "of the 36 frames its header states" in warnings[0]
+
+
+def test_clips_beyond_what_a_video_holds_warn_once_with_numbers(
+    tiny_dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from comem.data.datasets import MultiClipVideoDataset
+
+    records = load_splits(tiny_dataset).val
+    dataset = MultiClipVideoDataset(records, num_clips=10, clip_len=4, stride=2, crop_size=32, train=False)
+    with caplog.at_level("WARNING", logger="comem"):
+        for index in range(len(records)):
+            dataset[index]
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warnings == [
+        f"{records[0].path}: 24 frames, fewer than clips 10 x clip_len 4 = 40: its clips overlap and repeat "
+        "frames (shown once)"
+    ]

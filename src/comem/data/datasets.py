@@ -6,6 +6,7 @@ line separated by whitespace, paths relative to the directory or absolute, and o
 the file and line up front, before any training starts.
 """
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -186,6 +187,26 @@ def load_kinetics_csv_dir(data_dir: str | Path, *, outside: bool = False) -> Vid
     )
 
 
+log = logging.getLogger(__name__)
+
+
+def short_video_warning(path: Path, frames: int, num_clips: int, clip_len: int, stride: int) -> str | None:
+    """What a video of ``frames`` frames cannot give: one clip's span (its last frame is repeated), or
+    ``num_clips`` clips of distinct frames (clips then overlap). ``None`` when it gives both."""
+    span = clip_span(clip_len, stride)
+    if frames < span:
+        return (
+            f"{path}: {frames} frames, fewer than a clip spans (clip_len {clip_len} x stride {stride} -> "
+            f"{span} frames): its last frame is repeated (shown once; comem check-data lists them all)"
+        )
+    if num_clips * clip_len > frames:
+        return (
+            f"{path}: {frames} frames, fewer than clips {num_clips} x clip_len {clip_len} = "
+            f"{num_clips * clip_len}: its clips overlap and repeat frames (shown once)"
+        )
+    return None
+
+
 class MultiClipVideoDataset(torch.utils.data.Dataset):
     """Map-style: one item = one video with ALL its N clips (style.md: no stateful IterableDataset).
 
@@ -251,6 +272,7 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         self.eval_scale = crop_size if eval_scale is None else eval_scale
         self.num_crops = num_crops
         self.epoch = 0
+        self.warned_short = False  # one warning per process for videos too short for the clips asked
         if num_clips < 1 or crop_size < 1:
             raise ValueError(f"num_clips and crop_size must be >= 1, got {num_clips} and {crop_size}")
         if not crop_size <= self.min_scale <= self.max_scale:
@@ -283,6 +305,13 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         try:
             with self.opener(record.path, decoder=self.decoder, fps=record.fps) as reader:
                 times = reader.frame_times()
+                if not self.warned_short:
+                    warning = short_video_warning(
+                        record.path, len(times), self.num_clips, self.clip_len, self.stride
+                    )
+                    if warning is not None:
+                        log.warning(warning)
+                        self.warned_short = True
                 indices = self._plan(times, rng)
                 frames = reader.read(indices)
         except VideoDecodeError as error:
