@@ -105,13 +105,13 @@ class TrainConfig:
     overwrite: bool = False  # a fresh run may replace the run already in ``out``
     nonfinite_steps: int = 10  # stop after this many steps in a row with a non-finite loss
     dist_timeout: float = 10.0  # minutes a rank waits for the others in a collective before failing
-    # dataset formats and decoding (see README, "Datasets")
+    # dataset formats and decoding (docs/datasets.md)
     data_format: str = "auto"  # auto | slowfast | kinetics | charades | charades-frames | ssv1 | ssv2
     decoder: str = "pyav"  # pyav | torchcodec | frames (folders of frames are always read as frames)
     target_fps: float | None = None  # sample clips on this frame-rate grid (default: the file's frames)
     span_labels: bool = False  # multi-label: train on the actions whose time span overlaps the clips
     allow_outside_data: bool = False  # PySlowFast CSVs may name videos outside ``data`` (absolute, ../)
-    # speed and multi-GPU (README "Multi-GPU and multi-node", benchmarks/RESULTS.md)
+    # speed and multi-GPU (docs/training.md "Multi-GPU and multi-node", benchmarks/RESULTS.md)
     memory_chunk: int = 1  # comem: clips of each video per no-grad memory-pass forward
     channels_last: bool = True  # channels-last-3d layout on CUDA (faster cuDNN 3-D convolutions)
     compile: bool = False  # torch.compile every backbone stage
@@ -126,7 +126,7 @@ class TrainConfig:
     # source, else the backbone's. Stored in checkpoints; eval and predict use it.
     mean: list[float] | None = None
     std: list[float] | None = None
-    # augmentation (README "Recipes"); each is off unless a recipe turns it on
+    # augmentation (docs/training.md "Recipes"); each is off unless a recipe turns it on
     flip: str = "auto"  # auto (off for Something-Something) | on | off | swap-labels (left/right classes)
     resized_crop_scale: list[float] | None = None  # Inception-style crop of this area range; None: jitter
     randaug_ops: int = 0  # RandAugment operations per clip (same for every frame); 0: off

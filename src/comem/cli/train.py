@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # A sentence per field for ``-h`` (the flag, its type and default come from the dataclass).
 HELP: dict[str, str] = {
-    "data": "data dir in any format of --data-format (README: Datasets); none: the built-in data",
+    "data": "data dir in any format of --data-format (docs/datasets.md); none: the built-in data",
     "synthetic_task": "built-in data task when --data is not given",
     "clips": "clips per video per step (N); also the eval views unless --views",
     "clip_len": "frames per clip",
@@ -52,7 +52,7 @@ HELP: dict[str, str] = {
     "entry_hidden": "width of a hidden ReLU layer that each clip's summary passes through before the "
     "memory's query, key and value projections (none: linear projections of the summary)",
     "dropout": "dropout before the classifier",
-    "mode": "training mode (README: Training modes)",
+    "mode": "training mode (docs/training.md, Modes)",
     "epochs": "training epochs",
     "batch_size": "videos per step (per process under torchrun)",
     "optimizer": "optimizer (no weight decay on norms and biases)",

@@ -26,7 +26,7 @@ DATA_FORMATS: tuple[str, ...] = ("auto", *READERS)
 
 
 def detect_format(data_dir: str | Path) -> str:
-    """The format of ``data_dir`` from the annotation files it holds (see README, "Datasets")."""
+    """The format of ``data_dir`` from the annotation files it holds (docs/datasets.md, "Formats")."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DatasetFormatError(f"{data_dir}/: data directory not found")
