@@ -19,6 +19,7 @@ from comem.data.formats import DATA_FORMATS
 from comem.errors import UserError
 from comem.memory import FUSION_KINDS, MEMORY_KINDS, SUMMARY_KINDS
 from comem.models.build import DEFAULT_MEMORY_STAGES
+from comem.models.layouts import MemoryOptions
 from comem.textfile import read_text
 
 
@@ -216,6 +217,18 @@ class TrainConfig:
                 "mixup_alpha, cutmix_alpha and label_smoothing are for video classification; "
                 "AVA detection trains on person boxes, which do not mix"
             )
+
+    @property
+    def memory_options(self) -> MemoryOptions:
+        """The memory fields as the one record every memory is built from."""
+        return MemoryOptions(
+            memory=self.memory,
+            fusion=self.fusion,
+            key_dim=self.key_dim,
+            gate_hidden=self.gate_hidden,
+            summary=self.memory_summary,
+            entry_hidden=self.entry_hidden,
+        )
 
     @property
     def train_clips(self) -> int:

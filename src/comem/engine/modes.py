@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from comem.models.build import Bank, MemoryPass, VideoModel
+from comem.models.contract import Bank, MemoryPass, TwoPassModel
 
 MemoryPassBN = Literal["batch", "eval"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (clip logits, their targets) -> scalar
@@ -119,15 +119,16 @@ def joint_step(
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
     video_loss: bool = False,
+    times: torch.Tensor | None = None,
 ) -> StepOutput:
-    """All N clips in one graph. ``video`` is (B, N, C, T, H, W).
+    """All N clips in one graph. ``video`` is (B, N, C, T, H, W), ``times`` (B, N) its clips' times.
 
-    ``model`` is a :class:`VideoModel` or anything that forwards like one (its DDP wrapper).
-    ``video_loss``: the loss of the clips' mean scores (``video_level_loss``) instead of the mean
-    of the clip losses.
+    ``model`` is a :class:`~comem.models.contract.TwoPassModel` or anything that forwards like one
+    (its DDP wrapper). ``video_loss``: the loss of the clips' mean scores (``video_level_loss``)
+    instead of the mean of the clip losses.
     """
     with autocast():
-        logits = model(video)
+        logits = model(video, times=times)
     level_loss = video_level_loss if video_loss else clip_level_loss
     loss = level_loss(logits, targets, loss_fn)
     scale_loss(loss).backward()
@@ -142,11 +143,12 @@ def single_step(
     *,
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
+    times: torch.Tensor | None = None,
 ) -> StepOutput:
     """The one-clip baseline: ``video`` is (B, 1, C, T, H, W); the memory sees that clip only."""
     if video.shape[1] != 1:
         raise ValueError(f"single mode trains on one clip per video, got {video.shape[1]}")
-    return joint_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss)
+    return joint_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, times=times)
 
 
 def _bank_leaves(banks: dict[str, Bank]) -> dict[str, Bank]:
@@ -169,11 +171,12 @@ ClipObjective = Callable[[torch.Tensor, int], torch.Tensor]  # (clip logits (B, 
 
 
 def cross_clip_gradients(
-    model: VideoModel,
+    model: TwoPassModel,
     memory: MemoryPass,
     objective: ClipObjective,
     autocast: Callable,
     scale_loss: LossScale = unscaled,
+    times: torch.Tensor | None = None,
 ) -> dict[str, Bank]:
     """Gradient of the video's loss with respect to every bank entry through the OTHER clips'
     memory reads: entry i of the result, (B, C) per stage, is sum over j != i of
@@ -194,7 +197,7 @@ def cross_clip_gradients(
     with replayed_clip_forwards(model, flat[0].device):
         for index in range(len(memory.maps)):
             with autocast():
-                logits = model.logits_from_maps(memory.maps[index], index, leaves)
+                logits = model.logits_from_maps(memory.maps[index], index, leaves, times)
             grads = torch.autograd.grad(scale_loss(objective(logits, index)), flat, allow_unused=True)
             for total, grad in zip(totals, grads, strict=True):
                 if grad is not None:
@@ -219,11 +222,12 @@ def replayed_clip_forwards(model: nn.Module, device: torch.device) -> Iterator[N
 
 
 def video_loss_gradients(
-    model: VideoModel,
+    model: TwoPassModel,
     memory: MemoryPass,
     targets: torch.Tensor,
     autocast: Callable,
     loss_fn: LossFn,
+    times: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """For the video-level loss in the two-pass scheme: the gradient d L / d z_j (B, K) of
     L = ``video_level_loss`` with respect to each clip's logits z_j, and L itself (detached).
@@ -237,7 +241,8 @@ def video_loss_gradients(
         clip_logits = []
         for index in range(len(memory.maps)):
             with autocast():
-                clip_logits.append(model.logits_from_maps(memory.maps[index], index, memory.banks).float())
+                maps = memory.maps[index]
+                clip_logits.append(model.logits_from_maps(maps, index, memory.banks, times).float())
     logits = torch.stack(clip_logits, dim=1).requires_grad_(True)
     with torch.enable_grad():
         loss = video_level_loss(logits, targets, loss_fn)
@@ -253,19 +258,20 @@ def tsn_step(
     *,
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
+    times: torch.Tensor | None = None,
 ) -> StepOutput:
     """Segment consensus: every clip of ``video`` (B, N, C, T, H, W) runs on its own (its memory
     sees that clip only, as in ``single``) and the loss is that of the clips' mean logits, so
     clips are combined by averaging scores, never by comparing what they saw."""
     with autocast():
-        logits = model(video, share_memory=False)
+        logits = model(video, share_memory=False, times=times)
     loss = video_level_loss(logits, targets, loss_fn)
     scale_loss(loss).backward()
     return StepOutput(loss.detach(), logits.detach())
 
 
 def comem_step(
-    model: VideoModel,
+    model: TwoPassModel,
     video: torch.Tensor,
     targets: torch.Tensor,
     autocast: Callable,
@@ -278,8 +284,10 @@ def comem_step(
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
     video_loss: bool = False,
+    times: torch.Tensor | None = None,
 ) -> StepOutput:
-    """The two-pass, memory-flat scheme. ``video`` is (B, N, C, T, H, W).
+    """The two-pass, memory-flat scheme. ``video`` is (B, N, C, T, H, W), ``times`` (B, N) its
+    clips' times (given to every memory read).
 
     ``memory_chunk`` clips of each video run per no-grad forward (see ``VideoModel.memory_pass``).
     ``cross_clip`` also trains each clip's path by the gradient the other clips' losses send to
@@ -296,9 +304,9 @@ def comem_step(
     cross_clip = cross_clip and num_clips > 1
     guard = preserved_batchnorm_stats(model) if memory_pass_bn == "batch" else eval_batchnorm(model)
     with guard, autocast():
-        memory = model.memory_pass(video, chunk=memory_chunk, keep_maps=cross_clip or video_loss)
+        memory = model.memory_pass(video, chunk=memory_chunk, keep_maps=cross_clip or video_loss, times=times)
     if video_loss:
-        score_grads, video_loss_value = video_loss_gradients(model, memory, targets, autocast, loss_fn)
+        score_grads, video_loss_value = video_loss_gradients(model, memory, targets, autocast, loss_fn, times)
 
         def objective(logits: torch.Tensor, index: int) -> torch.Tensor:
             return (logits.float() * score_grads[index]).sum()  # its gradient: d L / d z_index
@@ -308,7 +316,9 @@ def comem_step(
         def objective(logits: torch.Tensor, index: int) -> torch.Tensor:
             return loss_fn(logits, targets[:, index] if targets.ndim == 3 else targets) / num_clips
 
-    cross = cross_clip_gradients(model, memory, objective, autocast, scale_loss) if cross_clip else None
+    cross = (
+        cross_clip_gradients(model, memory, objective, autocast, scale_loss, times) if cross_clip else None
+    )
     banks = memory.banks
     del memory
     total = torch.zeros((), device=video.device)
@@ -318,7 +328,7 @@ def comem_step(
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             with autocast():
-                logits = forward_clip(video[:, index], index, banks, cross)
+                logits = forward_clip(video[:, index], index, banks, cross, times=times)
             loss = objective(logits, index)
             scale_loss(loss).backward()
         total += loss.detach()

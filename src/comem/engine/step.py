@@ -39,18 +39,23 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.model if isinstance(model, TrainingForward) else model
 
 
-def one_clip_per_video(video: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def one_clip_per_video(
+    video: torch.Tensor, targets: torch.Tensor, times: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``single`` mode's input: a clip batch (B, C, T, H, W) becomes (B, 1, ...); of N > 1 clips one
-    per video is drawn at random (the usual one-clip sampling), with its per-clip target if any."""
+    per video is drawn at random (the usual one-clip sampling), with its per-clip target and its
+    time (B, 1) if any."""
     if video.ndim == 5:
-        return video[:, None], targets
+        return video[:, None], targets, None if times is None else times.reshape(-1, 1)
     if video.shape[1] == 1:
-        return video, targets
+        return video, targets, times
     choice = torch.randint(video.shape[1], (video.shape[0],), device=video.device)
     rows = torch.arange(video.shape[0], device=video.device)
     if targets.ndim == 3:
         targets = targets[rows, choice][:, None]
-    return video[rows, choice][:, None], targets
+    if times is not None:
+        times = times[rows, choice][:, None]
+    return video[rows, choice][:, None], targets, times
 
 
 def train_step(
@@ -66,6 +71,7 @@ def train_step(
     cross_clip: bool = False,
     scale_loss: LossScale | None = None,
     video_loss: bool = False,
+    times: torch.Tensor | None = None,
 ) -> StepOutput:
     """Forward and backward of one batch in ``mode``; the caller zeroes gradients and steps.
 
@@ -91,16 +97,24 @@ def train_step(
             loss_fn=loss_fn,
             scale_loss=scale_loss,
             video_loss=video_loss,
+            times=times,
             **step_hooks(model),
         )
     if mode == "joint":
         return joint_step(
-            model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, video_loss=video_loss
+            model,
+            video,
+            targets,
+            autocast,
+            loss_fn=loss_fn,
+            scale_loss=scale_loss,
+            video_loss=video_loss,
+            times=times,
         )
     if mode == "tsn":
-        return tsn_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss)
-    video, targets = one_clip_per_video(video, targets)
-    return single_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss)
+        return tsn_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, times=times)
+    video, targets, times = one_clip_per_video(video, targets, times)
+    return single_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, times=times)
 
 
 def step(
@@ -116,6 +130,7 @@ def step(
     cross_clip: bool = False,
     scale_loss: LossScale | None = None,
     video_loss: bool = False,
+    times: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One training step's forward and backward at video level; returns the detached loss.
 
@@ -147,6 +162,8 @@ def step(
         video_loss: ``joint`` and ``comem`` train on the loss of each video's score, the mean of
             its clips' logits, instead of the mean of the clip losses (``tsn`` always does; one
             clip in ``single`` makes them equal). Each clip still predicts from its own memory.
+        times: (B, N) each clip's centre as a fraction of its video's duration (``VideoClips``
+            gives them), passed to every memory read; default the N clips spread evenly.
 
     The caller owns the optimizer: zero the gradients before, step after.
     """
@@ -162,4 +179,5 @@ def step(
         cross_clip=cross_clip,
         scale_loss=scale_loss,
         video_loss=video_loss,
+        times=times,
     ).loss

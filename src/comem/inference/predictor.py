@@ -169,5 +169,7 @@ def _with(config: TrainConfig, settings: dict[str, Any]) -> TrainConfig:
 
 
 def _num_classes(model: nn.Module, config: TrainConfig, device: torch.device) -> int:
-    clip = torch.zeros(1, 1, 3, config.clip_len, config.crop_size, config.crop_size, device=device)
+    """The output width, from one clip of the size the model was wrapped on (else the config's)."""
+    shape = getattr(model, "clip_shape", None) or (3, config.clip_len, config.crop_size, config.crop_size)
+    clip = torch.zeros(1, 1, *shape, device=device)
     return int(model(clip).shape[-1])

@@ -182,12 +182,7 @@ class ClassificationTask:
             backbone=config.backbone,
             num_classes=classes,
             memory_stages=tuple(config.memory_stages),
-            memory=config.memory,
-            fusion=config.fusion,
-            key_dim=config.key_dim,
-            gate_hidden=config.gate_hidden,
-            summary=config.memory_summary,
-            entry_hidden=config.entry_hidden,
+            **config.memory_options.as_kwargs(),
             dropout=config.dropout,
         )
         # Multi-label data (Charades) is scored and checkpointed by mAP, single-label by top-1.

@@ -69,12 +69,7 @@ class AvaTask:
             backbone=config.backbone,
             num_classes=1,  # the clip head is unused; the RoI head predicts the actions
             memory_stages=tuple(config.memory_stages),
-            memory=config.memory,
-            fusion=config.fusion,
-            key_dim=config.key_dim,
-            gate_hidden=config.gate_hidden,
-            summary=config.memory_summary,
-            entry_hidden=config.entry_hidden,
+            **config.memory_options.as_kwargs(),
             dropout=0.0,
         )
         clips = ClipSpec(config.train_clips, config.clip_len, config.stride, config.crop_size)
