@@ -67,3 +67,10 @@ def test_video_clips_example_trains_on_real_videos(tmp_path: Path) -> None:
     )
     values = losses(output)
     assert len(values) == 5 and values[-1] < values[0], output
+
+
+def test_lightning_example_trains_with_manual_optimisation(tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    output = run([sys.executable, str(EXAMPLES / "lightning_comem.py"), "--steps", "4"], tmp_path)
+    values = losses(output)
+    assert len(values) == 4 and values[-1] < values[0], output

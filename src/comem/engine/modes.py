@@ -31,8 +31,16 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (clip logits, t
 LossScale = Callable[[torch.Tensor], torch.Tensor]
 
 
+# How a backward runs: ``loss.backward()``, or a loop's own (Lightning's ``manual_backward``).
+Backward = Callable[[torch.Tensor], None]
+
+
 def unscaled(loss: torch.Tensor) -> torch.Tensor:
     return loss
+
+
+def autograd_backward(loss: torch.Tensor) -> None:
+    loss.backward()
 
 
 class StepOutput(NamedTuple):
@@ -120,6 +128,7 @@ def joint_step(
     scale_loss: LossScale = unscaled,
     video_loss: bool = False,
     times: torch.Tensor | None = None,
+    backward: Backward = autograd_backward,
 ) -> StepOutput:
     """All N clips in one graph. ``video`` is (B, N, C, T, H, W), ``times`` (B, N) its clips' times.
 
@@ -131,7 +140,7 @@ def joint_step(
         logits = model(video, times=times)
     level_loss = video_level_loss if video_loss else clip_level_loss
     loss = level_loss(logits, targets, loss_fn)
-    scale_loss(loss).backward()
+    backward(scale_loss(loss))
     return StepOutput(loss.detach(), logits.detach())
 
 
@@ -144,11 +153,21 @@ def single_step(
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
     times: torch.Tensor | None = None,
+    backward: Backward = autograd_backward,
 ) -> StepOutput:
     """The one-clip baseline: ``video`` is (B, 1, C, T, H, W); the memory sees that clip only."""
     if video.shape[1] != 1:
         raise ValueError(f"single mode trains on one clip per video, got {video.shape[1]}")
-    return joint_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, times=times)
+    return joint_step(
+        model,
+        video,
+        targets,
+        autocast,
+        loss_fn=loss_fn,
+        scale_loss=scale_loss,
+        times=times,
+        backward=backward,
+    )
 
 
 def _bank_leaves(banks: dict[str, Bank]) -> dict[str, Bank]:
@@ -259,6 +278,7 @@ def tsn_step(
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
     times: torch.Tensor | None = None,
+    backward: Backward = autograd_backward,
 ) -> StepOutput:
     """Segment consensus: every clip of ``video`` (B, N, C, T, H, W) runs on its own (its memory
     sees that clip only, as in ``single``) and the loss is that of the clips' mean logits, so
@@ -266,7 +286,7 @@ def tsn_step(
     with autocast():
         logits = model(video, share_memory=False, times=times)
     loss = video_level_loss(logits, targets, loss_fn)
-    scale_loss(loss).backward()
+    backward(scale_loss(loss))
     return StepOutput(loss.detach(), logits.detach())
 
 
@@ -285,6 +305,7 @@ def comem_step(
     scale_loss: LossScale = unscaled,
     video_loss: bool = False,
     times: torch.Tensor | None = None,
+    backward: Backward = autograd_backward,
 ) -> StepOutput:
     """The two-pass, memory-flat scheme. ``video`` is (B, N, C, T, H, W), ``times`` (B, N) its
     clips' times (given to every memory read).
@@ -330,7 +351,7 @@ def comem_step(
             with autocast():
                 logits = forward_clip(video[:, index], index, banks, cross, times=times)
             loss = objective(logits, index)
-            scale_loss(loss).backward()
+            backward(scale_loss(loss))
         total += loss.detach()
         clip_logits.append(logits.detach())
     if video_loss:

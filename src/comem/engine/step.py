@@ -19,10 +19,12 @@ from torch.nn.parallel import DistributedDataParallel
 from comem.config import MODES
 from comem.engine.distributed import TrainingForward, step_hooks
 from comem.engine.modes import (
+    Backward,
     LossFn,
     LossScale,
     MemoryPassBN,
     StepOutput,
+    autograd_backward,
     clip_loss,
     comem_step,
     joint_step,
@@ -72,6 +74,7 @@ def train_step(
     scale_loss: LossScale | None = None,
     video_loss: bool = False,
     times: torch.Tensor | None = None,
+    backward: Backward | None = None,
 ) -> StepOutput:
     """Forward and backward of one batch in ``mode``; the caller zeroes gradients and steps.
 
@@ -85,6 +88,7 @@ def train_step(
     autocast = autocast or contextlib.nullcontext
     loss_fn = loss_fn or clip_loss
     scale_loss = scale_loss or unscaled
+    passes = {"times": times, "backward": backward or autograd_backward}
     if mode == "comem":
         return comem_step(
             unwrap(model),
@@ -97,7 +101,7 @@ def train_step(
             loss_fn=loss_fn,
             scale_loss=scale_loss,
             video_loss=video_loss,
-            times=times,
+            **passes,
             **step_hooks(model),
         )
     if mode == "joint":
@@ -109,12 +113,12 @@ def train_step(
             loss_fn=loss_fn,
             scale_loss=scale_loss,
             video_loss=video_loss,
-            times=times,
+            **passes,
         )
     if mode == "tsn":
-        return tsn_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, times=times)
-    video, targets, times = one_clip_per_video(video, targets, times)
-    return single_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, times=times)
+        return tsn_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, **passes)
+    video, targets, passes["times"] = one_clip_per_video(video, targets, times)
+    return single_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, **passes)
 
 
 def step(
@@ -131,6 +135,7 @@ def step(
     scale_loss: LossScale | None = None,
     video_loss: bool = False,
     times: torch.Tensor | None = None,
+    backward: Backward | None = None,
 ) -> torch.Tensor:
     """One training step's forward and backward at video level; returns the detached loss.
 
@@ -164,6 +169,11 @@ def step(
             clip in ``single`` makes them equal). Each clip still predicts from its own memory.
         times: (B, N) each clip's centre as a fraction of its video's duration (``VideoClips``
             gives them), passed to every memory read; default the N clips spread evenly.
+        backward: runs each backward of the step, ``backward(loss)``; default ``loss.backward()``.
+            A loop that owns its backward passes its own, e.g. Lightning's ``self.manual_backward``
+            (with ``automatic_optimization = False``). The comem mode needs one backward per clip
+            (that is what keeps its memory that of one clip), so the step cannot hand back one
+            loss to backpropagate later.
 
     The caller owns the optimizer: zero the gradients before, step after.
     """
@@ -180,4 +190,5 @@ def step(
         scale_loss=scale_loss,
         video_loss=video_loss,
         times=times,
+        backward=backward,
     ).loss
