@@ -22,6 +22,7 @@ from comem.choices import (
     SUMMARY_KINDS,
 )
 from comem.errors import UserError
+from comem.memory_options import MemoryOptions
 from comem.option_ranges import range_problem
 from comem.textfile import read_text
 
@@ -186,6 +187,18 @@ class TrainConfig:
                 "mixup_alpha, cutmix_alpha and label_smoothing are for video classification; "
                 "AVA detection trains on person boxes, which do not mix"
             )
+
+    @property
+    def memory_options(self) -> MemoryOptions:
+        """The memory fields as the one record every memory is built from."""
+        return MemoryOptions(
+            memory=self.memory,
+            fusion=self.fusion,
+            key_dim=self.key_dim,
+            gate_hidden=self.gate_hidden,
+            summary=self.memory_summary,
+            entry_hidden=self.entry_hidden,
+        )
 
     @property
     def train_clips(self) -> int:

@@ -293,11 +293,14 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
-        """``{"video": uint8 (N * num_crops, C, T, crop, crop), "label", "video_index", "path"}``.
+        """``{"video": uint8 (N * num_crops, C, T, crop, crop), "label", "video_index", "path",
+        "span", "times"}``.
 
         ``label`` is an int, or float32 multi-hot ``(K,)`` for multi-label data; with
         ``span_labels`` a training item has per-clip targets ``(N, K)``: the actions whose time span
-        overlaps that clip. Eval views are clip-major: clip 0's crops, then clip 1's. On a decode failure
+        overlaps that clip. Eval views are clip-major: clip 0's crops, then clip 1's. ``span``
+        float32 (N, 2): each clip's start and end in seconds; ``times`` float32 (N,): each clip's
+        centre as a fraction of the video's duration (what the memory takes). On a decode failure
         the item is ``{"error": message, "video_index", "path"}``.
         """
         record = self.records[index]
@@ -324,11 +327,14 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
             target = (
                 int(self.label_mirror[target]) if isinstance(target, int) else target[..., self.label_mirror]
             )
+        span, centres = clip_spans(times, indices)
         return {
             "video": torch.stack(views),
             "label": target,
             "video_index": index,
             "path": str(record.path),
+            "span": span,
+            "times": centres,
         }
 
     def _plan(self, times: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -380,13 +386,25 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         return [view]
 
 
+def clip_spans(frame_times: np.ndarray, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each clip's time span and centre, from the video's frame times (F,) in seconds and the clips'
+    frame indices (N, T): start and end (N, 2) in seconds (the end is the last frame's end) and the
+    centre (N,) as a fraction of the video's duration, float32."""
+    period = float(np.median(np.diff(frame_times))) if len(frame_times) > 1 else 1.0
+    duration = float(frame_times[-1]) + period
+    start = frame_times[indices[:, 0]]
+    end = frame_times[indices[:, -1]] + period
+    span = torch.from_numpy(np.stack([start, end], axis=1)).float()
+    return span, ((span[:, 0] + span[:, 1]) / 2 / duration).clamp(0.0, 1.0)
+
+
 def collate_clips(samples: list[dict]) -> dict:
     """Batch items of :class:`MultiClipVideoDataset`, dropping failed ones.
 
     Returns ``{"video": uint8 (B, N, C, T, H, W), "label": int64 (B,) or float32 multi-hot (B, K)
-    (per-clip (B, N, K) with span labels),
-    "video_index": int64 (B,), "skipped": list of error messages}``; if every sample failed,
-    ``video`` has shape ``(0,)`` and ``label`` no elements.
+    (per-clip (B, N, K) with span labels), "video_index": int64 (B,), "span": float32 (B, N, 2)
+    and "times": float32 (B, N) (the items' clip spans and times), "skipped": list of error
+    messages}``; if every sample failed, ``video`` has shape ``(0,)`` and ``label`` no elements.
     """
     good = [sample for sample in samples if "error" not in sample]
     skipped = [sample["error"] for sample in samples if "error" in sample]
@@ -402,5 +420,10 @@ def collate_clips(samples: list[dict]) -> dict:
         "video": video,
         "label": label,
         "video_index": torch.tensor([sample["video_index"] for sample in good], dtype=torch.int64),
+        **{
+            key: torch.stack([sample[key] for sample in good]) if good else torch.empty((0,))
+            for key in ("span", "times")
+            if all(key in sample for sample in good)
+        },
         "skipped": skipped,
     }
