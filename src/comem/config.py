@@ -16,8 +16,9 @@ import yaml
 
 from comem.data.decode import DECODERS
 from comem.data.formats import DATA_FORMATS
+from comem.data.synthetic import SYNTHETIC_TASKS
 from comem.errors import UserError
-from comem.memory import FUSION_KINDS, MEMORY_KINDS, SUMMARY_KINDS
+from comem.memory import CLIP_TIME_KINDS, FUSION_KINDS, MEMORY_KINDS, SUMMARY_KINDS
 from comem.models.build import DEFAULT_MEMORY_STAGES
 from comem.textfile import read_text
 
@@ -35,11 +36,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "memory": MEMORY_KINDS,
     "fusion": FUSION_KINDS,
     "memory_summary": SUMMARY_KINDS,
+    "clip_time": CLIP_TIME_KINDS,
     "optimizer": ("sgd", "adamw"),
     "memory_pass_bn": ("batch", "eval"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
     "device": ("auto", "cpu", "cuda"),
-    "synthetic_task": ("distinct", "parity"),
+    "synthetic_task": SYNTHETIC_TASKS,
     "data_format": DATA_FORMATS,
     "decoder": DECODERS,
     "task": ("classify", "ava"),
@@ -77,6 +79,7 @@ class TrainConfig:
     memory_summary: str = "meanmax"  # a clip's memory entry: mean | max | meanmax (docs/learning.md)
     gate_hidden: int | None = 64  # hidden ReLU layer between the memory read and the gate (None: linear)
     entry_hidden: int | None = None  # hidden ReLU layer on each memory entry before q/k/v (None: linear)
+    clip_time: str = "relative"  # how the memory reads the clips' times: none (order-blind) | relative
     dropout: float = 0.0  # before the classifier; 0.2 held back the built-in tasks (docs/learning.md)
     # optimisation
     mode: str = "comem"

@@ -17,6 +17,7 @@ from comem.data.decode import ClipSource, VideoDecodeError, open_video
 from comem.data.sampling import (
     clip_frame_indices,
     clip_span,
+    clip_times,
     eval_clip_starts,
     resample_grid,
     spans_overlapping,
@@ -242,7 +243,11 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
-        """``{"video": uint8 (N * num_crops, C, T, crop, crop), "label", "video_index", "path"}``.
+        """``{"video": uint8 (N * num_crops, C, T, crop, crop), "times": float32 (N * num_crops,),
+        "label", "video_index", "path"}``.
+
+        ``times`` are the views' times in the video (``comem.data.sampling.clip_times``; the crops of
+        one clip share its time).
 
         ``label`` is an int, or float32 multi-hot ``(K,)`` for multi-label data; with
         ``span_labels`` a training item has per-clip targets ``(N, K)``: the actions whose time span
@@ -254,7 +259,7 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         try:
             with self.opener(record.path, decoder=self.decoder, fps=record.fps) as reader:
                 times = reader.frame_times()
-                indices = self._plan(times, rng)
+                indices, when = self._plan(times, rng)
                 frames = reader.read(indices)
         except VideoDecodeError as error:
             return {"error": str(error), "video_index": index, "path": str(record.path)}
@@ -268,19 +273,22 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
             )
         return {
             "video": torch.stack(views),
+            "times": torch.from_numpy(when).repeat_interleave(len(views) // len(when)),
             "label": target,
             "video_index": index,
             "path": str(record.path),
         }
 
-    def _plan(self, times: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Frame indices ``(N, clip_len)``: on the native frame grid, or on a ``target_fps`` grid."""
+    def _plan(self, times: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Frame indices ``(N, clip_len)`` (on the native frame grid, or on a ``target_fps`` grid)
+        and the clips' times ``(N,)`` (``clip_times``, a fraction of the grid's length)."""
         grid = np.arange(len(times)) if self.target_fps is None else resample_grid(times, self.target_fps)
         if self.train:
             starts = train_clip_starts(len(grid), self.num_clips, self.span, rng)
         else:
             starts = eval_clip_starts(len(grid), self.num_clips, self.span)
-        return grid[clip_frame_indices(starts, self.clip_len, self.stride, len(grid))]
+        indices = grid[clip_frame_indices(starts, self.clip_len, self.stride, len(grid))]
+        return indices, clip_times(starts, self.span, len(grid))
 
     def _target(self, record: VideoRecord, clip_times: np.ndarray) -> int | torch.Tensor:
         """Class index, multi-hot ``(K,)``, or with ``span_labels`` per-clip multi-hot ``(N, K)``."""
@@ -325,8 +333,8 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
 def collate_clips(samples: list[dict]) -> dict:
     """Batch items of :class:`MultiClipVideoDataset`, dropping failed ones.
 
-    Returns ``{"video": uint8 (B, N, C, T, H, W), "label": int64 (B,) or float32 multi-hot (B, K)
-    (per-clip (B, N, K) with span labels),
+    Returns ``{"video": uint8 (B, N, C, T, H, W), "times": float32 (B, N) (each clip's time in its
+    video), "label": int64 (B,) or float32 multi-hot (B, K) (per-clip (B, N, K) with span labels),
     "video_index": int64 (B,), "skipped": list of error messages}``; if every sample failed,
     ``video`` has shape ``(0,)`` and ``label`` no elements.
     """
@@ -334,14 +342,17 @@ def collate_clips(samples: list[dict]) -> dict:
     skipped = [sample["error"] for sample in samples if "error" in sample]
     if good:
         video = torch.stack([sample["video"] for sample in good])
+        times = torch.stack([sample["times"] for sample in good])
     else:
         video = torch.empty((0,), dtype=torch.uint8)
+        times = torch.empty((0, 0), dtype=torch.float32)
     if good and isinstance(good[0]["label"], torch.Tensor):
         label = torch.stack([sample["label"] for sample in good])
     else:
         label = torch.tensor([sample["label"] for sample in good], dtype=torch.int64)
     return {
         "video": video,
+        "times": times,
         "label": label,
         "video_index": torch.tensor([sample["video_index"] for sample in good], dtype=torch.int64),
         "skipped": skipped,

@@ -8,6 +8,10 @@ independent of the label (every class is equally likely whatever a single part s
 - ``distinct``: the number of distinct colours among the parts (classes "1 colour", "2 colours", …).
 - ``parity``: each part's square is red or blue; the label is whether the number of red parts is
   odd (XOR over parts).
+- ``order``: one part shows a red square, another a blue one, every other part a green one; the
+  label is which of red and blue comes first. Every part shows one of the same three colours in
+  both classes, so neither a single clip nor the set of clips tells the classes apart: only the
+  clips' order does.
 
 A model that sees one short clip is therefore at chance; a model that combines the clips of the
 video (collaborative memory) can be right. Written in the PySlowFast CSV layout that
@@ -32,8 +36,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 2  # bump when the rendering changes, so cached copies are regenerated
-SyntheticTask = Literal["distinct", "parity"]
-SYNTHETIC_TASKS: tuple[str, ...] = ("distinct", "parity")
+SyntheticTask = Literal["distinct", "parity", "order"]
+SYNTHETIC_TASKS: tuple[str, ...] = ("distinct", "parity", "order")
 CODECS: dict[str, tuple[str, str]] = {
     "h264": ("libx264", ".mp4"),
     "mpeg4": ("mpeg4", ".avi"),
@@ -68,6 +72,8 @@ class SyntheticSpec:
 def class_names(spec: SyntheticSpec) -> list[str]:
     if spec.task == "parity":
         return ["even_red", "odd_red"]
+    if spec.task == "order":
+        return ["red_first", "blue_first"]
     max_distinct = min(spec.num_parts, len(PALETTE))
     return [f"{k}_colour{'s' if k > 1 else ''}" for k in range(1, max_distinct + 1)]
 
@@ -75,6 +81,11 @@ def class_names(spec: SyntheticSpec) -> list[str]:
 def _part_colours(task: str, label: int, num_parts: int, rng: np.random.Generator) -> list[str]:
     """Colours of the parts of one video with the given label, each valid assignment equally likely."""
     names = list(PALETTE)
+    if task == "order":
+        first, second = sorted(rng.choice(num_parts, size=2, replace=False).tolist())
+        colours = ["green"] * num_parts
+        colours[first], colours[second] = ("red", "blue") if label == 0 else ("blue", "red")
+        return colours
     if task == "parity":
         while True:
             reds = rng.integers(0, 2, size=num_parts)
@@ -173,6 +184,8 @@ def make_synthetic(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -
         raise ValueError(f"task must be one of {SYNTHETIC_TASKS}, got {spec.task!r}")
     if spec.codec not in CODECS:
         raise ValueError(f"codec must be one of {tuple(CODECS)}, got {spec.codec!r}")
+    if spec.task == "order" and spec.num_parts < 2:
+        raise ValueError(f"the order task needs at least 2 parts, got {spec.num_parts}")
     if spec.num_frames < spec.num_parts:
         raise ValueError(f"num_frames ({spec.num_frames}) must be at least num_parts ({spec.num_parts})")
     out = Path(out_dir)

@@ -119,15 +119,17 @@ def joint_step(
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
     video_loss: bool = False,
+    times: torch.Tensor | None = None,
 ) -> StepOutput:
-    """All N clips in one graph. ``video`` is (B, N, C, T, H, W).
+    """All N clips in one graph. ``video`` is (B, N, C, T, H, W), ``times`` (B, N) the clips' times
+    in their videos (``comem.memory``; None: even).
 
     ``model`` is a :class:`VideoModel` or anything that forwards like one (its DDP wrapper).
     ``video_loss``: the loss of the clips' mean scores (``video_level_loss``) instead of the mean
     of the clip losses.
     """
     with autocast():
-        logits = model(video)
+        logits = model(video, times=times)
     level_loss = video_level_loss if video_loss else clip_level_loss
     loss = level_loss(logits, targets, loss_fn)
     scale_loss(loss).backward()
@@ -142,11 +144,13 @@ def single_step(
     *,
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
+    times: torch.Tensor | None = None,
 ) -> StepOutput:
-    """The one-clip baseline: ``video`` is (B, 1, C, T, H, W); the memory sees that clip only."""
+    """The one-clip baseline: ``video`` is (B, 1, C, T, H, W), ``times`` (B, 1); the memory sees
+    that clip only."""
     if video.shape[1] != 1:
         raise ValueError(f"single mode trains on one clip per video, got {video.shape[1]}")
-    return joint_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss)
+    return joint_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, times=times)
 
 
 def _bank_leaves(banks: dict[str, Bank]) -> dict[str, Bank]:
@@ -174,6 +178,7 @@ def cross_clip_gradients(
     objective: ClipObjective,
     autocast: Callable,
     scale_loss: LossScale = unscaled,
+    times: torch.Tensor | None = None,
 ) -> dict[str, Bank]:
     """Gradient of the video's loss with respect to every bank entry through the OTHER clips'
     memory reads: entry i of the result, (B, C) per stage, is sum over j != i of
@@ -186,7 +191,8 @@ def cross_clip_gradients(
     after the last stage: the head alone), one clip at a time. The head's dropout draws the same
     masks as the gradient pass that follows (the RNG is rewound), and BatchNorm sees the same
     per-clip batches, so the gradient is that of the step's own forward. It is that of the
-    scaled loss (``scale_loss``), as the gradient pass's backwards it is added to.
+    scaled loss (``scale_loss``), as the gradient pass's backwards it is added to. ``times``
+    (B, N): the clips' times (``comem.memory``).
     """
     leaves = _bank_leaves(memory.banks)
     flat = _flat(leaves)
@@ -194,7 +200,7 @@ def cross_clip_gradients(
     with replayed_clip_forwards(model, flat[0].device):
         for index in range(len(memory.maps)):
             with autocast():
-                logits = model.logits_from_maps(memory.maps[index], index, leaves)
+                logits = model.logits_from_maps(memory.maps[index], index, leaves, times)
             grads = torch.autograd.grad(scale_loss(objective(logits, index)), flat, allow_unused=True)
             for total, grad in zip(totals, grads, strict=True):
                 if grad is not None:
@@ -224,6 +230,7 @@ def video_loss_gradients(
     targets: torch.Tensor,
     autocast: Callable,
     loss_fn: LossFn,
+    times: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """For the video-level loss in the two-pass scheme: the gradient d L / d z_j (B, K) of
     L = ``video_level_loss`` with respect to each clip's logits z_j, and L itself (detached).
@@ -237,7 +244,8 @@ def video_loss_gradients(
         clip_logits = []
         for index in range(len(memory.maps)):
             with autocast():
-                clip_logits.append(model.logits_from_maps(memory.maps[index], index, memory.banks).float())
+                maps = memory.maps[index]
+                clip_logits.append(model.logits_from_maps(maps, index, memory.banks, times).float())
     logits = torch.stack(clip_logits, dim=1).requires_grad_(True)
     with torch.enable_grad():
         loss = video_level_loss(logits, targets, loss_fn)
@@ -253,12 +261,13 @@ def tsn_step(
     *,
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
+    times: torch.Tensor | None = None,
 ) -> StepOutput:
     """Segment consensus: every clip of ``video`` (B, N, C, T, H, W) runs on its own (its memory
     sees that clip only, as in ``single``) and the loss is that of the clips' mean logits, so
-    clips are combined by averaging scores, never by comparing what they saw."""
+    clips are combined by averaging scores, never by comparing what they saw. ``times`` (B, N)."""
     with autocast():
-        logits = model(video, share_memory=False)
+        logits = model(video, share_memory=False, times=times)
     loss = video_level_loss(logits, targets, loss_fn)
     scale_loss(loss).backward()
     return StepOutput(loss.detach(), logits.detach())
@@ -278,8 +287,10 @@ def comem_step(
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
     video_loss: bool = False,
+    times: torch.Tensor | None = None,
 ) -> StepOutput:
-    """The two-pass, memory-flat scheme. ``video`` is (B, N, C, T, H, W).
+    """The two-pass, memory-flat scheme. ``video`` is (B, N, C, T, H, W), ``times`` (B, N) the
+    clips' times in their videos (``comem.memory``; None: even), read by every pass.
 
     ``memory_chunk`` clips of each video run per no-grad forward (see ``VideoModel.memory_pass``).
     ``cross_clip`` also trains each clip's path by the gradient the other clips' losses send to
@@ -296,9 +307,9 @@ def comem_step(
     cross_clip = cross_clip and num_clips > 1
     guard = preserved_batchnorm_stats(model) if memory_pass_bn == "batch" else eval_batchnorm(model)
     with guard, autocast():
-        memory = model.memory_pass(video, chunk=memory_chunk, keep_maps=cross_clip or video_loss)
+        memory = model.memory_pass(video, chunk=memory_chunk, keep_maps=cross_clip or video_loss, times=times)
     if video_loss:
-        score_grads, video_loss_value = video_loss_gradients(model, memory, targets, autocast, loss_fn)
+        score_grads, video_loss_value = video_loss_gradients(model, memory, targets, autocast, loss_fn, times)
 
         def objective(logits: torch.Tensor, index: int) -> torch.Tensor:
             return (logits.float() * score_grads[index]).sum()  # its gradient: d L / d z_index
@@ -308,7 +319,9 @@ def comem_step(
         def objective(logits: torch.Tensor, index: int) -> torch.Tensor:
             return loss_fn(logits, targets[:, index] if targets.ndim == 3 else targets) / num_clips
 
-    cross = cross_clip_gradients(model, memory, objective, autocast, scale_loss) if cross_clip else None
+    cross = None
+    if cross_clip:
+        cross = cross_clip_gradients(model, memory, objective, autocast, scale_loss, times)
     banks = memory.banks
     del memory
     total = torch.zeros((), device=video.device)
@@ -318,7 +331,7 @@ def comem_step(
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             with autocast():
-                logits = forward_clip(video[:, index], index, banks, cross)
+                logits = forward_clip(video[:, index], index, banks, cross, times=times)
             loss = objective(logits, index)
             scale_loss(loss).backward()
         total += loss.detach()

@@ -39,18 +39,23 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.model if isinstance(model, TrainingForward) else model
 
 
-def one_clip_per_video(video: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def one_clip_per_video(
+    video: torch.Tensor, targets: torch.Tensor, times: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``single`` mode's input: a clip batch (B, C, T, H, W) becomes (B, 1, ...); of N > 1 clips one
-    per video is drawn at random (the usual one-clip sampling), with its per-clip target if any."""
+    per video is drawn at random (the usual one-clip sampling), with its per-clip target if any
+    and its time (``times`` (B, N) -> (B, 1))."""
     if video.ndim == 5:
-        return video[:, None], targets
+        return video[:, None], targets, None if times is None else times.reshape(-1, 1)
     if video.shape[1] == 1:
-        return video, targets
+        return video, targets, times
     choice = torch.randint(video.shape[1], (video.shape[0],), device=video.device)
     rows = torch.arange(video.shape[0], device=video.device)
     if targets.ndim == 3:
         targets = targets[rows, choice][:, None]
-    return video[rows, choice][:, None], targets
+    if times is not None:
+        times = times.to(video.device)[rows, choice][:, None]
+    return video[rows, choice][:, None], targets, times
 
 
 def train_step(
@@ -66,11 +71,13 @@ def train_step(
     cross_clip: bool = False,
     scale_loss: LossScale | None = None,
     video_loss: bool = False,
+    times: torch.Tensor | None = None,
 ) -> StepOutput:
     """Forward and backward of one batch in ``mode``; the caller zeroes gradients and steps.
 
     ``model`` is the model or its ``DistributedDataParallel`` wrapper; ``video`` (B, N, C, T, H, W);
-    ``targets`` class indices (B,), multi-hot (B, K) or per-clip (B, N, K). Every backward runs on
+    ``targets`` class indices (B,), multi-hot (B, K) or per-clip (B, N, K); ``times`` (B, N) the
+    clips' times in their videos (None: even, ``comem.memory.even_times``). Every backward runs on
     ``scale_loss(loss)`` (e.g. ``GradScaler.scale``). Returns the detached, unscaled loss and
     per-clip logits (B, N, K).
     """
@@ -91,16 +98,24 @@ def train_step(
             loss_fn=loss_fn,
             scale_loss=scale_loss,
             video_loss=video_loss,
+            times=times,
             **step_hooks(model),
         )
     if mode == "joint":
         return joint_step(
-            model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, video_loss=video_loss
+            model,
+            video,
+            targets,
+            autocast,
+            loss_fn=loss_fn,
+            scale_loss=scale_loss,
+            video_loss=video_loss,
+            times=times,
         )
     if mode == "tsn":
-        return tsn_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss)
-    video, targets = one_clip_per_video(video, targets)
-    return single_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss)
+        return tsn_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, times=times)
+    video, targets, times = one_clip_per_video(video, targets, times)
+    return single_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, times=times)
 
 
 def step(
@@ -116,6 +131,7 @@ def step(
     cross_clip: bool = False,
     scale_loss: LossScale | None = None,
     video_loss: bool = False,
+    times: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One training step's forward and backward at video level; returns the detached loss.
 
@@ -147,6 +163,9 @@ def step(
         video_loss: ``joint`` and ``comem`` train on the loss of each video's score, the mean of
             its clips' logits, instead of the mean of the clip losses (``tsn`` always does; one
             clip in ``single`` makes them equal). Each clip still predicts from its own memory.
+        times: (B, N) each clip's time in its video, its centre as a fraction of the video's
+            duration in [0, 1] (the ``times`` of a ``comem.VideoClips`` batch); default the clips
+            in order, spread evenly. A time-aware memory (``clip_time``) reads by it.
 
     The caller owns the optimizer: zero the gradients before, step after.
     """
@@ -162,4 +181,5 @@ def step(
         cross_clip=cross_clip,
         scale_loss=scale_loss,
         video_loss=video_loss,
+        times=times,
     ).loss

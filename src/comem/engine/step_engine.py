@@ -62,15 +62,21 @@ class StepEngine:
             return self.model(*args, **kwargs)
         return getattr(self.model, method)(*args, **kwargs)
 
-    def memory_bank(self, video_model: torch.nn.Module, video: torch.Tensor) -> dict:
+    def memory_bank(
+        self, video_model: torch.nn.Module, video: torch.Tensor, times: torch.Tensor | None = None
+    ) -> dict:
         """The no-grad memory pass, BatchNorm's running statistics kept out of it as configured."""
         batch_stats = self.config.memory_pass_bn == "batch"
         guard = preserved_batchnorm_stats(video_model) if batch_stats else eval_batchnorm(video_model)
         with guard, self.autocast():
-            return video_model.memory_bank(video, chunk=self.config.memory_chunk)
+            return video_model.memory_bank(video, chunk=self.config.memory_chunk, times=times)
 
     def run_mode(
-        self, video: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn | None = None
+        self,
+        video: torch.Tensor,
+        targets: torch.Tensor,
+        loss_fn: LossFn | None = None,
+        times: torch.Tensor | None = None,
     ) -> StepOutput:
         config = self.config
         return train_step(
@@ -85,6 +91,7 @@ class StepEngine:
             cross_clip=config.cross_clip,
             scale_loss=self.scale_loss,
             video_loss=config.video_loss,
+            times=times,
         )
 
     def context(self) -> StepContext:

@@ -53,6 +53,7 @@ class ModelSpec:
     gate_hidden: int | None = 64
     summary: str = "meanmax"
     entry_hidden: int | None = None
+    clip_time: str = "relative"
     dropout: float = 0.5
     # input normalisation (RGB, pixels in [0, 1]); None: the backbone's (``BackboneEntry.normalization``)
     mean: tuple[float, ...] | None = None
@@ -133,6 +134,7 @@ class VideoModel(nn.Module):
         gate_hidden: int | None = 64,
         summary: str = "meanmax",
         entry_hidden: int | None = None,
+        clip_time: str = "relative",
         dropout: float = 0.5,
         normalization: Normalization | None = None,
     ) -> None:
@@ -162,6 +164,7 @@ class VideoModel(nn.Module):
                     gate_hidden=gate_hidden,
                     summary=summary,
                     entry_hidden=entry_hidden,
+                    clip_time=clip_time,
                 )
                 for stage in names
                 if stage in resolved
@@ -200,19 +203,24 @@ class VideoModel(nn.Module):
         cross_grads: dict[str, Bank] | None = None,
         *,
         share_memory: bool = True,
+        times: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, N, K) for video (B, N, C, T, H, W).
 
-        ``share_memory=False`` gives every clip a memory of itself alone (the single-clip baseline
+        ``times`` (B, N): each clip's time in its video (``comem.memory``; None: even). With
+        ``share_memory=False`` every clip gets a memory of itself alone (the single-clip baseline
         evaluated over several views). With ``clip_index`` and ``banks`` (and ``cross_grads``) this
         is :meth:`forward_clip`, so a ``DistributedDataParallel`` wrapper can run both passes.
         """
         if clip_index is not None:
-            return self.forward_clip(video, clip_index, banks or {}, cross_grads)
+            return self.forward_clip(video, clip_index, banks or {}, cross_grads, times=times)
         batch, num_clips = video.shape[:2]
-        return self.head(self.features(video, share_memory=share_memory)).view(batch, num_clips, -1)
+        features = self.features(video, share_memory=share_memory, times=times)
+        return self.head(features).view(batch, num_clips, -1)
 
-    def features(self, video: torch.Tensor, *, share_memory: bool = True) -> Features:
+    def features(
+        self, video: torch.Tensor, *, share_memory: bool = True, times: torch.Tensor | None = None
+    ) -> Features:
         """Last-stage feature maps (B·N, C, T, H, W), video-major, of all clips in one graph.
 
         The input to the head; task heads other than clip classification (e.g. RoI pooling for
@@ -222,20 +230,31 @@ class VideoModel(nn.Module):
         """
         num_clips = video.shape[1]
         group = num_clips if share_memory else 1
+        if times is not None and not share_memory:
+            times = times.reshape(-1, 1)  # each clip a video of its own
         features: Any = self.prepare(video.flatten(0, 1))
         for name, stage in self.backbone.stages.items():
             features = stage(features)
             if name in self.memories:
-                features = self.memories[name](features, group)
+                features = self.memories[name](features, group, times)
         return features
 
     @torch.no_grad()
-    def memory_bank(self, video: torch.Tensor, *, chunk: int = 1) -> dict[str, Bank]:
+    def memory_bank(
+        self, video: torch.Tensor, *, chunk: int = 1, times: torch.Tensor | None = None
+    ) -> dict[str, Bank]:
         """The banks of ``memory_pass``: summaries (B, N, C) of every clip at every memory stage."""
-        return self.memory_pass(video, chunk=chunk).banks
+        return self.memory_pass(video, chunk=chunk, times=times).banks
 
     @torch.no_grad()
-    def memory_pass(self, video: torch.Tensor, *, chunk: int = 1, keep_maps: bool = False) -> MemoryPass:
+    def memory_pass(
+        self,
+        video: torch.Tensor,
+        *,
+        chunk: int = 1,
+        keep_maps: bool = False,
+        times: torch.Tensor | None = None,
+    ) -> MemoryPass:
         """Summaries (B, N, C) of every clip at every memory stage, without gradients (a list of
         them, one per pathway, at a two-pathway stage).
 
@@ -253,6 +272,7 @@ class VideoModel(nn.Module):
         ``keep_maps`` also returns every clip's raw output of the first memory stage (``maps[i]``:
         clip i of each video), from which ``logits_from_maps`` finishes a clip's forward; the
         cross-clip gradient of the two-pass scheme needs them. They cost one stage output per clip.
+        ``times`` (B, N): the clips' times (``comem.memory``; None: even).
         """
         batch, num_clips = video.shape[:2]
         if chunk < 1:
@@ -270,7 +290,8 @@ class VideoModel(nn.Module):
                 if previous is None:
                     features: Any = self.prepare(video[:, span].flatten(0, 1))
                 else:
-                    features = self.memories[previous].forward_bank(carried[position], banks[previous], span)
+                    memory = self.memories[previous]
+                    features = memory.forward_bank(carried[position], banks[previous], span, times)
                 for name in names[begin:end]:
                     features = self.backbone.stages[name](features)
                 carried[position] = features
@@ -287,13 +308,15 @@ class VideoModel(nn.Module):
         clip_index: int,
         banks: dict[str, Bank],
         cross_grads: dict[str, Bank] | None = None,
+        times: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, K) of clip ``clip_index`` (B, C, T, H, W) of each video, reading ``banks``.
 
         ``cross_grads`` (as ``banks``): the gradient the other clips' losses send to every clip's
         summaries; clip ``clip_index``'s entries are added to its summaries' gradients in backward.
+        ``times`` (B, N): the times of the banks' clips (``comem.memory``; None: even).
         """
-        return self.head(self.clip_features(clip, clip_index, banks, cross_grads))
+        return self.head(self.clip_features(clip, clip_index, banks, cross_grads, times))
 
     def clip_features(
         self,
@@ -301,19 +324,23 @@ class VideoModel(nn.Module):
         clip_index: int,
         banks: dict[str, Bank],
         cross_grads: dict[str, Bank] | None = None,
+        times: torch.Tensor | None = None,
     ) -> Features:
         """Last-stage feature map of clip ``clip_index`` gated by its clip-specific memories
         (per-pathway list for SlowFast, as in ``features``)."""
-        return self._run_stages(self.prepare(clip), self.backbone.stage_names, clip_index, banks, cross_grads)
+        names = self.backbone.stage_names
+        return self._run_stages(self.prepare(clip), names, clip_index, banks, cross_grads, times)
 
-    def logits_from_maps(self, maps: Features, clip_index: int, banks: dict[str, Bank]) -> torch.Tensor:
+    def logits_from_maps(
+        self, maps: Features, clip_index: int, banks: dict[str, Bank], times: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits (B, K) of clip ``clip_index`` from its raw output of the first memory stage
         (``memory_pass(keep_maps=True).maps[clip_index]``): the part of the forward that reads
         the memory, so the gradient of a clip's loss with respect to every bank entry is cheap."""
         names = self.backbone.stage_names
         first = names.index(self.memory_stage_names[0])
-        features = self.memories[names[first]].forward_one(maps, banks[names[first]], clip_index)
-        return self.head(self._run_stages(features, names[first + 1 :], clip_index, banks, None))
+        features = self.memories[names[first]].forward_one(maps, banks[names[first]], clip_index, None, times)
+        return self.head(self._run_stages(features, names[first + 1 :], clip_index, banks, None, times))
 
     def _run_stages(
         self,
@@ -322,12 +349,13 @@ class VideoModel(nn.Module):
         clip_index: int,
         banks: dict[str, Bank],
         cross_grads: dict[str, Bank] | None,
+        times: torch.Tensor | None = None,
     ) -> Features:
         for name in names:
             features = self.backbone.stages[name](features)
             if name in self.memories:
                 cross = None if cross_grads is None else _clip_entry(cross_grads[name], clip_index)
-                features = self.memories[name].forward_one(features, banks[name], clip_index, cross)
+                features = self.memories[name].forward_one(features, banks[name], clip_index, cross, times)
         return features
 
 
@@ -344,6 +372,7 @@ def build_model(spec: ModelSpec) -> VideoModel:
         gate_hidden=spec.gate_hidden,
         summary=spec.summary,
         entry_hidden=spec.entry_hidden,
+        clip_time=spec.clip_time,
         dropout=spec.dropout,
         normalization=None if spec.mean is None else normalization(spec.mean, spec.std or ()),
     )

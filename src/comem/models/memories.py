@@ -1,7 +1,7 @@
 """Collaborative memories for stage outputs that are not one (B, C, T, H, W) map.
 
 Both keep ``CollaborativeMemory``'s interface (``summarize``, ``forward``, ``forward_one``,
-``forward_bank``, ``attention``), so ``VideoModel`` runs them unchanged:
+``forward_bank``, ``attention``, each with the clips' ``times``), so ``VideoModel`` runs them unchanged:
 
 - ``PathwayMemory``: one memory per pathway of a multi-pathway net (SlowFast), as the paper does
   ("each pathway gets its own module"). Features and banks are lists, one entry per pathway.
@@ -46,8 +46,10 @@ class PathwayMemory(nn.Module):
     def summarize(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         return [memory.summarize(x) for memory, x in zip(self.pathways, features, strict=True)]
 
-    def forward(self, features: list[torch.Tensor], num_clips: int) -> list[torch.Tensor]:
-        return [memory(x, num_clips) for memory, x in zip(self.pathways, features, strict=True)]
+    def forward(
+        self, features: list[torch.Tensor], num_clips: int, times: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        return [memory(x, num_clips, times) for memory, x in zip(self.pathways, features, strict=True)]
 
     def forward_one(
         self,
@@ -55,24 +57,35 @@ class PathwayMemory(nn.Module):
         bank: list[torch.Tensor],
         clip_index: int,
         cross_grad: list[torch.Tensor] | None = None,
+        times: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         cross = cross_grad or [None] * len(self.pathways)
         return [
-            memory.forward_one(x, pathway_bank, clip_index, extra)
+            memory.forward_one(x, pathway_bank, clip_index, extra, times)
             for memory, x, pathway_bank, extra in zip(self.pathways, features, bank, cross, strict=True)
         ]
 
     def forward_bank(
-        self, features: list[torch.Tensor], bank: list[torch.Tensor], clips: slice
+        self,
+        features: list[torch.Tensor],
+        bank: list[torch.Tensor],
+        clips: slice,
+        times: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         return [
-            memory.forward_bank(x, pathway_bank, clips)
+            memory.forward_bank(x, pathway_bank, clips, times)
             for memory, x, pathway_bank in zip(self.pathways, features, bank, strict=True)
         ]
 
-    def attention(self, queries: list[torch.Tensor], bank: list[torch.Tensor]) -> list[torch.Tensor]:
+    def attention(
+        self,
+        queries: list[torch.Tensor],
+        bank: list[torch.Tensor],
+        query_times: torch.Tensor | None = None,
+        bank_times: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
         """Read weights (B, Q, N) of each pathway's memory (see ``CollaborativeMemory.attention``)."""
         return [
-            memory.attention(pathway_queries, pathway_bank)
+            memory.attention(pathway_queries, pathway_bank, query_times, bank_times)
             for memory, pathway_queries, pathway_bank in zip(self.pathways, queries, bank, strict=True)
         ]

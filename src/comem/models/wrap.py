@@ -59,6 +59,7 @@ class _Pass:
     clips: slice = field(default_factory=lambda: slice(None))
     summarized: str | None = None  # bank pass: the stage that stopped the forward
     summary: Any = None
+    times: torch.Tensor | None = None  # (B, N) the clips' times (comem.memory); None: even
 
 
 class _StageHook:
@@ -233,16 +234,16 @@ class WrappedModel(nn.Module):
             )
         features = list(output) if isinstance(output, tuple) else output
         if state.kind == "all":
-            result = memory(features, state.num_clips)
+            result = memory(features, state.num_clips, state.times)
         elif state.kind == "clip":
             if state.resume_grad:
                 torch.set_grad_enabled(True)  # the caller's no_grad context restores the mode on exit
             cross = (
                 None if state.cross_grads is None else _clip_entry(state.cross_grads[stage], state.clip_index)
             )
-            result = memory.forward_one(features, state.banks[stage], state.clip_index, cross)
+            result = memory.forward_one(features, state.banks[stage], state.clip_index, cross, state.times)
         elif stage in state.banks:
-            result = memory.forward_bank(features, state.banks[stage], state.clips)
+            result = memory.forward_bank(features, state.banks[stage], state.clips, state.times)
         else:
             state.summarized, state.summary = stage, memory.summarize(features)
             raise _StopForward
@@ -256,17 +257,21 @@ class WrappedModel(nn.Module):
         cross_grads: dict[str, Bank] | None = None,
         *,
         share_memory: bool = True,
+        times: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-clip outputs (B, N, ...) of video (B, N, C, T, H, W), all clips in one graph.
 
+        ``times`` (B, N): each clip's time in its video (``comem.memory``; None: even).
         ``share_memory=False`` gives every clip a memory of itself alone. With ``clip_index`` and
         ``banks`` this is :meth:`forward_clip` (so that a ``DistributedDataParallel`` wrapper,
         which only syncs gradients of its own forward, can run the two-pass scheme's clip passes).
         """
         if clip_index is not None:
-            return self.forward_clip(video, clip_index, banks or {}, cross_grads)
+            return self.forward_clip(video, clip_index, banks or {}, cross_grads, times=times)
         batch, num_clips = video.shape[:2]
-        with self._running(_Pass("all", num_clips=num_clips if share_memory else 1)):
+        if times is not None and not share_memory:
+            times = times.reshape(-1, 1)  # each clip a video of its own
+        with self._running(_Pass("all", num_clips=num_clips if share_memory else 1, times=times)):
             output = self.wrapped(video.flatten(0, 1))
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"wrap needs a network that returns one tensor; {type(self.wrapped).__name__} "
@@ -274,12 +279,21 @@ class WrappedModel(nn.Module):
         return output.view(batch, num_clips, *output.shape[1:])
 
     @torch.no_grad()
-    def memory_bank(self, video: torch.Tensor, *, chunk: int = 1) -> dict[str, Bank]:
+    def memory_bank(
+        self, video: torch.Tensor, *, chunk: int = 1, times: torch.Tensor | None = None
+    ) -> dict[str, Bank]:
         """The banks of ``memory_pass``: summaries (B, N, C) of every clip at every memory stage."""
-        return self.memory_pass(video, chunk=chunk).banks
+        return self.memory_pass(video, chunk=chunk, times=times).banks
 
     @torch.no_grad()
-    def memory_pass(self, video: torch.Tensor, *, chunk: int = 1, keep_maps: bool = False) -> MemoryPass:
+    def memory_pass(
+        self,
+        video: torch.Tensor,
+        *,
+        chunk: int = 1,
+        keep_maps: bool = False,
+        times: torch.Tensor | None = None,
+    ) -> MemoryPass:
         """Summaries (B, N, C) of every clip at every memory stage, without gradients (a list, one
         per pathway, at a stage that outputs a list of maps).
 
@@ -296,7 +310,7 @@ class WrappedModel(nn.Module):
         while len(banks) < len(self._stage_names):
             stage, parts = None, []
             for span in spans:
-                with self._running(_Pass("bank", banks=banks, clips=span)) as state:
+                with self._running(_Pass("bank", banks=banks, clips=span, times=times)) as state:
                     try:
                         self.wrapped(video[:, span].flatten(0, 1))
                     except _StopForward:
@@ -315,22 +329,25 @@ class WrappedModel(nn.Module):
         clip_index: int,
         banks: dict[str, Bank],
         cross_grads: dict[str, Bank] | None = None,
+        times: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The network's output for clip ``clip_index`` (B, C, T, H, W) of each video, reading ``banks``.
 
         ``cross_grads`` (as ``banks``): the gradient the other clips' losses send to every clip's
         summaries; this clip's entries are added to its summaries' gradients in backward.
+        ``times`` (B, N): the banks' clip times (``comem.memory``; None: even).
         """
-        with self._running(_Pass("clip", clip_index=clip_index, banks=banks, cross_grads=cross_grads)):
+        state = _Pass("clip", clip_index=clip_index, banks=banks, cross_grads=cross_grads, times=times)
+        with self._running(state):
             return self.wrapped(clip)
 
-    def logits_from_maps(self, clip: torch.Tensor, clip_index: int, banks: dict[str, Bank]) -> torch.Tensor:
+    def logits_from_maps(
+        self, clip: torch.Tensor, clip_index: int, banks: dict[str, Bank], times: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Output of clip ``clip_index`` (``memory_pass(keep_maps=True).maps[clip_index]``) as a
         function of ``banks``: the prefix before the first memory stage runs without gradients."""
-        with (
-            torch.no_grad(),
-            self._running(_Pass("clip", clip_index=clip_index, banks=banks, resume_grad=True)),
-        ):
+        state = _Pass("clip", clip_index=clip_index, banks=banks, resume_grad=True, times=times)
+        with torch.no_grad(), self._running(state):
             return self.wrapped(clip)
 
 

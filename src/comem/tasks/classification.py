@@ -188,6 +188,7 @@ class ClassificationTask:
             gate_hidden=config.gate_hidden,
             summary=config.memory_summary,
             entry_hidden=config.entry_hidden,
+            clip_time=config.clip_time,
             dropout=config.dropout,
         )
         # Multi-label data (Charades) is scored and checkpointed by mAP, single-label by top-1.
@@ -225,7 +226,7 @@ class ClassificationTask:
         mixed first (``train_top1`` still counts each video's own label)."""
         video, targets = batch["video"], batch["label"]
         mixed, train_targets = self.mix(video, targets)
-        output = step.run_mode(step.to_input(mixed), train_targets, loss_fn=self.loss)
+        output = step.run_mode(step.to_input(mixed), train_targets, loss_fn=self.loss, times=batch["times"])
         correct = 0
         if not self.multi_label:
             correct = int((video_scores(output.logits, multi_label=False).argmax(-1) == targets).sum())
@@ -248,7 +249,11 @@ class ClassificationTask:
         if batch["label"].numel() == 0:
             return []
         with step.autocast():
-            logits = model(step.to_input(batch["video"]), share_memory=self.config.shares_eval_memory)
+            logits = model(
+                step.to_input(batch["video"]),
+                share_memory=self.config.shares_eval_memory,
+                times=batch["times"],
+            )
         multi_label = batch["label"].is_floating_point()
         scores = video_scores(logits, multi_label=multi_label, aggregate=self.aggregate).cpu()
         targets = batch["label"].cpu()
