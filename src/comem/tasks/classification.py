@@ -226,7 +226,9 @@ class ClassificationTask:
         mixed first (``train_top1`` still counts each video's own label)."""
         video, targets = batch["video"], batch["label"]
         mixed, train_targets = self.mix(video, targets)
-        output = step.run_mode(step.to_input(mixed), train_targets, loss_fn=self.loss, times=batch["times"])
+        output = step.run_mode(
+            step.to_input(mixed), train_targets, loss_fn=self.loss, times=batch.get("times")
+        )
         correct = 0
         if not self.multi_label:
             correct = int((video_scores(output.logits, multi_label=False).argmax(-1) == targets).sum())
@@ -252,7 +254,7 @@ class ClassificationTask:
             logits = model(
                 step.to_input(batch["video"]),
                 share_memory=self.config.shares_eval_memory,
-                times=batch["times"],
+                times=batch.get("times"),
             )
         multi_label = batch["label"].is_floating_point()
         scores = video_scores(logits, multi_label=multi_label, aggregate=self.aggregate).cpu()

@@ -38,7 +38,7 @@ def resolve_ava_data(config: TrainConfig) -> Path:
 def detection_step(detector: AvaDetector, batch: dict[str, Any], step: StepContext) -> StepResult:
     """Forward and backward of one batch in ``step.mode``: the BCE loss over its boxes."""
     video = step.to_input(batch["video"])
-    boxes, box_index, times = batch["boxes"], batch["box_index"], batch["times"]
+    boxes, box_index, times = batch["boxes"], batch["box_index"], batch.get("times")
     if step.mode == "comem" and video.shape[1] > 1:
         banks = step.memory_bank(detector.video_model, video, times)
         with step.autocast():
@@ -117,7 +117,7 @@ class AvaTask:
         The memory of each keyframe is built from all its clips (two passes, so memory stays flat in N).
         """
         video = step.to_input(batch["video"])
-        boxes, box_index, times = batch["boxes"], batch["box_index"], batch["times"]
+        boxes, box_index, times = batch["boxes"], batch["box_index"], batch.get("times")
         with step.autocast():
             if video.shape[1] > 1:
                 banks = model.video_model.memory_bank(video, times=times)
