@@ -11,7 +11,9 @@ independent of the label (every class is equally likely whatever a single part s
 - ``order``: one part shows a red square, another a blue one, every other part a green one; the
   label is which of red and blue comes first. Every part shows one of the same three colours in
   both classes, so neither a single clip nor the set of clips tells the classes apart: only the
-  clips' order does.
+  clips' order does. Each square shows only in the middle third of its part (``event_frames``):
+  the gap between two events, two thirds of a part (16 frames by default), is longer than a
+  default clip (15 frames), so no clip sees two events and their order inside it.
 
 A model that sees one short clip is therefore at chance; a model that combines the clips of the
 video (collaborative memory) can be right. Written in the PySlowFast CSV layout that
@@ -119,6 +121,15 @@ def _trajectory(num_frames: int, size: int, square: int, rng: np.random.Generato
     return corners.astype(int)
 
 
+def event_frames(task: str, num_frames: int, num_parts: int) -> np.ndarray:
+    """Which frames (bool, (num_frames,)) show their part's event: all of them, or for ``order`` the
+    middle third of each part, so events are far apart in time (module docstring)."""
+    if task != "order":
+        return np.ones(num_frames, dtype=bool)
+    position = (np.arange(num_frames) * num_parts) % num_frames  # where in its part, x num_frames
+    return (3 * position >= num_frames) & (3 * position < 2 * num_frames)
+
+
 def render_video(colours: list[str], spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
     """Frames (num_frames, size, size, 3) uint8 of one video whose parts show ``colours``.
 
@@ -137,6 +148,7 @@ def render_video(colours: list[str], spec: SyntheticSpec, rng: np.random.Generat
     ]
     part_of_frame = np.minimum(np.arange(num_frames) * len(colours) // num_frames, len(colours) - 1)
     event_paths = [_trajectory(num_frames, size, square, rng) for _ in colours]
+    shown = event_frames(spec.task, num_frames, len(colours))
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for t in range(num_frames):
         frame = background.copy()
@@ -147,8 +159,9 @@ def render_video(colours: list[str], spec: SyntheticSpec, rng: np.random.Generat
             y, x = path[t]
             frame[y : y + small, x : x + small] = colour
         part = part_of_frame[t]
-        y, x = event_paths[part][t]
-        frame[y : y + square, x : x + square] = PALETTE[colours[part]]
+        if shown[t]:
+            y, x = event_paths[part][t]
+            frame[y : y + square, x : x + square] = PALETTE[colours[part]]
         frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
     return frames
 
