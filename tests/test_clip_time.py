@@ -31,7 +31,7 @@ def trained_like(module: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
                 if memory.time_bias is not None:
                     memory.time_bias.normal_(0, 2.0)
                 if memory.time_query is not None:
-                    memory.time_query.weight.normal_(0, 1.0)
+                    memory.time_query.normal_(0, 1.0)
     return module
 
 
@@ -246,3 +246,13 @@ def test_checkpoints_without_clip_time_load_order_blind() -> None:
     state = {"model_spec": {"backbone": "tiny", "num_classes": 3, "memory_stages": ["all"]}}
     assert spec_from_state(state).clip_time == "none"
     assert ModelSpec().clip_time == "relative"
+
+
+def test_a_seed_builds_the_same_network_with_and_without_time() -> None:
+    torch.manual_seed(0)
+    aware = build_model(ModelSpec(num_classes=3, clip_time="relative")).state_dict()
+    torch.manual_seed(0)
+    blind = build_model(ModelSpec(num_classes=3, clip_time="none")).state_dict()
+    assert {k: v for k, v in aware.items() if "time_" not in k}.keys() == blind.keys()
+    assert all(torch.equal(aware[key], value) for key, value in blind.items())
+    assert all(not value.any() for key, value in aware.items() if "time_" in key)

@@ -53,7 +53,7 @@ def reference_read_weights(model: nn.Module, clips: torch.Tensor) -> dict[str, t
         scores = scores / math.sqrt(memory.key_dim)
         if memory.time_bias is not None:
             times = even_times(1, num_clips)
-            weights = memory.time_bias + bank @ memory.query.weight.T @ memory.time_query.weight.T
+            weights = memory.time_bias + bank @ memory.query.weight.T @ memory.time_query.T
             scores = scores + (relative_time_features(times, times) @ weights[..., None])[..., 0]
         if memory.memory == "sigmoid":
             seen[stage] = scores.sigmoid()[0] / num_clips

@@ -184,13 +184,14 @@ class CollaborativeMemory(nn.Module):
         self.out = nn.Linear(gate_hidden or channels, channels)
         self.sink = nn.Parameter(torch.zeros(())) if memory == "sink" else None
         # The relative-time bias (w + U q_i) . phi(t_j - t_i); zero at initialisation.
+        # Plain zero tensors (no random init drawn): the other weights get the same initialisation
+        # whatever ``clip_time`` is, so a seed starts the same network with and without time.
         self.time_bias: nn.Parameter | None = None
-        self.time_query: nn.Linear | None = None
+        self.time_query: nn.Parameter | None = None  # U: (F, d')
         if clip_time == "relative":
             self.time_bias = nn.Parameter(torch.zeros(RELATIVE_FEATURES))
             if memory != "average":
-                self.time_query = nn.Linear(self.key_dim, RELATIVE_FEATURES, bias=False)
-                nn.init.zeros_(self.time_query.weight)
+                self.time_query = nn.Parameter(torch.zeros(RELATIVE_FEATURES, self.key_dim))
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -249,7 +250,7 @@ class CollaborativeMemory(nn.Module):
         projected = self.query(queries)
         scores = projected @ self.key(bank).transpose(1, 2) / math.sqrt(self.key_dim)
         if self.time_bias is not None:
-            weights = self.time_bias + self.time_query(projected)  # (B, Q, F)
+            weights = self.time_bias + projected @ self.time_query.T  # (B, Q, F)
             features = relative_time_features(query_times, bank_times)  # (B, Q, N, F)
             scores = scores + (features @ weights[..., None])[..., 0]
         if self.memory == "sigmoid":
