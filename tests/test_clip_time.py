@@ -4,13 +4,16 @@ reads them (``clip_time='relative'``) or not (``'none'``)."""
 import contextlib
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
 from tinydata import write_dataset
 
+from comem.cli import main
 from comem.data.datasets import MultiClipVideoDataset, collate_clips, load_kinetics_csv_dir
 from comem.data.sampling import clip_span, clip_times, eval_clip_starts
+from comem.data.synthetic import PALETTE, event_frames
 from comem.engine import step as step_module
 from comem.engine.modes import comem_step, joint_step, tsn_step
 from comem.inference.predict import score_views
@@ -256,3 +259,23 @@ def test_a_seed_builds_the_same_network_with_and_without_time() -> None:
     assert {k: v for k, v in aware.items() if "time_" not in k}.keys() == blind.keys()
     assert all(torch.equal(aware[key], value) for key, value in blind.items())
     assert all(not value.any() for key, value in aware.items() if "time_" in key)
+
+
+def test_make_synthetic_order_labels_only_the_order_of_red_and_blue(tmp_path: Path) -> None:
+    out = tmp_path / "order"
+    argv = ["make-synthetic", str(out), "--task", "order", "--num-train", "8", "--num-val", "2"]
+    assert main([*argv, "--size", "32", "--frames", "36", "--distractors", "0"]) == 0
+    assert (out / "classes.txt").read_text().split() == ["red_first", "blue_first"]
+    rows = [line.split() for line in (out / "train.csv").read_text().splitlines()]
+    assert sorted(int(label) for _, label in rows) == [0] * 4 + [1] * 4
+    shown = event_frames("order", 36, 3)
+    red, blue = np.array(PALETTE["red"]), np.array(PALETTE["blue"])
+    for relative, label in rows:
+        with av.open(str(out / relative)) as container:
+            frames = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+        near = [
+            (np.abs(frames.astype(int) - colour).sum(-1) < 60).sum(axis=(1, 2)) > 20 for colour in (red, blue)
+        ]
+        parts = [int(np.flatnonzero(seen)[0]) * 3 // 36 for seen in near]  # the part each colour shows in
+        assert parts[0] != parts[1] and (parts[0] < parts[1]) == (label == "0")
+        assert not (near[0] | near[1])[~shown].any()  # nothing between the events
