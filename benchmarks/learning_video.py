@@ -28,9 +28,10 @@ import torch.nn.functional as F
 
 from comem.config import MODES
 from comem.data.decode import RgbFrames
-from comem.data.sampling import clip_frame_indices, clip_span, eval_clip_starts, train_clip_starts
-from comem.data.synthetic import SyntheticSpec, ensure_synthetic
+from comem.data.sampling import clip_frame_indices, clip_span, clip_times, eval_clip_starts, train_clip_starts
+from comem.data.synthetic import SYNTHETIC_TASKS, SyntheticSpec, ensure_synthetic
 from comem.engine import step
+from comem.memory import CLIP_TIME_KINDS
 from comem.models.build import ModelSpec, build_model
 from comem.tasks.classification import make_clip_loss
 
@@ -51,17 +52,18 @@ def decode_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def batch(
     frames: torch.Tensor, num_clips: int, args: argparse.Namespace, rng: np.random.Generator | None
-) -> torch.Tensor:
-    """Normalised clips (B, N, 3, T, H, W) of the videos ``frames`` (B, T, H, W, 3); ``rng`` set:
-    random clip starts and train augmentation (scale jitter, crop, flip), else the centred clips
-    and the centre crop."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised clips (B, N, 3, T, H, W) of the videos ``frames`` (B, T, H, W, 3) and their times
+    (B, N); ``rng`` set: random clip starts and train augmentation (scale jitter, crop, flip), else
+    the centred clips and the centre crop."""
     span = clip_span(args.clip_len, args.stride)
-    clips = []
+    clips, times = [], []
     for video in frames:
         if rng is None:
             starts = eval_clip_starts(len(video), num_clips, span)
         else:
             starts = train_clip_starts(len(video), num_clips, span, rng)
+        times.append(torch.from_numpy(clip_times(starts, span, len(video))))
         index = torch.from_numpy(clip_frame_indices(starts, args.clip_len, args.stride, len(video)))
         clip = video[index].permute(0, 4, 1, 2, 3).float() / 255  # N, 3, T, H, W
         size = args.crop
@@ -77,12 +79,12 @@ def batch(
         if rng is not None and rng.random() < 0.5:
             clip = clip.flip(-1)
         clips.append(clip)
-    return (torch.stack(clips) - 0.45) / 0.225
+    return (torch.stack(clips) - 0.45) / 0.225, torch.stack(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--task", default="distinct", choices=("distinct", "parity"))
+    parser.add_argument("--task", default="distinct", choices=SYNTHETIC_TASKS)
     parser.add_argument("--mode", default="comem", choices=MODES)
     parser.add_argument("--clips", type=int, default=3)
     parser.add_argument("--clip-len", type=int, default=8)
@@ -95,6 +97,8 @@ def main() -> None:
     parser.add_argument("--gate-hidden", type=int, default=64, help="0: a linear gate")
     parser.add_argument("--key-dim", type=int, default=0, help="query/key width (0: C // 4, min 8)")
     parser.add_argument("--entry-hidden", type=int, default=0, help="0: linear q/k/v of the summaries")
+    parser.add_argument("--clip-time", default="relative", choices=CLIP_TIME_KINDS)
+    parser.add_argument("--eval-clips", type=int, default=0, help="val views (0: --clips)")
     parser.add_argument("--gate-init-std", type=float, default=0.0, help="W_g ~ N(0, std) (0: identity)")
     parser.add_argument("--cross-clip", type=int, default=0)
     parser.add_argument("--memory-pass-bn", default="batch", choices=("batch", "eval"))
@@ -149,6 +153,7 @@ def main() -> None:
         key_dim=args.key_dim or None,
         summary=args.summary,
         entry_hidden=args.entry_hidden or None,
+        clip_time=args.clip_time,
         dropout=args.dropout,
     )
     model = build_model(spec)
@@ -178,7 +183,7 @@ def main() -> None:
         loss_sum, correct = 0.0, 0
         for index in range(steps_per_epoch):
             rows = order[index * args.batch_size : (index + 1) * args.batch_size]
-            video, labels = batch(train_frames[rows], num_clips, args, rng), train_labels[rows]
+            (video, times), labels = batch(train_frames[rows], num_clips, args, rng), train_labels[rows]
             optimizer.zero_grad(set_to_none=True)
             out = step.train_step(
                 model,
@@ -190,6 +195,7 @@ def main() -> None:
                 memory_pass_bn=args.memory_pass_bn,
                 video_loss=bool(args.video_loss),
                 loss_fn=loss,
+                times=times,
             )
             optimizer.step()
             schedule.step()
@@ -201,7 +207,8 @@ def main() -> None:
             for begin in range(0, len(val_labels), 40):
                 rows = torch.arange(begin, min(begin + 40, len(val_labels)))
                 shared = args.mode not in ("single", "tsn")
-                logits = model(batch(val_frames[rows], args.clips, args, None), share_memory=shared)
+                video, times = batch(val_frames[rows], args.eval_clips or args.clips, args, None)
+                logits = model(video, share_memory=shared, times=times)
                 predicted = logits.softmax(-1).mean(1).argmax(-1)
                 for truth, guess in zip(val_labels[rows].tolist(), predicted.tolist(), strict=True):
                     confusion[truth, guess] += 1

@@ -22,7 +22,7 @@ from comem.engine.checkpoint import CheckpointError, load_checkpoint, save_check
 from comem.inference.predict import FramesError, predict_video
 from comem.inference.timeline import plot_timeline
 from comem.inference.trained import load_trained
-from comem.memory import CollaborativeMemory
+from comem.memory import CollaborativeMemory, even_times, relative_time_features
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,8 @@ def decoded(path: Path) -> np.ndarray:
 def reference_read_weights(model: nn.Module, clips: torch.Tensor) -> dict[str, torch.Tensor]:
     """Read weights of the clip summaries each memory sees in a one-graph forward, computed here
     (summaries pooled as the memory's ``summary`` names):
-    softmax(q k^T / sqrt(d')) for the softmax read, sigmoid(q k^T / sqrt(d')) / N for the sigmoid one."""
+    softmax(q k^T / sqrt(d') + b) for the softmax read, sigmoid(q k^T / sqrt(d') + b) / N for the
+    sigmoid one, where b is the relative-time bias of clips spread evenly (none without one)."""
     seen: dict[str, torch.Tensor] = {}
 
     def capture(memory: CollaborativeMemory, args: tuple, stage: str) -> None:
@@ -50,6 +51,10 @@ def reference_read_weights(model: nn.Module, clips: torch.Tensor) -> dict[str, t
         bank = summaries.view(1, num_clips, -1)
         scores = (bank @ memory.query.weight.T) @ (bank @ memory.key.weight.T).transpose(1, 2)
         scores = scores / math.sqrt(memory.key_dim)
+        if memory.time_bias is not None:
+            times = even_times(1, num_clips)
+            weights = memory.time_bias + bank @ memory.query.weight.T @ memory.time_query.T
+            scores = scores + (relative_time_features(times, times) @ weights[..., None])[..., 0]
         if memory.memory == "sigmoid":
             seen[stage] = scores.sigmoid()[0] / num_clips
         else:

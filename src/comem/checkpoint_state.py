@@ -35,8 +35,9 @@ class CheckpointError(UserError, RuntimeError):
 def checkpoint_config(values: dict) -> dict:
     """A checkpoint's stored config in today's fields (``upgrade_config``). Settings whose default
     changed keep the value the run was trained with: a checkpoint from before ``memory_summary``
-    summarised clips by their mean, one from before ``entry_hidden`` projected the summaries linearly."""
-    return {"memory_summary": "mean", "entry_hidden": None, **upgrade_config(values)}
+    summarised clips by their mean, one from before ``entry_hidden`` projected the summaries linearly,
+    one from before ``clip_time`` read the clips as an unordered set."""
+    return {"memory_summary": "mean", "entry_hidden": None, "clip_time": "none", **upgrade_config(values)}
 
 
 def config_from_state(state: dict) -> TrainConfig:
@@ -50,8 +51,9 @@ def spec_from_state(state: dict) -> ModelSpec:
     """The model spec a checkpoint was trained with (YAML/pickle turned its tuple into a list).
 
     Checkpoints that predate the stored input normalisation were all trained with PySlowFast's."""
-    # Checkpoints from before ``summary`` pooled by the mean; from before ``entry_hidden``, linear q/k/v.
-    stored = {"summary": "mean", "entry_hidden": None, **state["model_spec"]}
+    # Checkpoints from before ``summary`` pooled by the mean; from before ``entry_hidden``, linear q/k/v;
+    # from before ``clip_time``, the order-blind read.
+    stored = {"summary": "mean", "entry_hidden": None, "clip_time": "none", **state["model_spec"]}
     spec = ModelSpec(**{**stored, "memory_stages": tuple(stored["memory_stages"])})
     if stored.get("mean") is None:
         return spec.with_normalization(PYSLOWFAST)

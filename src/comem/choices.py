@@ -13,6 +13,8 @@ from __future__ import annotations
 MEMORY_KINDS: tuple[str, ...] = ("attention", "sigmoid", "sink", "average")
 FUSION_KINDS: tuple[str, ...] = ("gate", "add")
 SUMMARY_KINDS: tuple[str, ...] = ("mean", "max", "meanmax")
+# Whether a clip's read depends on when the other clips happened (``none``: the order-blind read).
+CLIP_TIME_KINDS: tuple[str, ...] = ("none", "relative")
 
 # A memory after every stage, the stem included: the memory then compares what the clips show one or
 # two layers from the pixels, where telling colours apart is cheap to learn (docs/learning.md).
@@ -31,3 +33,6 @@ DATA_FORMATS: tuple[str, ...] = (
     "ssv1",
     "ssv2",
 )
+
+# The built-in long-range tasks (comem.data.synthetic, ``comem make-synthetic --task``).
+SYNTHETIC_TASKS: tuple[str, ...] = ("distinct", "parity", "order")

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from comem.choices import (
+    CLIP_TIME_KINDS,
     DATA_FORMATS,
     DECODERS,
     DEFAULT_MEMORY_STAGES,
     FUSION_KINDS,
     MEMORY_KINDS,
     SUMMARY_KINDS,
+    SYNTHETIC_TASKS,
 )
 from comem.errors import UserError
 from comem.memory_options import MemoryOptions
@@ -40,11 +42,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "memory": MEMORY_KINDS,
     "fusion": FUSION_KINDS,
     "memory_summary": SUMMARY_KINDS,
+    "clip_time": CLIP_TIME_KINDS,
     "optimizer": ("sgd", "adamw"),
     "memory_pass_bn": ("batch", "eval"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
     "device": ("auto", "cpu", "cuda"),
-    "synthetic_task": ("distinct", "parity"),
+    "synthetic_task": SYNTHETIC_TASKS,
     "data_format": DATA_FORMATS,
     "decoder": DECODERS,
     "task": ("classify", "ava"),
@@ -82,6 +85,7 @@ class TrainConfig:
     memory_summary: str = "meanmax"  # a clip's memory entry: mean | max | meanmax (docs/learning.md)
     gate_hidden: int | None = 64  # hidden ReLU layer between the memory read and the gate (None: linear)
     entry_hidden: int | None = None  # hidden ReLU layer on each memory entry before q/k/v (None: linear)
+    clip_time: str = "relative"  # how the memory reads the clips' times: none (order-blind) | relative
     dropout: float = 0.0  # before the classifier; 0.2 held back the built-in tasks (docs/learning.md)
     # optimisation
     mode: str = "comem"
@@ -198,6 +202,7 @@ class TrainConfig:
             gate_hidden=self.gate_hidden,
             summary=self.memory_summary,
             entry_hidden=self.entry_hidden,
+            clip_time=self.clip_time,
         )
 
     @property

@@ -11,7 +11,10 @@ does the whole thing at once for joint training and inference.
 
 Every entry point takes the clips' times, ``times`` (B, N): where each clip sits in its video, as
 its centre's fraction of the video's duration in [0, 1] (None: the clips in order, spread evenly,
-``even_times``). The order-blind memory of the paper reads the same whatever the times.
+``even_times``). The order-blind memory of the paper (``clip_time='none'``) reads the same whatever
+the times; ``clip_time='relative'`` adds a learned function of each pair's time difference to the
+read's scores (``relative_time_features``), so a clip can draw on what came after it rather than
+before, and the read, shuffled with its times, is still the same.
 """
 
 from __future__ import annotations
@@ -23,11 +26,29 @@ from typing import Literal
 import torch
 from torch import nn
 
-from comem.choices import FUSION_KINDS, MEMORY_KINDS, SUMMARY_KINDS
+from comem.choices import CLIP_TIME_KINDS, FUSION_KINDS, MEMORY_KINDS, SUMMARY_KINDS
 
 MemoryKind = Literal["attention", "sigmoid", "sink", "average"]
 FusionKind = Literal["gate", "add"]
 SummaryKind = Literal["mean", "max", "meanmax"]
+ClipTimeKind = Literal["none", "relative"]
+RELATIVE_FREQUENCIES: tuple[float, ...] = (1.0, 2.0, 4.0)
+
+
+def relative_time_features(query_times: torch.Tensor, bank_times: torch.Tensor) -> torch.Tensor:
+    """Features (B, Q, N, F) of the time from each query clip to each bank clip, d = t_j - t_i.
+
+    ``d`` and ``|d|`` (later or earlier, near or far: a linear bias on them makes a clip read
+    forward or backward in time), and ``sin``/``cos`` of ``pi * f * d`` for ``RELATIVE_FREQUENCIES``
+    (finer shapes). Functions of the difference only: the read does not depend on where in the
+    video a clip is, so it carries over to other clip counts and lengths.
+    """
+    delta = bank_times[:, None, :] - query_times[:, :, None]
+    angles = math.pi * delta[..., None] * delta.new_tensor(RELATIVE_FREQUENCIES)
+    return torch.cat([delta[..., None], delta.abs()[..., None], angles.sin(), angles.cos() - 1.0], dim=-1)
+
+
+RELATIVE_FEATURES = 2 + 2 * len(RELATIVE_FREQUENCIES)
 
 
 def pool(features: torch.Tensor, dims: tuple[int, ...], summary: SummaryKind) -> torch.Tensor:
@@ -107,6 +128,12 @@ class CollaborativeMemory(nn.Module):
             clips {red, green, yellow} from {red, green, green}. A non-linear map of each entry
             before the read, and the gate's hidden layer after it, is the sum-decomposition that
             represents any function of the set of clips (Deep Sets, Zaheer et al., NeurIPS 2017).
+        clip_time: ``none`` (the paper's order-blind read: a set of clips) or ``relative`` (the
+            default): the read's score of bank clip j for query clip i gains a bias
+            ``(w + U q_i) . phi(t_j - t_i)`` (``relative_time_features``), so each query chooses
+            how to weigh clips by when they happened relative to it. ``w`` and ``U`` start at 0:
+            the read starts order-blind and learns to use time. With ``memory='average'`` the
+            weights are ``softmax(w . phi)`` (uniform at initialisation).
 
     At initialisation the module is the identity (W_g = 0, b = 0 gives a gate of exactly 1; the
     additive projection starts at 0), so inserting it into a pretrained backbone does not change
@@ -123,8 +150,11 @@ class CollaborativeMemory(nn.Module):
         gate_hidden: int | None = 64,
         summary: SummaryKind = "meanmax",
         entry_hidden: int | None = None,
+        clip_time: ClipTimeKind = "relative",
     ) -> None:
         super().__init__()
+        if clip_time not in CLIP_TIME_KINDS:
+            raise ValueError(f"clip_time must be one of {CLIP_TIME_KINDS}, got {clip_time!r}")
         if summary not in SUMMARY_KINDS:
             raise ValueError(f"summary must be one of {SUMMARY_KINDS}, got {summary!r}")
         if memory not in MEMORY_KINDS:
@@ -136,6 +166,7 @@ class CollaborativeMemory(nn.Module):
         self.memory = memory
         self.fusion = fusion
         self.summary = summary
+        self.clip_time = clip_time
         self.entry: nn.Module = nn.Identity()
         if entry_hidden:
             self.entry = nn.Sequential(nn.Linear(channels, entry_hidden), nn.ReLU())
@@ -150,6 +181,15 @@ class CollaborativeMemory(nn.Module):
             self.hidden = nn.Sequential(nn.Linear(channels, gate_hidden), nn.ReLU())
         self.out = nn.Linear(gate_hidden or channels, channels)
         self.sink = nn.Parameter(torch.zeros(())) if memory == "sink" else None
+        # The relative-time bias (w + U q_i) . phi(t_j - t_i); zero at initialisation.
+        # Plain zero tensors (no random init drawn): the other weights get the same initialisation
+        # whatever ``clip_time`` is, so a seed starts the same network with and without time.
+        self.time_bias: nn.Parameter | None = None
+        self.time_query: nn.Parameter | None = None  # U: (F, d')
+        if clip_time == "relative":
+            self.time_bias = nn.Parameter(torch.zeros(RELATIVE_FEATURES))
+            if memory != "average":
+                self.time_query = nn.Parameter(torch.zeros(RELATIVE_FEATURES, self.key_dim))
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -172,9 +212,9 @@ class CollaborativeMemory(nn.Module):
         with float32(bank):
             queries, bank = self.entry(queries.float()), self.entry(bank.float())
             values = self.value(bank)
-            if self.memory == "average":
+            if self.memory == "average" and self.clip_time == "none":
                 return values.mean(dim=1, keepdim=True).expand(-1, queries.shape[1], -1)
-            return self._weights(queries, bank) @ values
+            return self._weights(queries, bank, query_times, bank_times) @ values
 
     def attention(
         self,
@@ -187,13 +227,30 @@ class CollaborativeMemory(nn.Module):
         how much each query draws on each clip. Rows sum to 1 (``attention``; uniform with
         ``average``), to at most 1 (``sink``), or are sigmoids / N (``sigmoid``)."""
         with float32(bank):
-            return self._weights(self.entry(queries.float()), self.entry(bank.float()))
+            entries = self.entry(queries.float()), self.entry(bank.float())
+            return self._weights(*entries, query_times, bank_times)
 
-    def _weights(self, queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    def _weights(
+        self,
+        queries: torch.Tensor,
+        bank: torch.Tensor,
+        query_times: torch.Tensor | None,
+        bank_times: torch.Tensor | None,
+    ) -> torch.Tensor:
         """``attention`` of entries already through ``self.entry``."""
+        if self.time_bias is not None:
+            query_times = self._times(query_times, queries)
+            bank_times = self._times(bank_times, bank)
         if self.memory == "average":
-            return bank.new_full((bank.shape[0], queries.shape[1], bank.shape[1]), 1.0 / bank.shape[1])
-        scores = self.query(queries) @ self.key(bank).transpose(1, 2) / math.sqrt(self.key_dim)
+            if self.time_bias is None:
+                return bank.new_full((bank.shape[0], queries.shape[1], bank.shape[1]), 1.0 / bank.shape[1])
+            return (relative_time_features(query_times, bank_times) @ self.time_bias).softmax(dim=-1)
+        projected = self.query(queries)
+        scores = projected @ self.key(bank).transpose(1, 2) / math.sqrt(self.key_dim)
+        if self.time_bias is not None:
+            weights = self.time_bias + projected @ self.time_query.T  # (B, Q, F)
+            features = relative_time_features(query_times, bank_times)  # (B, Q, N, F)
+            scores = scores + (features @ weights[..., None])[..., 0]
         if self.memory == "sigmoid":
             return scores.sigmoid() / bank.shape[1]
         if self.memory == "sink":
@@ -279,7 +336,8 @@ class CollaborativeMemory(nn.Module):
 
     @staticmethod
     def _times(times: torch.Tensor | None, bank: torch.Tensor) -> torch.Tensor:
-        """``times`` (B, N) as float32 on the bank's device, or ``even_times`` for the bank (B, N, C)."""
+        """``times`` (B, N) as float32 on the bank's device, or ``even_times`` for the bank (B, N, C)
+        (also for queries (B, Q, C) and their times (B, Q))."""
         if times is None:
             return even_times(bank.shape[0], bank.shape[1], bank.device)
         if times.shape != bank.shape[:2]:
@@ -289,7 +347,7 @@ class CollaborativeMemory(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, key_dim={self.key_dim}, memory={self.memory}, fusion={self.fusion}, "
-            f"summary={self.summary}, "
+            f"summary={self.summary}, clip_time={self.clip_time}, "
             f"gate_hidden={self.out.in_features if isinstance(self.hidden, nn.Sequential) else None}, "
             f"entry_hidden={self.entry[0].out_features if isinstance(self.entry, nn.Sequential) else None}"
         )

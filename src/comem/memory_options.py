@@ -23,6 +23,7 @@ class MemoryOptions:
     gate_hidden: int | None = 64
     summary: str = "meanmax"
     entry_hidden: int | None = None
+    clip_time: str = "relative"
 
     def as_kwargs(self) -> dict[str, Any]:
         """The options as ``CollaborativeMemory``'s keyword arguments."""

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from comem.choices import SYNTHETIC_TASKS
+
 NAME = "make-synthetic"
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     synthetic = commands.add_parser(NAME, help="write the built-in long-range dataset as mp4 + CSV")
     synthetic.add_argument("out", help="output directory")
-    synthetic.add_argument("--task", default="distinct", choices=["distinct", "parity"])
+    synthetic.add_argument("--task", default="distinct", choices=SYNTHETIC_TASKS)
     synthetic.add_argument("--num-train", type=int, default=480)
     synthetic.add_argument("--num-val", type=int, default=120)
     synthetic.add_argument("--size", type=int, default=64, help="frame side in pixels")

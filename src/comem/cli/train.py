@@ -53,6 +53,8 @@ HELP: dict[str, str] = {
     "gate_hidden": "width of a hidden ReLU layer from the memory read to the gate (none: a linear gate)",
     "entry_hidden": "width of a hidden ReLU layer that each clip's summary passes through before the "
     "memory's query, key and value projections (none: linear projections of the summary)",
+    "clip_time": "how the memory reads when each clip happened: none (the order-blind read of a set of "
+    "clips) or relative (a learned bias on each pair's time difference; docs/method.md)",
     "dropout": "dropout before the classifier",
     "mode": "training mode (docs/training.md, Modes)",
     "epochs": "training epochs",

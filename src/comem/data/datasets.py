@@ -19,6 +19,7 @@ from comem.data.decode import ClipSource, VideoDecodeError, open_video
 from comem.data.sampling import (
     clip_frame_indices,
     clip_span,
+    clip_times,
     eval_clip_starts,
     resample_grid,
     spans_overlapping,
@@ -293,8 +294,11 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
-        """``{"video": uint8 (N * num_crops, C, T, crop, crop), "label", "video_index", "path",
-        "span", "times"}``.
+        """``{"video": uint8 (N * num_crops, C, T, crop, crop), "times": float32 (N * num_crops,),
+        "span": float32 (N * num_crops, 2), "label", "video_index", "path"}``.
+
+        ``times`` are the views' times in the video (``comem.data.sampling.clip_times``), ``span``
+        their start and end in seconds (the crops of one clip share its time and span).
 
         ``label`` is an int, or float32 multi-hot ``(K,)`` for multi-label data; with
         ``span_labels`` a training item has per-clip targets ``(N, K)``: the actions whose time span
@@ -315,7 +319,7 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
                     if warning is not None:
                         log.warning(warning)
                         self.warned_short = True
-                indices = self._plan(times, rng)
+                indices, when = self._plan(times, rng)
                 frames = reader.read(indices)
         except VideoDecodeError as error:
             return {"error": str(error), "video_index": index, "path": str(record.path)}
@@ -327,24 +331,27 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
             target = (
                 int(self.label_mirror[target]) if isinstance(target, int) else target[..., self.label_mirror]
             )
-        span, centres = clip_spans(times, indices)
+        span, _ = clip_spans(times, indices)
+        crops = len(views) // len(when)
         return {
             "video": torch.stack(views),
+            "times": torch.from_numpy(when).repeat_interleave(crops),
+            "span": span.repeat_interleave(crops, dim=0),
             "label": target,
             "video_index": index,
             "path": str(record.path),
-            "span": span,
-            "times": centres,
         }
 
-    def _plan(self, times: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Frame indices ``(N, clip_len)``: on the native frame grid, or on a ``target_fps`` grid."""
+    def _plan(self, times: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Frame indices ``(N, clip_len)`` (on the native frame grid, or on a ``target_fps`` grid)
+        and the clips' times ``(N,)`` (``clip_times``, a fraction of the grid's length)."""
         grid = np.arange(len(times)) if self.target_fps is None else resample_grid(times, self.target_fps)
         if self.train:
             starts = train_clip_starts(len(grid), self.num_clips, self.span, rng)
         else:
             starts = eval_clip_starts(len(grid), self.num_clips, self.span)
-        return grid[clip_frame_indices(starts, self.clip_len, self.stride, len(grid))]
+        indices = grid[clip_frame_indices(starts, self.clip_len, self.stride, len(grid))]
+        return indices, clip_times(starts, self.span, len(grid))
 
     def _target(self, record: VideoRecord, clip_times: np.ndarray) -> int | torch.Tensor:
         """Class index, multi-hot ``(K,)``, or with ``span_labels`` per-clip multi-hot ``(N, K)``."""
@@ -401,29 +408,29 @@ def clip_spans(frame_times: np.ndarray, indices: np.ndarray) -> tuple[torch.Tens
 def collate_clips(samples: list[dict]) -> dict:
     """Batch items of :class:`MultiClipVideoDataset`, dropping failed ones.
 
-    Returns ``{"video": uint8 (B, N, C, T, H, W), "label": int64 (B,) or float32 multi-hot (B, K)
-    (per-clip (B, N, K) with span labels), "video_index": int64 (B,), "span": float32 (B, N, 2)
-    and "times": float32 (B, N) (the items' clip spans and times), "skipped": list of error
-    messages}``; if every sample failed, ``video`` has shape ``(0,)`` and ``label`` no elements.
+    Returns ``{"video": uint8 (B, N, C, T, H, W), "times": float32 (B, N) (each clip's time in its
+    video), "span": float32 (B, N, 2) (its start and end in seconds), "label": int64 (B,) or float32
+    multi-hot (B, K) (per-clip (B, N, K) with span labels), "video_index": int64 (B,), "skipped":
+    list of error messages}``; if every sample failed, ``video`` has shape ``(0,)`` and ``label`` no
+    elements.
     """
     good = [sample for sample in samples if "error" not in sample]
     skipped = [sample["error"] for sample in samples if "error" in sample]
     if good:
         video = torch.stack([sample["video"] for sample in good])
+        times = torch.stack([sample["times"] for sample in good])
     else:
         video = torch.empty((0,), dtype=torch.uint8)
+        times = torch.empty((0, 0), dtype=torch.float32)
     if good and isinstance(good[0]["label"], torch.Tensor):
         label = torch.stack([sample["label"] for sample in good])
     else:
         label = torch.tensor([sample["label"] for sample in good], dtype=torch.int64)
     return {
         "video": video,
+        "times": times,
         "label": label,
         "video_index": torch.tensor([sample["video_index"] for sample in good], dtype=torch.int64),
-        **{
-            key: torch.stack([sample[key] for sample in good]) if good else torch.empty((0,))
-            for key in ("span", "times")
-            if all(key in sample for sample in good)
-        },
+        "span": torch.stack([sample["span"] for sample in good]) if good else torch.empty((0, 0, 2)),
         "skipped": skipped,
     }

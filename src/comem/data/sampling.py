@@ -63,6 +63,18 @@ def clip_frame_indices(starts: Sequence[int], clip_len: int, stride: int, num_fr
     return np.clip(indices, 0, num_frames - 1)
 
 
+def clip_times(starts: Sequence[int], span: int, num_frames: int) -> np.ndarray:
+    """Each clip's time in its video (float32, ``(len(starts),)``): the centre of the frames it covers
+    as a fraction of the video's duration, ``(start + span / 2) / num_frames``, clamped to [0, 1].
+
+    Frame ``f`` covers ``[f, f + 1) / num_frames`` of the duration, so a clip spanning the whole
+    video is at 0.5 and the evenly spread eval clips of a long video are near ``(i + 0.5) / N``.
+    """
+    _check_positive(span=span, num_frames=num_frames)
+    centres = (np.asarray(starts, dtype=np.float64) + span / 2) / num_frames
+    return np.clip(centres, 0.0, 1.0).astype(np.float32)
+
+
 def resample_grid(frame_times: np.ndarray, target_fps: float) -> np.ndarray:
     """Frame indices of a ``target_fps`` resampling of a video whose frame ``i`` shows at
     ``frame_times[i]`` seconds: entry ``j`` is the frame on screen at time ``j / target_fps``.

@@ -8,6 +8,12 @@ independent of the label (every class is equally likely whatever a single part s
 - ``distinct``: the number of distinct colours among the parts (classes "1 colour", "2 colours", …).
 - ``parity``: each part's square is red or blue; the label is whether the number of red parts is
   odd (XOR over parts).
+- ``order``: one part shows a red square, another a blue one, every other part a green one; the
+  label is which of red and blue comes first. Every part shows one of the same three colours in
+  both classes, so neither a single clip nor the set of clips tells the classes apart: only the
+  clips' order does. Each square shows only in the middle third of its part (``event_frames``):
+  the gap between two events, two thirds of a part (16 frames by default), is longer than a
+  default clip (15 frames), so no clip sees two events and their order inside it.
 
 A model that sees one short clip is therefore at chance; a model that combines the clips of the
 video (collaborative memory) can be right. Written in the PySlowFast CSV layout that
@@ -29,11 +35,12 @@ from typing import Literal
 import av
 import numpy as np
 
+from comem.choices import SYNTHETIC_TASKS
+
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 2  # bump when the rendering changes, so cached copies are regenerated
-SyntheticTask = Literal["distinct", "parity"]
-SYNTHETIC_TASKS: tuple[str, ...] = ("distinct", "parity")
+SyntheticTask = Literal["distinct", "parity", "order"]
 CODECS: dict[str, tuple[str, str]] = {
     "h264": ("libx264", ".mp4"),
     "mpeg4": ("mpeg4", ".avi"),
@@ -68,6 +75,8 @@ class SyntheticSpec:
 def class_names(spec: SyntheticSpec) -> list[str]:
     if spec.task == "parity":
         return ["even_red", "odd_red"]
+    if spec.task == "order":
+        return ["red_first", "blue_first"]
     max_distinct = min(spec.num_parts, len(PALETTE))
     return [f"{k}_colour{'s' if k > 1 else ''}" for k in range(1, max_distinct + 1)]
 
@@ -75,6 +84,11 @@ def class_names(spec: SyntheticSpec) -> list[str]:
 def _part_colours(task: str, label: int, num_parts: int, rng: np.random.Generator) -> list[str]:
     """Colours of the parts of one video with the given label, each valid assignment equally likely."""
     names = list(PALETTE)
+    if task == "order":
+        first, second = sorted(rng.choice(num_parts, size=2, replace=False).tolist())
+        colours = ["green"] * num_parts
+        colours[first], colours[second] = ("red", "blue") if label == 0 else ("blue", "red")
+        return colours
     if task == "parity":
         while True:
             reds = rng.integers(0, 2, size=num_parts)
@@ -108,6 +122,15 @@ def _trajectory(num_frames: int, size: int, square: int, rng: np.random.Generato
     return corners.astype(int)
 
 
+def event_frames(task: str, num_frames: int, num_parts: int) -> np.ndarray:
+    """Which frames (bool, (num_frames,)) show their part's event: all of them, or for ``order`` the
+    middle third of each part, so events are far apart in time (module docstring)."""
+    if task != "order":
+        return np.ones(num_frames, dtype=bool)
+    position = (np.arange(num_frames) * num_parts) % num_frames  # where in its part, x num_frames
+    return (3 * position >= num_frames) & (3 * position < 2 * num_frames)
+
+
 def render_video(colours: list[str], spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
     """Frames (num_frames, size, size, 3) uint8 of one video whose parts show ``colours``.
 
@@ -126,6 +149,7 @@ def render_video(colours: list[str], spec: SyntheticSpec, rng: np.random.Generat
     ]
     part_of_frame = np.minimum(np.arange(num_frames) * len(colours) // num_frames, len(colours) - 1)
     event_paths = [_trajectory(num_frames, size, square, rng) for _ in colours]
+    shown = event_frames(spec.task, num_frames, len(colours))
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for t in range(num_frames):
         frame = background.copy()
@@ -136,8 +160,9 @@ def render_video(colours: list[str], spec: SyntheticSpec, rng: np.random.Generat
             y, x = path[t]
             frame[y : y + small, x : x + small] = colour
         part = part_of_frame[t]
-        y, x = event_paths[part][t]
-        frame[y : y + square, x : x + square] = PALETTE[colours[part]]
+        if shown[t]:
+            y, x = event_paths[part][t]
+            frame[y : y + square, x : x + square] = PALETTE[colours[part]]
         frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
     return frames
 
@@ -173,6 +198,8 @@ def make_synthetic(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -
         raise ValueError(f"task must be one of {SYNTHETIC_TASKS}, got {spec.task!r}")
     if spec.codec not in CODECS:
         raise ValueError(f"codec must be one of {tuple(CODECS)}, got {spec.codec!r}")
+    if spec.task == "order" and spec.num_parts < 2:
+        raise ValueError(f"the order task needs at least 2 parts, got {spec.num_parts}")
     if spec.num_frames < spec.num_parts:
         raise ValueError(f"num_frames ({spec.num_frames}) must be at least num_parts ({spec.num_parts})")
     out = Path(out_dir)

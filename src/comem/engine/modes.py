@@ -163,7 +163,8 @@ def single_step(
     times: torch.Tensor | None = None,
     backward: Backward = autograd_backward,
 ) -> StepOutput:
-    """The one-clip baseline: ``video`` is (B, 1, C, T, H, W); the memory sees that clip only."""
+    """The one-clip baseline: ``video`` is (B, 1, C, T, H, W), ``times`` (B, 1); the memory sees
+    that clip only."""
     if video.shape[1] != 1:
         raise ValueError(f"single mode trains on one clip per video, got {video.shape[1]}")
     return joint_step(
@@ -216,7 +217,8 @@ def cross_clip_gradients(
     after the last stage: the head alone), one clip at a time. The head's dropout draws the same
     masks as the gradient pass that follows (the RNG is rewound), and BatchNorm sees the same
     per-clip batches, so the gradient is that of the step's own forward. It is that of the
-    scaled loss (``scale_loss``), as the gradient pass's backwards it is added to.
+    scaled loss (``scale_loss``), as the gradient pass's backwards it is added to. ``times``
+    (B, N): the clips' times (``comem.memory``).
     """
     leaves = _bank_leaves(memory.banks)
     flat = _flat(leaves)
@@ -290,7 +292,7 @@ def tsn_step(
 ) -> StepOutput:
     """Segment consensus: every clip of ``video`` (B, N, C, T, H, W) runs on its own (its memory
     sees that clip only, as in ``single``) and the loss is that of the clips' mean logits, so
-    clips are combined by averaging scores, never by comparing what they saw."""
+    clips are combined by averaging scores, never by comparing what they saw. ``times`` (B, N)."""
     with autocast():
         logits = model(video, share_memory=False, times=times)
     loss = video_level_loss(logits, targets, loss_fn)

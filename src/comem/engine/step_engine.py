@@ -69,15 +69,21 @@ class StepEngine:
             return self.model(*args, **kwargs)
         return getattr(self.model, method)(*args, **kwargs)
 
-    def memory_bank(self, video_model: torch.nn.Module, video: torch.Tensor) -> dict:
+    def memory_bank(
+        self, video_model: torch.nn.Module, video: torch.Tensor, times: torch.Tensor | None = None
+    ) -> dict:
         """The no-grad memory pass, BatchNorm's running statistics kept out of it as configured."""
         batch_stats = self.config.memory_pass_bn == "batch"
         guard = preserved_batchnorm_stats(video_model) if batch_stats else eval_batchnorm(video_model)
         with guard, self.autocast():
-            return video_model.memory_bank(video, chunk=self.config.memory_chunk)
+            return video_model.memory_bank(video, chunk=self.config.memory_chunk, times=times)
 
     def run_mode(
-        self, video: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn | None = None
+        self,
+        video: torch.Tensor,
+        targets: torch.Tensor,
+        loss_fn: LossFn | None = None,
+        times: torch.Tensor | None = None,
     ) -> StepOutput:
         """The step of the run's mode (``MODE_STEPS``) with the run's settings (``loss_fn`` None:
         the default clip loss)."""
@@ -91,7 +97,7 @@ class StepEngine:
             video_loss=config.video_loss,
         )
         return train_step(
-            self.train_model, video, targets, mode=config.mode, options=options, loss_fn=loss_fn
+            self.train_model, video, targets, mode=config.mode, times=times, options=options, loss_fn=loss_fn
         )
 
     def context(self) -> StepContext:

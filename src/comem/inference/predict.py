@@ -24,7 +24,7 @@ from torchvision.transforms.v2 import functional as F
 
 from comem.config import TrainConfig
 from comem.data.decode import VideoReader
-from comem.data.sampling import clip_frame_indices, clip_span, eval_clip_starts, resample_grid
+from comem.data.sampling import clip_frame_indices, clip_span, clip_times, eval_clip_starts, resample_grid
 from comem.data.transforms import center_crop_views, normalize, short_side_scale_size
 from comem.engine.precision import autocast_for
 from comem.errors import UserError
@@ -137,15 +137,20 @@ def views_and_thumbnail(
 def score_views(
     model: torch.nn.Module, video: torch.Tensor, *, share_memory: bool, times: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits (V, K) of the V views of one video (1, V, C, T, H, W) and each memory stage's read
-    weights (V, V). Views run one at a time, so peak memory is that of one clip whatever V; with
-    ``share_memory`` every view reads the collaborative memory of all V views (``memory_bank`` then
-    ``forward_clip``), else each view's memory is its own clip (identity read weights). ``times``
-    (1, V): the views' times (None: spread evenly)."""
+    """Logits (V, K) of the V views of one video (1, V, C, T, H, W) at ``times`` (1, V) (None: even)
+    and each memory stage's read weights (V, V). Views run one at a time, so peak memory is that of
+    one clip whatever V; with ``share_memory`` every view reads the collaborative memory of all V
+    views (``memory_bank`` then ``forward_clip``), else each view's memory is its own clip
+    (identity read weights)."""
     num_views = video.shape[1]
     stages = model.memory_stage_names
     if not share_memory:
-        logits = torch.cat([model(video[:, i : i + 1])[0] for i in range(num_views)])
+        logits = torch.cat(
+            [
+                model(video[:, i : i + 1], times=None if times is None else times[:, i : i + 1])[0]
+                for i in range(num_views)
+            ]
+        )
         return logits, {stage: torch.eye(num_views) for stage in stages}
     banks = model.memory_bank(video, times=times)
     logits = torch.cat([model.forward_clip(video[:, i], i, banks, times=times) for i in range(num_views)])
@@ -155,8 +160,8 @@ def score_views(
 def read_weights(
     model: torch.nn.Module, banks: dict[str, Bank], times: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
-    """Read weights (V, V) of each memory stage over one video's bank (1, V, C) at ``times`` (1, V);
-    a stage with one memory per pathway gives one entry per pathway, ``stage[p]``."""
+    """Read weights (V, V) of each memory stage over one video's bank (1, V, C) of clips at ``times``
+    (1, V); a stage with one memory per pathway gives one entry per pathway, ``stage[p]``."""
     weights: dict[str, torch.Tensor] = {}
     for stage, memory in zip(model.memory_stage_names, model.memories.values(), strict=True):
         bank = banks[stage]
@@ -177,10 +182,11 @@ def clip_indices(
     fps: float,
     clips_per_second: float | None,
     max_clips: int,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Frame indices (N, clip_len) of the clips spread uniformly over a video of ``num_frames``,
     sampled on the frame grid the model was trained on (every frame, or ``target_fps``'s ticks
-    from ``frame_times()``, the frames' times in seconds)."""
+    from ``frame_times()``, the frames' times in seconds), and the clips' times (N,) in the video
+    (``comem.data.sampling.clip_times``)."""
     count = number_of_clips(
         num_frames, fps, clips=clips, clips_per_second=clips_per_second, max_clips=max_clips
     )
@@ -189,8 +195,10 @@ def clip_indices(
         if frame_times is None:
             raise FramesError(f"this model samples clips at {config.target_fps} fps: give the frames' fps")
         grid = resample_grid(frame_times(), config.target_fps)
-    starts = eval_clip_starts(len(grid), count, clip_span(config.clip_len, config.stride))
-    return grid[clip_frame_indices(starts, config.clip_len, config.stride, len(grid))]
+    span = clip_span(config.clip_len, config.stride)
+    starts = eval_clip_starts(len(grid), count, span)
+    indices = grid[clip_frame_indices(starts, config.clip_len, config.stride, len(grid))]
+    return indices, clip_times(starts, span, len(grid))
 
 
 def score_clips(
@@ -200,12 +208,15 @@ def score_clips(
     crops: int,
     aggregate: str,
     device: torch.device,
-    times: torch.Tensor | None = None,
+    times: np.ndarray | torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Per-clip probabilities (N, K), video scores (K,) and read weights (N, N) per memory stage of
-    ``views`` (N·crops, C, T, H, W), normalised, clip-major; ``times`` (N,) the clips' times."""
+    ``views`` (N·crops, C, T, H, W), normalised, clip-major, of clips at ``times`` (N,) in their
+    video (None: even)."""
     count = views.shape[0] // crops
-    view_times = None if times is None else times.float().repeat_interleave(crops)[None].to(device)
+    view_times = None
+    if times is not None:
+        view_times = torch.as_tensor(times, dtype=torch.float32).repeat_interleave(crops)[None]
     with autocast_for(device, trained.config.precision)():
         logits, weights = score_views(
             trained.model,
@@ -243,7 +254,7 @@ def predict_video(
     crops = crops or config.crops
     device = device or next(trained.model.parameters()).device
     with VideoReader(path) as reader:
-        indices = clip_indices(
+        indices, times = clip_indices(
             config,
             reader.num_frames,
             reader.frame_times,
@@ -262,9 +273,8 @@ def predict_video(
                 f"({num_frames / rate:.1f} s of {stated / rate:.1f} s; a cut-off download?): "
                 "predicted from the frames it holds"
             )
-    return _prediction(
-        trained, kept, indices, str(path), (num_frames, fps, height, width), crops, aggregate, device
-    )
+    meta = (num_frames, fps, height, width)
+    return _prediction(trained, kept, indices, times, str(path), meta, crops, aggregate, device)
 
 
 def predict_frames(
@@ -291,11 +301,11 @@ def predict_frames(
     config = trained.config
     crops = crops or config.crops
     device = device or next(trained.model.parameters()).device
-    times = None if fps is None else (lambda: np.arange(len(frames)) / fps)
-    indices = clip_indices(
+    frame_times = None if fps is None else (lambda: np.arange(len(frames)) / fps)
+    indices, times = clip_indices(
         config,
         len(frames),
-        times,
+        frame_times,
         clips=clips or config.eval_views,
         fps=fps or 0.0,
         clips_per_second=clips_per_second,
@@ -306,7 +316,7 @@ def predict_frames(
     done = {int(index): transform(frames[index]) for index in np.unique(indices)}
     kept = np.stack([[done[int(index)] for index in row] for row in indices])
     meta = (len(frames), fps or 0.0, height, width)
-    return _prediction(trained, kept, indices, "<frames>", meta, crops, aggregate, device)
+    return _prediction(trained, kept, indices, times, "<frames>", meta, crops, aggregate, device)
 
 
 def predict_clips(
@@ -315,16 +325,16 @@ def predict_clips(
     *,
     aggregate: str = "mean",
     device: torch.device | None = None,
-    times: torch.Tensor | None = None,
+    times: torch.Tensor | np.ndarray | None = None,
 ) -> VideoPrediction:
     """Score the N clips (N, C, T, H, W) of one video, already cut and normalised as in training,
-    at ``times`` (N,) (each clip's centre as a fraction of the video; None: spread evenly)."""
+    taken at ``times`` (N,) in the video (fractions of its duration; None: in order, evenly)."""
     if not isinstance(clips, torch.Tensor) or clips.ndim != 5 or not clips.is_floating_point():
         shape = tuple(clips.shape) if hasattr(clips, "shape") else type(clips).__name__
         raise FramesError(f"clips must be a float (N, C, T, H, W) tensor, got {shape}")
     device = device or next(trained.model.parameters()).device
-    if times is not None and tuple(times.shape) != (clips.shape[0],):
-        raise FramesError(f"times must be ({clips.shape[0]},), one per clip; got {tuple(times.shape)}")
+    if times is not None and tuple(np.shape(times)) != (clips.shape[0],):
+        raise FramesError(f"times must give one time per clip, ({clips.shape[0]},); got {np.shape(times)}")
     per_clip, scores, weights = score_clips(
         trained, clips.float(), crops=1, aggregate=aggregate, device=device, times=times
     )
@@ -354,17 +364,20 @@ def _prediction(
     trained: ScoringModel,
     kept: np.ndarray,
     indices: np.ndarray,
+    times: np.ndarray,
     path: str,
     meta: tuple[int, float, int, int],
     crops: int,
     aggregate: str,
     device: torch.device,
 ) -> VideoPrediction:
-    """Score the per-frame records ``kept`` (N, T) of clips at frame ``indices`` (N, T)."""
+    """Score the per-frame records ``kept`` (N, T) of clips at frame ``indices`` (N, T) and ``times`` (N,)."""
     # (N, T, crops, crop, crop, C) -> views (N * crops, C, T, crop, crop), clip-major as in eval
     views = torch.from_numpy(kept["views"]).permute(0, 2, 5, 1, 3, 4).flatten(0, 1).to(device)
     views = normalize(views, *input_normalization(trained))
-    per_clip, scores, weights = score_clips(trained, views, crops=crops, aggregate=aggregate, device=device)
+    per_clip, scores, weights = score_clips(
+        trained, views, crops=crops, aggregate=aggregate, device=device, times=times
+    )
     num_frames, fps, height, width = meta
     return VideoPrediction(
         path=path,

@@ -52,7 +52,7 @@ class Predictor:
         max_clips: int = 64,
         crops: int | None = None,
         aggregate: str = "mean",
-        times: torch.Tensor | None = None,
+        times: torch.Tensor | np.ndarray | None = None,
     ) -> VideoPrediction:
         """Class scores of one video, per clip and for the whole video, with the memory's read weights.
 
@@ -64,8 +64,8 @@ class Predictor:
             clips, clips_per_second, max_clips, crops: how many clips and spatial crops to cut from
                 a file or frames (default: the model's eval setting).
             aggregate: ``mean`` or ``max`` of the clip probabilities.
-            times: of clips given as a tensor, each clip's centre as a fraction of the video's
-                duration (N,) (``VideoClips`` gives them); default the N clips spread evenly.
+            times: clips input only: each clip's time (N,) in the video, its centre as a fraction
+                of the duration (default: in order, evenly); files and frames know their own.
 
         Returns a :class:`~comem.inference.predict.VideoPrediction`: ``scores`` (K,),
         ``clip_scores`` (N, K), ``attention`` {memory stage: (N, N)}, ``top(k)``.

@@ -63,6 +63,7 @@ class ModelSpec:
     gate_hidden: int | None = 64
     summary: str = "meanmax"
     entry_hidden: int | None = None
+    clip_time: str = "relative"
     dropout: float = 0.5
     # input normalisation (RGB, pixels in [0, 1]); None: the backbone's (``BackboneEntry.normalization``)
     mean: tuple[float, ...] | None = None
@@ -71,14 +72,7 @@ class ModelSpec:
     @property
     def memory_options(self) -> MemoryOptions:
         """The memories' options as one record (the spec keeps them flat, as checkpoints store them)."""
-        return MemoryOptions(
-            memory=self.memory,
-            fusion=self.fusion,
-            key_dim=self.key_dim,
-            gate_hidden=self.gate_hidden,
-            summary=self.summary,
-            entry_hidden=self.entry_hidden,
-        )
+        return MemoryOptions(**{name: getattr(self, name) for name in MemoryOptions.__dataclass_fields__})
 
     def with_normalization(self, norm: Normalization) -> ModelSpec:
         """This spec recording ``norm`` (what a checkpoint stores once the weights decided it)."""
@@ -165,7 +159,8 @@ class VideoModel(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, N, K) for video (B, N, C, T, H, W), clip times ``times`` (B, N).
 
-        ``share_memory=False`` gives every clip a memory of itself alone (the single-clip baseline
+        ``times`` (B, N): each clip's time in its video (``comem.memory``; None: even). With
+        ``share_memory=False`` every clip gets a memory of itself alone (the single-clip baseline
         evaluated over several views). With ``clip_index`` and ``banks`` (and ``cross_grads``) this
         is :meth:`forward_clip`, so a ``DistributedDataParallel`` wrapper can run both passes.
         """

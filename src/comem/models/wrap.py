@@ -68,6 +68,7 @@ class _Pass:
     clips: slice = field(default_factory=lambda: slice(None))
     summarized: str | None = None  # bank pass: the stage that stopped the forward
     summary: Any = None
+    times: torch.Tensor | None = None  # (B, N) the clips' times (comem.memory); None: even
 
 
 class _StageHook:
@@ -415,6 +416,7 @@ class WrappedModel(nn.Module):
         """Per-clip outputs (B, N, ...) of video (B, N, C, T, H, W), all clips in one graph;
         ``times`` (B, N) the clips' times.
 
+        ``times`` (B, N): each clip's time in its video (``comem.memory``; None: even).
         ``share_memory=False`` gives every clip a memory of itself alone. With ``clip_index`` and
         ``banks`` this is :meth:`forward_clip` (so that a ``DistributedDataParallel`` wrapper,
         which only syncs gradients of its own forward, can run the two-pass scheme's clip passes).
@@ -530,8 +532,8 @@ def wrap(
         layout: each stage's layout (``channels_first``, ``channels_last``, ``tokens``,
             ``tokens_cls``, ``pathways``), one for all or a dict per stage, where the trial forward
             cannot tell it (tokens without a grid, a network of one clip size).
-        memory_options: :class:`~comem.models.layouts.MemoryOptions`' fields (``key_dim``,
-            ``memory``, ``fusion``, ``gate_hidden``, ``summary``, ``entry_hidden``).
+        memory_options: :class:`~comem.memory_options.MemoryOptions`' fields (``key_dim``,
+            ``memory``, ``fusion``, ``gate_hidden``, ``summary``, ``entry_hidden``, ``clip_time``).
 
     Returns a :class:`WrappedModel` mapping (B, N, C, T, H, W) to (B, N, ...), whose memories are
     as wide as their stage's channels. They start at the identity, so at initialisation its

@@ -40,12 +40,13 @@ class StepContext:
       on a CPU).
     - ``forward(*args, method="forward", **kwargs)``: ``model.<method>(...)`` through the DDP wrapper when
       there is one; every forward that carries gradients must go through it.
-    - ``memory_bank(video_model, video)``: the two-pass scheme's no-grad first pass of a
+    - ``memory_bank(video_model, video, times=None)``: the two-pass scheme's no-grad first pass of a
       :class:`~comem.models.build.VideoModel`, with BatchNorm kept out of it as configured.
-    - ``run_mode(video, targets, loss_fn=None)``: the engine's step of the run's mode for tasks whose
-      loss is per clip against video targets (:mod:`comem.engine.modes`); ``loss_fn(clip logits (M, K),
-      their targets)`` is the task's clip loss (default: cross-entropy for class indices, binary
-      cross-entropy for float targets); returns its ``StepOutput``.
+    - ``run_mode(video, targets, loss_fn=None, times=None)``: the engine's step of the run's mode for
+      tasks whose loss is per clip against video targets (:mod:`comem.engine.modes`);
+      ``loss_fn(clip logits (M, K), their targets)`` is the task's clip loss (default: cross-entropy
+      for class indices, binary cross-entropy for float targets); ``times`` (B, N) the clips' times
+      in their videos (None: even); returns its ``StepOutput``.
     - ``backward(loss)``: the backward of a task's own loss, with the run's loss scaling (fp16's
       scaler, 1/K when K batches accumulate); a task never calls ``loss.backward()`` itself.
     """

@@ -214,7 +214,9 @@ class ClassificationTask:
         mixed first (``train_top1`` still counts each video's own label)."""
         video, targets = batch["video"], batch["label"]
         mixed, train_targets = self.mix(video, targets)
-        output = step.run_mode(step.to_input(mixed), train_targets, loss_fn=self.loss)
+        output = step.run_mode(
+            step.to_input(mixed), train_targets, loss_fn=self.loss, times=batch.get("times")
+        )
         correct = 0
         if not self.multi_label:
             correct = int((video_scores(output.logits, multi_label=False).argmax(-1) == targets).sum())
@@ -237,7 +239,11 @@ class ClassificationTask:
         if batch["label"].numel() == 0:
             return []
         with step.autocast():
-            logits = model(step.to_input(batch["video"]), share_memory=self.config.shares_eval_memory)
+            logits = model(
+                step.to_input(batch["video"]),
+                share_memory=self.config.shares_eval_memory,
+                times=batch.get("times"),
+            )
         multi_label = batch["label"].is_floating_point()
         scores = video_scores(logits, multi_label=multi_label, aggregate=self.aggregate).cpu()
         targets = batch["label"].cpu()

@@ -265,8 +265,12 @@ class AvaKeyframeDataset(Dataset):
         for row, labels in enumerate(keyframe.labels):
             for label in labels:
                 targets[row, label - 1] = 1.0
+        # each clip's centre as a fraction of the movie: the keyframe clip first, the memory clips
+        # at their distance from it (the relative read sees only the differences)
+        times = torch.tensor([(center + 0.5) / len(frames) for center in centers], dtype=torch.float32)
         return {
             "video": clip_video,
+            "times": times.clamp(0.0, 1.0),
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "original_boxes": torch.tensor(keyframe.boxes, dtype=torch.float32).reshape(-1, 4),
             "targets": targets,
@@ -277,10 +281,11 @@ class AvaKeyframeDataset(Dataset):
 
 
 def collate_keyframes(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack videos (B, N, C, T, H, W); concatenate boxes with their item index as ``box_index``;
-    ``index``: each item's keyframe index in the dataset."""
+    """Stack videos (B, N, C, T, H, W) and their clips' times (B, N); concatenate boxes with their
+    item index as ``box_index``; ``index``: each item's keyframe index in the dataset."""
     return {
         "video": torch.stack([item["video"] for item in items]),
+        "times": torch.stack([item["times"] for item in items]),
         "boxes": torch.cat([item["boxes"] for item in items]),
         "original_boxes": torch.cat([item["original_boxes"] for item in items]),
         "box_index": torch.cat(

@@ -78,10 +78,17 @@ class AvaDetector(nn.Module):
         """The input normalisation of its video model (``VideoModel.normalization``)."""
         return self.video_model.normalization
 
-    def forward(self, video: torch.Tensor, boxes: torch.Tensor, box_index: torch.Tensor) -> torch.Tensor:
-        """All N clips in one graph (joint training; ``single`` with N = 1). ``video`` (B, N, C, T, H, W)."""
+    def forward(
+        self,
+        video: torch.Tensor,
+        boxes: torch.Tensor,
+        box_index: torch.Tensor,
+        times: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """All N clips in one graph (joint training; ``single`` with N = 1). ``video`` (B, N, C, T, H, W),
+        ``times`` (B, N) the clips' times in the movie (``comem.memory``; None: even)."""
         batch, num_clips = video.shape[:2]
-        keyframe = keyframe_clip(self.video_model.features(video), batch, num_clips)
+        keyframe = keyframe_clip(self.video_model.features(video, times=times), batch, num_clips)
         return self.roi_head(temporal_pool(keyframe), boxes, box_index)
 
     def forward_keyframe(
@@ -90,8 +97,10 @@ class AvaDetector(nn.Module):
         boxes: torch.Tensor,
         box_index: torch.Tensor,
         banks: dict[str, torch.Tensor],
+        times: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The two-pass scheme's second pass: the keyframe clip alone, reading the memory ``banks``
-        (from ``video_model.memory_bank(video)``). Peak memory is that of one clip for any N."""
-        features = self.video_model.clip_features(video[:, 0], 0, banks)
+        (from ``video_model.memory_bank(video, times=times)``). Peak memory is that of one clip for
+        any N. ``times`` (B, N): the clips' times in the movie (None: even)."""
+        features = self.video_model.clip_features(video[:, 0], 0, banks, times=times)
         return self.roi_head(temporal_pool(features), boxes, box_index)

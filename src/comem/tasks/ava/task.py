@@ -40,14 +40,14 @@ def detection_step(detector: AvaDetector, batch: dict[str, Any], step: StepConte
     mode (comem) reads the memory of a no-grad pass of all clips and trains the keyframe clip; the
     others run every clip in one graph."""
     video = step.to_input(batch["video"])
-    boxes, box_index = batch["boxes"], batch["box_index"]
+    boxes, box_index, times = batch["boxes"], batch["box_index"], batch.get("times")
     if step.two_pass and video.shape[1] > 1:
-        banks = step.memory_bank(detector.video_model, video)
+        banks = step.memory_bank(detector.video_model, video, times)
         with step.autocast():
-            logits = step.forward(video, boxes, box_index, banks, method="forward_keyframe")
+            logits = step.forward(video, boxes, box_index, banks, times, method="forward_keyframe")
     else:
         with step.autocast():
-            logits = step.forward(video, boxes, box_index)
+            logits = step.forward(video, boxes, box_index, times)
     loss = F.binary_cross_entropy_with_logits(logits.float(), batch["targets"])
     step.backward(loss)
     return StepResult(float(loss.detach()), int(video.shape[0]))
@@ -108,13 +108,13 @@ class AvaTask:
         The memory of each keyframe is built from all its clips (two passes, so memory stays flat in N).
         """
         video = step.to_input(batch["video"])
-        boxes, box_index = batch["boxes"], batch["box_index"]
+        boxes, box_index, times = batch["boxes"], batch["box_index"], batch.get("times")
         with step.autocast():
             if video.shape[1] > 1:
-                banks = model.video_model.memory_bank(video)
-                logits = model.forward_keyframe(video, boxes, box_index, banks)
+                banks = model.video_model.memory_bank(video, times=times)
+                logits = model.forward_keyframe(video, boxes, box_index, banks, times)
             else:
-                logits = model(video, boxes, box_index)
+                logits = model(video, boxes, box_index, times)
         scores = logits.float().sigmoid().cpu().numpy()
         rows = defaultdict(list)
         for row, (item, box) in enumerate(
