@@ -16,6 +16,9 @@ summing the M mod K batches left (each then weighed 1 / (M mod K)). Steps are th
 everything that counts: the learning-rate schedule, ``--save-every``, ``global_step`` in
 TensorBoard, and checkpoints, which are only written between steps, so a resumed run never
 starts inside one.
+
+After every step the weights and BatchNorm statistics are checked for nan and inf
+(:meth:`Trainer.check_finite`): a diverged run stops there, before any checkpoint of it is written.
 """
 
 from __future__ import annotations
