@@ -106,3 +106,14 @@ def test_a_checkpoint_with_nonfinite_weights_is_refused_by_resume_eval_and_predi
 def test_json_outputs_write_null_for_nonfinite_numbers() -> None:
     text = json_text({"a": math.nan, "b": [1.5, math.inf, {"c": -math.inf}], "d": "nan"})
     assert json.loads(text) == {"a": None, "b": [1.5, None, {"c": None}], "d": "nan"}
+
+
+def test_resume_may_change_when_a_run_stops() -> None:
+    from comem.engine.resume_check import check_resume
+
+    saved = {"nonfinite_steps": 10, "dist_timeout": 10.0, "lr": 0.1}
+    current = {"nonfinite_steps": 3, "dist_timeout": 1.0, "lr": 0.1}
+    assert check_resume(saved, current, Path("last.pt")) == [
+        "--nonfinite-steps 10 -> 3",
+        "--dist-timeout 10.0 -> 1.0",
+    ]

@@ -74,7 +74,7 @@ def test_check_data_reports_the_corpus(corpus, tmp_path: Path, capsys) -> None:
     root, expected = corpus
     report_path = tmp_path / "report.json"
     argv = ["check-data", "--data", str(root), "--clip-len", "4", "--stride", "2", "--out", str(report_path)]
-    assert main(argv) == 0
+    assert main(argv) == 1  # it found problems
     printed = capsys.readouterr().out
     report = json.loads(report_path.read_text())
     unreadable = sorted(name for name, outcome in expected.items() if outcome == "unreadable")

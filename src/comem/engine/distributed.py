@@ -108,6 +108,16 @@ class RankStalledError(UserError, RuntimeError):
     """Another process of the run did not answer within ``--dist-timeout``."""
 
 
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a collective that timed out or lost its peer (not this rank's own bug)."""
+    if isinstance(error, UserError):
+        return False
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error).lower()
+    return any(words in text for words in ("timed out", "timeout", "connection closed", "connection reset"))
+
+
 def stalled_message(error: BaseException, context: DistContext, timeout_minutes: float) -> str:
     """One line for a collective that failed: another rank stalled, died or was stopped."""
     cause = " ".join(str(error).split())

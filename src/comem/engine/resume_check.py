@@ -28,6 +28,8 @@ MAY_CHANGE = frozenset(
         "out",
         "resume",
         "overwrite",
+        "nonfinite_steps",  # when a diverged run stops, and how long a stalled rank is waited for
+        "dist_timeout",
         "pretrained",  # the checkpoint's weights replace the pretrained ones
         "pretrained_strict",
         "compile",

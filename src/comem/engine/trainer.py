@@ -16,6 +16,9 @@ summing the M mod K batches left (each then weighed 1 / (M mod K)). Steps are th
 everything that counts: the learning-rate schedule, ``--save-every``, ``global_step`` in
 TensorBoard, and checkpoints, which are only written between steps, so a resumed run never
 starts inside one.
+
+After every step the weights and BatchNorm statistics are checked for nan and inf
+(:meth:`Trainer.check_finite`): a diverged run stops there, before any checkpoint of it is written.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from comem.engine.distributed import (
     context_from_env,
     gather_objects,
     init_distributed,
+    is_collective_failure,
     shutdown_distributed,
     stalled_message,
     sum_over_ranks,
@@ -65,7 +69,6 @@ from comem.engine.rng import restore_rng_state, rng_state, seed_everything
 from comem.engine.run_dir import claim_run_dir
 from comem.engine.step_engine import StepEngine
 from comem.engine.stopping import StopSignals, TrainingStopped, stopped_message
-from comem.errors import UserError
 from comem.files import write_json
 from comem.tasks.base import StepResult, Task
 
@@ -556,9 +559,8 @@ def train(config: TrainConfig, task: Task) -> dict[str, Any]:
         try:
             return Trainer(config, task).run()
         except RuntimeError as error:
-            if not context.enabled or isinstance(error, UserError):
+            if not context.enabled or not is_collective_failure(error):
                 raise
-            # a collective failed (timed out, or its peer is gone): not a bug of this rank
             raise RankStalledError(stalled_message(error, context, config.dist_timeout)) from error
         finally:
             shutdown_distributed()
