@@ -57,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only count FLOPs per step (on the meta device: instant, any size, no GPU needed)",
     )
     parser.add_argument("--json", dest="json_path", help="also write the JSON report here")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="also profile 2 steps of every row: Chrome/TensorBoard traces in DIR, top operators printed",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,4 +106,10 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json_path).write_text(payload + "\n")
     print()
     print(payload)
+    if args.profile:
+        from comem.diagnostics.profile import profile_bench
+
+        print(f"\ntop operators by self time per step (torch.profiler; traces in {args.profile}):")
+        for row in profile_bench(spec, Path(args.profile)):
+            print(row.format(), flush=True)
     return 0
