@@ -258,9 +258,8 @@ class CollaborativeMemory(nn.Module):
             times: (B, N) times of the bank's clips (module docstring); None: ``even_times``.
         """
         live = add_gradient(self.summarize(features).float(), cross_grad)
-        onehot = torch.zeros(bank.shape[1], device=bank.device, dtype=bank.dtype)
-        onehot[clip_index] = 1.0
-        mixed = bank * (1.0 - onehot)[None, :, None] + live[:, None, :] * onehot[None, :, None]
+        bank = bank.to(live.dtype)
+        mixed = torch.cat([bank[:, :clip_index], live[:, None, :], bank[:, clip_index + 1 :]], dim=1)
         times = self._times(times, bank)
         clip_memory = self.read(live[:, None, :], mixed, times[:, clip_index : clip_index + 1], times)[:, 0]
         return self.fuse(features, clip_memory)

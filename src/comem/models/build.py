@@ -22,7 +22,7 @@ from torch import nn
 from comem.errors import UserError
 from comem.models.backbones import build_backbone
 from comem.models.heads import ClipHead
-from comem.models.normalization import Normalization, normalization
+from comem.models.normalization import Normalization, normalization, normalization_tensors
 from comem.models.pretrained import PretrainedLoadError, load_pretrained
 from comem.models.stages import VideoBackbone
 
@@ -183,10 +183,7 @@ class VideoModel(nn.Module):
         """
         if clips.dtype != torch.uint8:
             return clips
-        channels = len(self.normalization.mean)
-        shape = (channels, 1, 1, 1)
-        mean = torch.tensor(self.normalization.mean, device=clips.device).view(shape)
-        std = torch.tensor(self.normalization.std, device=clips.device).view(shape)
+        mean, std = normalization_tensors(self.normalization, clips.device)
         prepared = (clips.to(torch.float32) / 255 - mean) / std
         if torch.is_autocast_enabled(clips.device.type):
             return prepared.to(torch.get_autocast_dtype(clips.device.type))
