@@ -109,6 +109,7 @@ class TrainConfig:
     span_labels: bool = False  # multi-label: train on the actions whose time span overlaps the clips
     # speed and multi-GPU (README "Multi-GPU and multi-node", benchmarks/RESULTS.md)
     memory_chunk: int = 1  # comem: clips of each video per no-grad memory-pass forward
+    grad_chunk: int = 1  # comem: clips of each video per gradient-pass forward/backward (N: no memory pass)
     channels_last: bool = True  # channels-last-3d layout on CUDA (faster cuDNN 3-D convolutions)
     compile: bool = False  # torch.compile every backbone stage
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes (GPUs only)
@@ -154,6 +155,7 @@ class TrainConfig:
             "batch_size",
             "eval_every",
             "memory_chunk",
+            "grad_chunk",
             "accum_steps",
         )
         for name in positive:

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone stages")
     parser.add_argument("--memory-chunk", type=int, default=1, help="comem: clips per no-grad forward [1]")
     parser.add_argument(
+        "--grad-chunk", type=int, default=1, help="comem: clips per gradient-pass forward/backward [1]"
+    )
+    parser.add_argument(
         "--memory-stages",
         type=lambda text: tuple(stage_list(text)),
         default=("last-2", "last-1", "last"),
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         compile=args.compile,
         memory_chunk=args.memory_chunk,
+        grad_chunk=args.grad_chunk,
         memory_stages=args.memory_stages,
         data=args.data,
         workers=args.workers,

@@ -84,6 +84,9 @@ HELP: dict[str, str] = {
     "target_fps": "sample clips on this frame-rate grid (none: every frame)",
     "span_labels": "multi-label: train targets only the actions overlapping the sampled clips",
     "memory_chunk": "comem: clips of each video per no-grad memory-pass forward",
+    "grad_chunk": "comem: clips of each video per gradient-pass forward and backward, each reading the "
+    "memory with only its own entry live (the gradients of 1, at K clips' activation memory); >= --clips "
+    "skips the memory pass (the bank comes from the same forward)",
     "channels_last": "channels-last-3d layout on CUDA",
     "compile": "torch.compile every backbone stage",
     "sync_bn": "under torchrun: BatchNorm statistics over all processes (GPUs only)",

@@ -92,6 +92,13 @@ def _clip_entry(bank: Bank, clip_index: int) -> Bank:
     return bank[:, clip_index]
 
 
+def _chunk_entries(bank: Bank, span: slice) -> Bank:
+    """Entries ``span`` of a bank (B, N, C) as (B·k, C), video-major, pathway by pathway."""
+    if isinstance(bank, list):
+        return [part[:, span].flatten(0, 1) for part in bank]
+    return bank[:, span].flatten(0, 1)
+
+
 def _split_clips(features: Any, batch: int, count: int) -> list[Any]:
     """Stage outputs of ``count`` consecutive clips of each video (video-major, B·count rows) ->
     one output of B rows per clip."""
@@ -192,7 +199,7 @@ class VideoModel(nn.Module):
     def forward(
         self,
         video: torch.Tensor,
-        clip_index: int | None = None,
+        clip_index: int | slice | None = None,
         banks: dict[str, Bank] | None = None,
         cross_grads: dict[str, Bank] | None = None,
         *,
@@ -202,8 +209,11 @@ class VideoModel(nn.Module):
 
         ``share_memory=False`` gives every clip a memory of itself alone (the single-clip baseline
         evaluated over several views). With ``clip_index`` and ``banks`` (and ``cross_grads``) this
-        is :meth:`forward_clip`, so a ``DistributedDataParallel`` wrapper can run both passes.
+        is :meth:`forward_clip` (a slice: :meth:`forward_clips`), so a ``DistributedDataParallel``
+        wrapper can run both passes.
         """
+        if isinstance(clip_index, slice):
+            return self.forward_clips(video, clip_index, banks, cross_grads)
         if clip_index is not None:
             return self.forward_clip(video, clip_index, banks or {}, cross_grads)
         batch, num_clips = video.shape[:2]
@@ -291,6 +301,31 @@ class VideoModel(nn.Module):
         summaries; clip ``clip_index``'s entries are added to its summaries' gradients in backward.
         """
         return self.head(self.clip_features(clip, clip_index, banks, cross_grads))
+
+    def forward_clips(
+        self,
+        clips: torch.Tensor,
+        span: slice,
+        banks: dict[str, Bank] | None,
+        cross_grads: dict[str, Bank] | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, k, K) of the k clips ``span`` (B, k, C, T, H, W) of each video in one forward.
+
+        Each clip reads ``banks`` with only its own entry live, so every clip's logits and gradients
+        are those :meth:`forward_clip` gives it alone (BatchNorm in train mode aside, which
+        normalises over the B·k clips). ``banks`` None when ``span`` covers all N clips: each
+        memory stage's bank is this forward's own summaries, the other clips' entries detached,
+        and no memory pass is needed (``CollaborativeMemory.forward_chunk``).
+        """
+        batch, count = clips.shape[:2]
+        features: Any = self.prepare(clips.flatten(0, 1))
+        for name, stage in self.backbone.stages.items():
+            features = stage(features)
+            if name in self.memories:
+                bank = None if banks is None else banks[name]
+                cross = None if cross_grads is None else _chunk_entries(cross_grads[name], span)
+                features = self.memories[name].forward_chunk(features, bank, span, cross)
+        return self.head(features).view(batch, count, -1)
 
     def clip_features(
         self,

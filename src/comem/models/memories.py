@@ -76,3 +76,17 @@ class PathwayMemory(nn.Module):
             memory.attention(pathway_queries, pathway_bank)
             for memory, pathway_queries, pathway_bank in zip(self.pathways, queries, bank, strict=True)
         ]
+
+    def forward_chunk(
+        self,
+        features: list[torch.Tensor],
+        bank: list[torch.Tensor] | None,
+        clips: slice,
+        cross_grad: list[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        banks = bank or [None] * len(self.pathways)
+        cross = cross_grad or [None] * len(self.pathways)
+        return [
+            memory.forward_chunk(x, pathway_bank, clips, extra)
+            for memory, x, pathway_bank, extra in zip(self.pathways, features, banks, cross, strict=True)
+        ]
