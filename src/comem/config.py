@@ -108,8 +108,11 @@ class TrainConfig:
     target_fps: float | None = None  # sample clips on this frame-rate grid (default: the file's frames)
     span_labels: bool = False  # multi-label: train on the actions whose time span overlaps the clips
     # speed and multi-GPU (README "Multi-GPU and multi-node", benchmarks/RESULTS.md)
-    memory_chunk: int = 1  # comem: clips of each video per no-grad memory-pass forward
-    grad_chunk: int = 1  # comem: clips of each video per gradient-pass forward/backward (N: no memory pass)
+    # comem: clips of each video per no-grad memory-pass forward, and per gradient-pass forward/backward
+    # (N: no memory pass); "auto": the largest that fit memory_budget (engine/planner.py)
+    memory_chunk: int | str = 1
+    grad_chunk: int | str = 1
+    memory_budget: float | None = None  # GiB the planner may fill; None: the device's, less a margin
     channels_last: bool = True  # channels-last-3d layout on CUDA (faster cuDNN 3-D convolutions)
     compile: bool = False  # torch.compile every backbone stage
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes (GPUs only)
@@ -154,8 +157,6 @@ class TrainConfig:
             "epochs",
             "batch_size",
             "eval_every",
-            "memory_chunk",
-            "grad_chunk",
             "accum_steps",
         )
         for name in positive:
@@ -164,6 +165,12 @@ class TrainConfig:
         for name in ("views", "min_scale", "max_scale", "eval_scale", "key_dim"):  # None: the default
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
+        for name in ("memory_chunk", "grad_chunk"):
+            value = getattr(self, name)
+            if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or auto; got {value!r}")
+        if self.memory_budget is not None and self.memory_budget <= 0:
+            raise ConfigError(f"memory_budget must be > 0 GiB; got {self.memory_budget}")
         if self.crops not in (1, 3):
             raise ConfigError(f"crops must be 1 or 3; got {self.crops}")
         if self.lr <= 0:
