@@ -4,15 +4,15 @@ Within one time budget (default 8 minutes) it runs, each as the ``comem`` comman
 
 1. ``comem doctor``: every code path on the GPU;
 2. ``comem bench train --flops-only``: the FLOPs per step, from which the time of each benchmark
-   row is estimated;
+   row is estimated, and ``comem bench plan`` (the planner's table), both beside the doctor;
 3. ``comem bench train``: r2plus1d_18, 16×112², B=16, every mode at N = 2, 4, 8, 16;
 4. ``comem train --epochs 1`` on the built-in data;
 5. the speed rows, each when its estimate fits what is left: the profile of comem steps
    (``--profile``, top operators in its log, traces under ``OUT/profile``), comem with
-   ``--grad-chunk 2`` and ``--grad-chunk 4`` (= N: no memory pass) at N = 4, the planner's table
-   (``comem bench plan``), ``comem bench data`` on generated Kinetics-like H.264 videos (340 px
-   short side, 10 s) with 16 workers, and r2plus1d_50 at 8×224² (B=4, N=4) with the default
-   memories after every stage and with the paper's last three;
+   ``--grad-chunk 2`` and ``--grad-chunk 4`` (= N: no memory pass) at N = 4, ``comem bench
+   data`` on generated Kinetics-like H.264 videos (340 px short side, 10 s) with 16 workers, and
+   r2plus1d_50 at 8×224² (B=4, N=4) with the default memories after every stage and with the
+   paper's last three (these two take what the others leave);
 6. ``comem bench train --compile``: the main rows with the backbone stages compiled.
 
 Before each benchmark it picks the largest configuration whose estimated time fits what is left
@@ -74,7 +74,7 @@ class TimeModel:
     chunk_s: float = 35.0  # each --grad-chunk command: comem at N=4, 5 timed steps
     plan_s: float = 30.0  # comem bench plan: meta-device only
     loader_s: float = 70.0  # generating 8 H.264 videos at 340 px + decoding them with 16 workers
-    large_s: float = 75.0  # each r2plus1d_50 command at 8×224²
+    large_s: float = 60.0  # each r2plus1d_50 command at 8×224²
 
 
 GPU_TIMES = TimeModel()
@@ -314,8 +314,12 @@ def run_check(check: Check) -> None:
     flops_phase = Phase("flops", [*flops, "--json", str(out / "flops.json")], times.flops_s)
     # Counted on the CPU (meta device) beside the doctor; the plan needs it, so a dry run counts too.
     counting = check.launch(flops_phase, even_dry=True)
+    clips_n = "2" if check.quick else "4"  # the planner's table (meta device only) runs beside them too
+    plan_phase = Phase("plan", ["bench", "plan", *check.shape[:8], "--clips", clips_n], times.plan_s)
+    planning = check.launch(plan_phase)
     ran = check.run(Phase("doctor", doctor, times.doctor_s))
     check.wait(flops_phase, counting)
+    check.wait(plan_phase, planning)
     if ran and not (out / "doctor.json").exists():
         print(f"comem doctor did not run (see {out / 'doctor.log'}); stopping", flush=True)
         return
@@ -350,12 +354,11 @@ LARGE_STAGES = (("large-all", "all"), ("large-last3", "last-2,last-1,last"))
 
 
 def speed_rows_estimate(check: Check) -> float:
-    """Seconds ``run_speed_rows`` is expected to take (the main bench leaves them that time)."""
+    """Seconds the main bench leaves for the speed rows: the profile, the chunk rows and the loader
+    (r2plus1d_50's rows take what is left after them)."""
     times = check.times
-    total = times.profile_s + 2 * times.chunk_s + times.plan_s
-    if check.device != "cpu":
-        total += times.loader_s + len(LARGE_STAGES) * times.large_s
-    return total
+    total = times.profile_s + 2 * times.chunk_s
+    return total + (times.loader_s if check.device != "cpu" else 0.0)
 
 
 def run_speed_rows(check: Check) -> None:
@@ -381,7 +384,6 @@ def run_speed_rows(check: Check) -> None:
             str(out / f"{name}.json"),
         ]
         check.run(Phase(name, argv, times.chunk_s))
-    check.run(Phase("plan", ["bench", "plan", *check.shape[:8], "--clips", str(clips)], times.plan_s))
     if check.device == "cpu":
         reason = "skipped: GPU rows (r2plus1d_50 at 224², the loader on Kinetics-like H.264 videos)"
         check.phases.append(Phase("speed-gpu-rows", [], 0.0, status=reason))

@@ -31,8 +31,10 @@ def test_the_estimate_counts_what_a_clip_saves_and_the_training_state() -> None:
     assert half.clip_saved == memory.clip_saved // 2 and half.state == memory.state
     assert next(model.parameters()).device.type == "cpu"  # the model itself is untouched
     # the modes: joint holds N clips' activations, comem one, K = N none of the memory pass
-    assert memory.peak("joint") - memory.peak("single") == 3 * memory.clip_saved
-    assert memory.peak("comem", 1, 1) < memory.peak("comem", 1, 2) < memory.peak("joint")
+    assert memory.peak("joint") - memory.peak("single") == 3 * memory.clip_saved + 3 * memory.video // 4
+    assert (
+        memory.peak("single") < memory.peak("comem", 1, 1) < memory.peak("comem", 1, 2) < memory.peak("joint")
+    )
     assert memory.peak("comem", 1, 4) == memory.peak("joint")
 
 
@@ -102,6 +104,6 @@ def test_bench_plan_prints_every_mode_and_chunk(capsys) -> None:
     ]
     peaks = [float(r[4]) for r in rows]
     speeds = [float(r[5].rstrip(" |")) for r in rows]
-    assert peaks[2] == peaks[0] < peaks[3] < peaks[4] == peaks[1]  # comem K=1 as single, K=N as joint
+    assert peaks[0] <= peaks[2] < peaks[3] < peaks[4] == peaks[1]  # comem K=1 about single, K=N as joint
     assert speeds[0] == speeds[1] == 1.0 and speeds[4] > 0.99  # K = N: joint's FLOPs
     assert 0.6 < speeds[2] < 0.8 and speeds[3] == pytest.approx(speeds[2], abs=0.005)

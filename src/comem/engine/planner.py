@@ -48,8 +48,8 @@ class StepMemory:
     def peak(self, mode: str, memory_chunk: int = 1, grad_chunk: int = 1) -> int:
         """Estimated peak bytes of a step of ``mode`` (comem at the given chunks)."""
         base = self.state + self.video
-        if mode == "single":
-            return base + self.clip_saved
+        if mode == "single":  # one clip of each video on the device
+            return self.state + self.video // self.num_clips + self.clip_saved
         if mode in ("joint", "tsn") or grad_chunk >= self.num_clips:
             return base + self.num_clips * self.clip_saved
         memory_pass = min(memory_chunk, self.num_clips) * 3 * self.clip_largest
