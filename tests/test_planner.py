@@ -71,6 +71,7 @@ def test_train_says_the_plan_at_start_and_runs_the_chunks_it_picked(
         (["--grad-chunk", "some"], "--grad-chunk must be a positive integer or auto; got 'some'"),
         (["--memory-chunk", "0"], "--memory-chunk must be a positive integer or auto; got 0"),
         (["--memory-budget", "0"], "--memory-budget must be > 0 GiB"),
+        (["--task", "ava", "--grad-chunk", "2"], "--grad-chunk must be 1 for AVA detection"),
     ],
 )
 def test_bad_chunk_options_are_one_line_errors(flags: list[str], message: str, capsys) -> None:

@@ -183,6 +183,10 @@ class TrainConfig:
             raise ConfigError(f"workers must be >= 0; got {self.workers}")
         if self.task == "ava" and self.video_loss:
             raise ConfigError("video_loss averages clip scores of a video label; AVA detection scores boxes")
+        if self.task == "ava" and self.grad_chunk != 1:
+            raise ConfigError(
+                f"grad_chunk must be 1 for AVA detection (its pass runs one clip); got {self.grad_chunk!r}"
+            )
         if self.task == "ava" and self.mode == "tsn":
             raise ConfigError(
                 "mode tsn averages clip scores of a video label; AVA detection trains single, joint or comem"
