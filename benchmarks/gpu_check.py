@@ -4,10 +4,16 @@ Within one time budget (default 8 minutes) it runs, each as the ``comem`` comman
 
 1. ``comem doctor``: every code path on the GPU;
 2. ``comem bench train --flops-only``: the FLOPs per step, from which the time of each benchmark
-   row is estimated;
+   row is estimated, and ``comem bench plan`` (the planner's table), both beside the doctor;
 3. ``comem bench train``: r2plus1d_18, 16×112², B=16, every mode at N = 2, 4, 8, 16;
 4. ``comem train --epochs 1`` on the built-in data;
-5. ``comem bench train --compile``: the same rows with the backbone stages compiled.
+5. the speed rows, each when its estimate fits what is left: the profile of comem steps
+   (``--profile``, top operators in its log, traces under ``OUT/profile``), comem with
+   ``--grad-chunk 2`` and ``--grad-chunk 4`` (= N: no memory pass) at N = 4, ``comem bench
+   data`` on generated Kinetics-like H.264 videos (340 px short side, 10 s) with 16 workers, and
+   r2plus1d_50 at 8×224² (B=4, N=4) with the default memories after every stage and with the
+   paper's last three (these two take what the others leave);
+6. ``comem bench train --compile``: the main rows with the backbone stages compiled.
 
 Before each benchmark it picks the largest configuration whose estimated time fits what is left
 (fewer clip counts, then fewer timed steps); a command still running when the budget is spent is
@@ -63,6 +69,12 @@ class TimeModel:
     flops_s: float = 105.0  # on the CPU, beside the doctor
     data_s: float = 0.0  # a separate data-generation command (--quick only)
     train_s: float = 40.0  # built-in data generated (once per machine) + one epoch + evaluation
+    # the speed rows (guesses until a GPU has run them)
+    profile_s: float = 45.0  # comem at N=4: 1 warm-up + 2 timed steps, then 1 + 2 profiled ones
+    chunk_s: float = 35.0  # each --grad-chunk command: comem at N=4, 5 timed steps
+    plan_s: float = 30.0  # comem bench plan: meta-device only
+    loader_s: float = 70.0  # generating 8 H.264 videos at 340 px + decoding them with 16 workers
+    large_s: float = 60.0  # each r2plus1d_50 command at 8×224²
 
 
 GPU_TIMES = TimeModel()
@@ -78,6 +90,9 @@ CPU_QUICK_TIMES = TimeModel(
     flops_s=10.0,
     data_s=10.0,
     train_s=15.0,
+    profile_s=15.0,
+    chunk_s=12.0,
+    plan_s=10.0,
 )
 
 
@@ -299,8 +314,12 @@ def run_check(check: Check) -> None:
     flops_phase = Phase("flops", [*flops, "--json", str(out / "flops.json")], times.flops_s)
     # Counted on the CPU (meta device) beside the doctor; the plan needs it, so a dry run counts too.
     counting = check.launch(flops_phase, even_dry=True)
+    clips_n = "2" if check.quick else "4"  # the planner's table (meta device only) runs beside them too
+    plan_phase = Phase("plan", ["bench", "plan", *check.shape[:8], "--clips", clips_n], times.plan_s)
+    planning = check.launch(plan_phase)
     ran = check.run(Phase("doctor", doctor, times.doctor_s))
     check.wait(flops_phase, counting)
+    check.wait(plan_phase, planning)
     if ran and not (out / "doctor.json").exists():
         print(f"comem doctor did not run (see {out / 'doctor.log'}); stopping", flush=True)
         return
@@ -308,7 +327,10 @@ def run_check(check: Check) -> None:
         print("no FLOP counts, so no benchmark can be planned; stopping", flush=True)
         return
     step_tflop = read_step_flops(out / "flops.json")
-    check.bench("bench", step_tflop, check.left() - times.data_s - times.train_s, compile=False)
+    speed_rows_s = speed_rows_estimate(check)
+    check.bench(
+        "bench", step_tflop, check.left() - times.data_s - times.train_s - speed_rows_s, compile=False
+    )
     train = ["train", "--epochs", "1", "--out", str(out / "train"), "--device", device]
     if check.quick:
         data = out / "data"
@@ -319,11 +341,60 @@ def run_check(check: Check) -> None:
     else:
         train += ["--workers", "8"]
     check.run(Phase("train", train, times.train_s))
+    run_speed_rows(check)
     if device == "cpu":
         reason = "skipped: inductor compiles for minutes on a CPU (comem doctor traces compile there)"
         check.phases.append(Phase("bench-compile", [], 0.0, status=reason))
         return
     check.bench("bench-compile", step_tflop, check.left(), compile=True)
+
+
+LARGE_SHAPE = ["--backbone", "r2plus1d_50", "--batch-size", "4", "--clip-len", "8", "--crop-size", "224"]
+LARGE_STAGES = (("large-all", "all"), ("large-last3", "last-2,last-1,last"))
+
+
+def speed_rows_estimate(check: Check) -> float:
+    """Seconds the main bench leaves for the speed rows: the profile, the chunk rows and the loader
+    (r2plus1d_50's rows take what is left after them)."""
+    times = check.times
+    total = times.profile_s + 2 * times.chunk_s
+    return total + (times.loader_s if check.device != "cpu" else 0.0)
+
+
+def run_speed_rows(check: Check) -> None:
+    """The speed rows (module docstring, item 5), each run when its estimate fits what is left."""
+    out, times = check.out, check.times
+    clips = 2 if check.quick else 4
+    steps = ["--steps", "1", "--warmup", "0"] if check.quick else ["--steps", "5", "--warmup", "2"]
+    comem = [*check.shape, "--device", check.device, "--modes", "comem", "--clips", str(clips)]
+    profile = [*comem, "--steps", "2", "--warmup", "1", "--profile", str(out / "profile")]
+    check.run(
+        Phase("profile", ["bench", "train", *profile, "--json", str(out / "profile.json")], times.profile_s)
+    )
+    for chunk in (2,) if check.quick else (2, clips):
+        name = f"grad-chunk-{chunk}"
+        argv = [
+            "bench",
+            "train",
+            *comem,
+            *steps,
+            "--grad-chunk",
+            str(chunk),
+            "--json",
+            str(out / f"{name}.json"),
+        ]
+        check.run(Phase(name, argv, times.chunk_s))
+    if check.device == "cpu":
+        reason = "skipped: GPU rows (r2plus1d_50 at 224², the loader on Kinetics-like H.264 videos)"
+        check.phases.append(Phase("speed-gpu-rows", [], 0.0, status=reason))
+        return
+    loader = ["bench", "data", "--generate", "--data", str(out / "kinetics-like"), "--short-side", "340"]
+    loader += ["--videos", "8", "--clips", "4", "--clip-len", "16", "--stride", "2", "--crop-size", "112"]
+    check.run(Phase("loader", [*loader, "--workers", "16"], times.loader_s))
+    for name, stages in LARGE_STAGES:
+        argv = ["bench", "train", *LARGE_SHAPE, "--device", "cuda", "--modes", "single,comem", "--clips", "4"]
+        argv += ["--memory-stages", stages, "--steps", "3", "--warmup", "1"]
+        check.run(Phase(name, [*argv, "--json", str(out / f"{name}.json")], times.large_s))
 
 
 def summary(check: Check) -> str:
@@ -367,7 +438,10 @@ def summary(check: Check) -> str:
             for c in report["checks"]
             if c["status"] != "PASS"
         ]
-    for name, title in (("bench", "comem bench train"), ("bench-compile", "comem bench train --compile")):
+    tables = [("bench", "comem bench train"), ("bench-compile", "comem bench train --compile")]
+    tables += [(name, f"comem bench train ({name})") for name in ("profile", "grad-chunk-2", "grad-chunk-4")]
+    tables += [(name, f"comem bench train ({name})") for name, _ in LARGE_STAGES]
+    for name, title in tables:
         path = out / f"{name}.json"
         if not path.exists():
             continue
@@ -376,6 +450,11 @@ def summary(check: Check) -> str:
         compare_to_single(rows)  # a run stopped part-way wrote its rows without these columns
         bench = BenchReport(spec=BenchSpec(**data["spec"]), environment=data["environment"], rows=rows)
         lines += ["", f"## {title}", "", describe(bench), "", format_table(bench)]
+    for name, title in (("plan", "comem bench plan"), ("loader", "comem bench data")):
+        log = out / f"{name}.log"
+        if log.exists():
+            kept = [line for line in log.read_text().splitlines() if line.startswith(("|", "{"))]
+            lines += ["", f"## {title}", "", *kept]
     metrics = out / "train" / "metrics.json"
     if metrics.exists():
         result = json.loads(metrics.read_text())

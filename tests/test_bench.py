@@ -85,3 +85,30 @@ def test_bench_train_on_real_videos_through_the_training_loader(tiny_dataset: Pa
     for row in report["rows"]:
         assert row["error"] is None and row["clips_per_s"] > 0 and row["loader_wait_ms"] >= 0
     assert f"{tiny_dataset} data" in out
+
+
+def test_bench_train_profile_writes_a_chrome_trace_per_row_and_prints_the_top_operators(
+    tmp_path: Path, capsys
+) -> None:
+    folder = tmp_path / "profile"
+    argv = ["bench", "train", *TINY, "--clips", "2", "--modes", "single,comem", "--profile", str(folder)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for name in ("single_N1", "comem_N2"):
+        trace = json.loads((folder / f"{name}.pt.trace.json").read_text())  # what Perfetto loads
+        names = {event.get("name") for event in trace["traceEvents"]}
+        assert "aten::convolution" in names or "aten::mkldnn_convolution" in names
+    tables = dict(
+        zip(
+            ("single", "comem"), out.split("top operators by self time")[1].split("\ncomem N=2:"), strict=True
+        )
+    )
+
+    def calls(table: str, operator: str) -> int:
+        line = next(line for line in table.splitlines() if line.endswith(f"×  {operator}"))
+        return int(line.split("×")[0].split()[-1])
+
+    # per step, comem's gradient pass runs each of its 2 clips' backward through every convolution
+    # once: twice single's backward convolutions (its memory pass has no backward)
+    backward = "aten::convolution_backward"
+    assert calls(tables["comem"], backward) == 2 * calls(tables["single"], backward) > 0

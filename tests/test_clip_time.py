@@ -10,6 +10,7 @@ import pytest
 import torch
 from tinydata import write_dataset
 
+from comem.checkpoint_state import spec_from_state
 from comem.cli import main
 from comem.data.datasets import MultiClipVideoDataset, collate_clips, load_kinetics_csv_dir
 from comem.data.sampling import clip_span, clip_times, eval_clip_starts
@@ -20,7 +21,6 @@ from comem.inference.predict import score_views
 from comem.memory import CollaborativeMemory, relative_time_features
 from comem.models.build import ModelSpec, VideoModel, build_model
 from comem.models.wrap import wrap
-from comem.checkpoint_state import spec_from_state
 
 
 def trained_like(module: torch.nn.Module, seed: int = 1) -> torch.nn.Module:

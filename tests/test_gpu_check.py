@@ -41,7 +41,11 @@ def test_cpu_quick_runs_every_command_and_writes_the_summary(tmp_path: Path) -> 
         if "| `comem " in line:
             cells = line.split(" | ")
             outcomes[cells[0].removeprefix("| ")] = cells[2]
-    assert outcomes == dict.fromkeys(("doctor", "flops", "bench", "data", "train"), "ok")
+    speed_rows = ("profile", "grad-chunk-2", "plan")
+    assert outcomes == dict.fromkeys(("doctor", "flops", "bench", "data", "train", *speed_rows), "ok")
+    assert (out / "profile" / "comem_N2.pt.trace.json").is_file()
+    assert "| comem | 2 | 1 | 1 |" in summary and "| comem | 2 | — (no memory pass) | 2 |" in summary
+    assert "| speed-gpu-rows |  | skipped: GPU rows" in summary
     assert "| bench-compile |  | skipped: inductor" in summary
     doctor = json.loads((out / "doctor.json").read_text())
     assert doctor["ok"] and [c["mode"] for c in doctor["checks"] if c["name"] == "fp32"] == ["comem"]

@@ -34,3 +34,30 @@ def test_comem_steps_overfit_a_tiny_batch(tiny_dataset: Path) -> None:
     with torch.no_grad():
         predicted = model(video).softmax(-1).mean(1).argmax(-1)
     assert predicted.tolist() == targets.tolist()
+
+
+def test_grad_chunk_2_trains_to_the_weights_of_grad_chunk_1(tiny_dataset: Path) -> None:
+    """A few optimizer steps on real videos through ``comem.step``: two clips per gradient-pass
+    forward give the weights one clip at a time gives (BatchNorm on running statistics, so both
+    normalise alike), and the loss drops."""
+    import comem
+
+    records = load_kinetics_csv_dir(tiny_dataset).train
+    dataset = MultiClipVideoDataset(records, num_clips=4, clip_len=4, stride=2, crop_size=32, train=False)
+    batch = collate_clips([dataset[i] for i in range(len(dataset))])
+    weights, losses = {}, {}
+    for grad_chunk in (1, 2):
+        torch.manual_seed(0)
+        model = build_model(ModelSpec(backbone="tiny", num_classes=2, memory_stages=("all",), dropout=0.0))
+        model.eval()  # BatchNorm on its running statistics
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        losses[grad_chunk] = []
+        for _ in range(4):
+            optimizer.zero_grad(set_to_none=True)
+            loss = comem.step(model, batch["video"], batch["label"], grad_chunk=grad_chunk)
+            losses[grad_chunk].append(float(loss))
+            optimizer.step()
+        weights[grad_chunk] = model.state_dict()
+    assert losses[2][-1] < losses[2][0]
+    for name, value in weights[1].items():
+        torch.testing.assert_close(weights[2][name], value, rtol=1e-4, atol=1e-5, msg=name)

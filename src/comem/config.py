@@ -120,7 +120,11 @@ class TrainConfig:
     span_labels: bool = False  # multi-label: train on the actions whose time span overlaps the clips
     allow_outside_data: bool = False  # PySlowFast CSVs may name videos outside ``data`` (absolute, ../)
     # speed and multi-GPU (docs/training.md "Multi-GPU and multi-node", benchmarks/RESULTS.md)
-    memory_chunk: int = 1  # comem: clips of each video per no-grad memory-pass forward
+    # comem: clips of each video per no-grad memory-pass forward, and per gradient-pass forward/backward
+    # (N: no memory pass); "auto": the largest that fit memory_budget (engine/planner.py)
+    memory_chunk: int | str = 1
+    grad_chunk: int | str = 1
+    memory_budget: float | None = None  # GiB the planner may fill; None: the device's, less a margin
     channels_last: bool = True  # channels-last-3d layout on CUDA (faster cuDNN 3-D convolutions)
     compile: bool = False  # torch.compile every backbone stage
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over all processes (GPUs only)
@@ -160,10 +164,18 @@ class TrainConfig:
         problem = range_problem(self)  # every number: finite and in its range
         if problem is not None:
             raise ConfigError(problem)
+        for name in ("memory_chunk", "grad_chunk"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value != "auto":
+                raise ConfigError(f"{name} must be a positive integer or auto; got {value!r}")
         if self.crops not in (1, 3):
             raise ConfigError(f"crops must be 1 or 3; got {self.crops}")
         if self.task == "ava" and self.video_loss:
             raise ConfigError("video_loss averages clip scores of a video label; AVA detection scores boxes")
+        if self.task == "ava" and self.grad_chunk != 1:
+            raise ConfigError(
+                f"grad_chunk must be 1 for AVA detection (its pass runs one clip); got {self.grad_chunk!r}"
+            )
         if self.task == "ava" and self.mode == "tsn":
             raise ConfigError(
                 "mode tsn averages clip scores of a video label; AVA detection trains single, joint or comem"

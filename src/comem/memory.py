@@ -314,9 +314,8 @@ class CollaborativeMemory(nn.Module):
             times: (B, N) times of the bank's clips (module docstring); None: ``even_times``.
         """
         live = add_gradient(self.summarize(features).float(), cross_grad)
-        onehot = torch.zeros(bank.shape[1], device=bank.device, dtype=bank.dtype)
-        onehot[clip_index] = 1.0
-        mixed = bank * (1.0 - onehot)[None, :, None] + live[:, None, :] * onehot[None, :, None]
+        bank = bank.to(live.dtype)
+        mixed = torch.cat([bank[:, :clip_index], live[:, None, :], bank[:, clip_index + 1 :]], dim=1)
         times = self._times(times, bank)
         clip_memory = self.read(live[:, None, :], mixed, times[:, clip_index : clip_index + 1], times)[:, 0]
         return self.fuse(features, clip_memory)
@@ -332,6 +331,48 @@ class CollaborativeMemory(nn.Module):
         """
         times = self._times(times, bank)
         clip_memory = self.read(bank[:, clips], bank, times[:, clips], times).flatten(0, 1)
+        return self.fuse(features, clip_memory)
+
+    def forward_chunk(
+        self,
+        features: torch.Tensor,
+        bank: torch.Tensor | None,
+        clips: slice,
+        cross_grad: torch.Tensor | None = None,
+        times: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``forward_one`` for the k clips ``clips`` of each video in one call (``--grad-chunk``).
+
+        Each clip reads its own copy of the bank in which only ITS entry is live (its summary from
+        ``features``, gradient-carrying) and every other entry is a constant, so a clip's output and
+        gradients are those ``forward_one`` gives it alone.
+
+        Args:
+            features: (B·k, C, T, H, W), clips ``clips`` of each video, video-major.
+            bank: (B, N, C) summaries of all N clips from the no-grad memory pass; None when
+                ``clips`` spans all N clips: the bank is then this forward's own summaries, detached
+                (the memory pass is not needed).
+            cross_grad: (B·k, C) gradient of the other clips' losses with respect to each clip's
+                summary (as ``forward_one``), or None.
+            times: (B, N) times of the bank's clips; None: ``even_times``.
+        """
+        live = add_gradient(self.summarize(features).float(), cross_grad)
+        count = clips.stop - clips.start
+        live = live.view(-1, count, live.shape[-1])  # (B, k, C)
+        if bank is None:
+            bank = live.detach()
+        bank = bank.to(live.dtype)
+        num_clips = bank.shape[1]
+        positions = torch.arange(num_clips, device=bank.device)
+        own = positions[None, :] == positions[clips.start : clips.stop, None]  # (k, N): clip q's own entry
+        entries = live[:, :, None, :].expand(-1, -1, num_clips, -1)
+        mixed = torch.where(own[None, :, :, None], entries, bank[:, None])  # (B, k, N, C)
+        times = self._times(times, bank)
+        bank_times = times[:, None].expand(-1, count, -1).flatten(0, 1)
+        query_times = times[:, clips].flatten(0, 1)[:, None]  # (B·k, 1)
+        clip_memory = self.read(live.flatten(0, 1)[:, None], mixed.flatten(0, 1), query_times, bank_times)[
+            :, 0
+        ]
         return self.fuse(features, clip_memory)
 
     @staticmethod

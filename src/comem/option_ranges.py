@@ -43,6 +43,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "dist_timeout": (0, None, False, True),
     "target_fps": (0, None, False, True),
     "memory_chunk": (1, None, True, True),
+    "grad_chunk": (1, None, True, True),
+    "memory_budget": (0, None, False, True),
     "ava_detection_thresh": (0, 1, True, True),
     "ava_box_jitter": (0, 1, True, False),
     "randaug_ops": (0, None, True, True),
@@ -78,7 +80,7 @@ def range_problem(config: Any) -> str | None:
         value = getattr(config, field.name)
         if any(not math.isfinite(number) for number in _numbers(value)):
             return f"{field.name} must be a finite number; got {value}"
-        if field.name not in RANGES or value is None:
+        if field.name not in RANGES or value is None or isinstance(value, str):  # "auto" and the like
             continue
         low, high, low_in, high_in = RANGES[field.name]
         below = low is not None and (value < low if low_in else value <= low)

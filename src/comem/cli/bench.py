@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 from types import ModuleType
 
-from comem.cli import bench_data, bench_train
+from comem.cli import bench_data, bench_plan, bench_train
 
 NAME = "bench"
 
-BENCHMARKS: dict[str, ModuleType] = {"data": bench_data, "train": bench_train}
+BENCHMARKS: dict[str, ModuleType] = {"data": bench_data, "plan": bench_plan, "train": bench_train}
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--generate", action="store_true", help="write the generated videos into --data first"
     )
     parser.add_argument("--videos", type=int, default=8, help="videos to generate / time at most [8]")
+    parser.add_argument(
+        "--short-side", type=int, default=320, help="generated videos' short side in pixels [320]"
+    )
     parser.add_argument("--clips", type=int, default=4, help="clips per video (N) [4]")
     parser.add_argument("--clip-len", type=int, default=8, help="frames per clip [8]")
     parser.add_argument("--stride", type=int, default=2, help="frame stride within a clip [2]")
@@ -42,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
     check_decoder(args.decoder)
     folder = Path(args.data) if args.data else comem_home() / "bench-data"
     if args.generate or not args.data:
-        records = [VideoRecord(path, 0) for path in generate_bench_videos(folder, args.videos)]
+        records = [
+            VideoRecord(path, 0)
+            for path in generate_bench_videos(folder, args.videos, short_side=args.short_side)
+        ]
     else:
         if not folder.is_dir():
             raise UserError(f"{folder}/: data directory not found")

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone stages")
     parser.add_argument("--memory-chunk", type=int, default=1, help="comem: clips per no-grad forward [1]")
     parser.add_argument(
+        "--grad-chunk", type=int, default=1, help="comem: clips per gradient-pass forward/backward [1]"
+    )
+    parser.add_argument(
         "--memory-stages",
         type=lambda text: tuple(stage_list(text)),
         default=("last-2", "last-1", "last"),
@@ -57,6 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only count FLOPs per step (on the meta device: instant, any size, no GPU needed)",
     )
     parser.add_argument("--json", dest="json_path", help="also write the JSON report here")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="also profile 2 steps of every row: Chrome/TensorBoard traces in DIR, top operators printed",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         compile=args.compile,
         memory_chunk=args.memory_chunk,
+        grad_chunk=args.grad_chunk,
         memory_stages=args.memory_stages,
         data=args.data,
         workers=args.workers,
@@ -102,4 +111,10 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json_path).write_text(payload + "\n")
     print()
     print(payload)
+    if args.profile:
+        from comem.diagnostics.profile import profile_bench
+
+        print(f"\ntop operators by self time per step (torch.profiler; traces in {args.profile}):")
+        for row in profile_bench(spec, Path(args.profile)):
+            print(row.format(), flush=True)
     return 0

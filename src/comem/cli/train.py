@@ -94,7 +94,13 @@ HELP: dict[str, str] = {
     "span_labels": "multi-label: train targets only the actions overlapping the sampled clips",
     "allow_outside_data": "let a PySlowFast CSV name videos outside --data (absolute paths, ../); "
     "refused otherwise",
-    "memory_chunk": "comem: clips of each video per no-grad memory-pass forward",
+    "memory_chunk": "comem: clips of each video per no-grad memory-pass forward; auto: the most that fit "
+    "--memory-budget",
+    "grad_chunk": "comem: clips of each video per gradient-pass forward and backward, each reading the "
+    "memory with only its own entry live (the gradients of 1, at K clips' activation memory); >= --clips "
+    "skips the memory pass (the bank comes from the same forward); auto: the most that fit --memory-budget",
+    "memory_budget": "GiB the chunks given as auto may fill, by a meta-device estimate printed as the plan "
+    "line at start (none: the device's memory less 10%%, at least 1 GiB; on a CPU the machine's RAM)",
     "channels_last": "channels-last-3d layout on CUDA",
     "compile": "torch.compile every backbone stage",
     "sync_bn": "under torchrun: BatchNorm statistics over all processes (GPUs only)",
@@ -128,7 +134,14 @@ HELP: dict[str, str] = {
 }
 
 
-METAVARS = {"int": "N", "float": "X", "str": "TEXT", "list[str]": "A,B", "list[float]": "X,Y"}
+METAVARS = {
+    "int": "N",
+    "float": "X",
+    "str": "TEXT",
+    "list[str]": "A,B",
+    "list[float]": "X,Y",
+    "int | str": "N|auto",
+}
 METAVARS.update({f"{kind} | None": metavar for kind, metavar in METAVARS.items()})
 
 
@@ -149,6 +162,8 @@ def _parser_of(annotation: str, flag: str) -> Callable[[str], Any]:
         item: Callable[[str], Any] = stage_list if flag == "--memory-stages" else _str_list
     elif base == "list[float]":
         item = _float_list
+    elif parts == ["int", "str"]:  # a count or a word (``--memory-chunk auto``)
+        item = _int_or_word
     else:
         item = {"int": int, "float": float, "str": str}[base]
 
@@ -159,6 +174,10 @@ def _parser_of(annotation: str, flag: str) -> Callable[[str], Any]:
 
     parse.__name__ = base  # argparse names the type in "invalid int value" messages
     return parse
+
+
+def _int_or_word(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
 
 
 def _str_list(text: str) -> list[str]:

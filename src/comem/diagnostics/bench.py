@@ -205,6 +205,7 @@ def bench_step(
         mode=train_mode,
         autocast=autocast,
         memory_chunk=spec.memory_chunk,
+        grad_chunk=spec.grad_chunk if train_mode == "comem" else 1,
         cross_clip=mode == "comem-cross",
     )
 
@@ -319,6 +320,12 @@ def profile_cpu_memory(spec: BenchSpec, mode: str, num_clips: int, device: torch
     return profiled_peak_gib(step, next(source))
 
 
+def bench_rows(spec: BenchSpec) -> list[tuple[str, int]]:
+    """The (mode, N) rows of ``spec``, in the table's order: one-clip modes first, then per N."""
+    rows = [(mode, 1) for mode in spec.modes if mode in ("plain", "single")]
+    return rows + [(mode, n) for n in spec.clips for mode in spec.modes if mode in MULTI_CLIP_MODES]
+
+
 def run_bench(
     spec: BenchSpec, progress: Callable[[BenchRow, BenchReport], None] | None = None
 ) -> BenchReport:
@@ -328,9 +335,7 @@ def run_bench(
         spec = BenchSpec(**{**asdict(spec), "num_classes": load_splits(spec.data).num_classes})
     device = resolve_device(spec.device)
     report = BenchReport(spec=spec, environment=environment(device))
-    plan = [(mode, 1) for mode in spec.modes if mode in ("plain", "single")]
-    plan += [(mode, n) for n in spec.clips for mode in spec.modes if mode in MULTI_CLIP_MODES]
-    for mode, num_clips in plan:
+    for mode, num_clips in bench_rows(spec):
         if spec.flops_only:
             row = BenchRow(
                 mode, num_clips, spec.batch_size, step_tflop=meta_step_flops(spec, mode, num_clips) / 1e12
@@ -425,6 +430,6 @@ def describe(report: BenchReport) -> str:
     return (
         f"{env['device_name']} ({env['device']}), {versions}, {env['date']}; {spec.backbone}, "
         f"{spec.clip_len}×{spec.crop_size}², B={spec.batch_size}; memory stages "
-        f"{','.join(spec.memory_stages)}, memory chunk {spec.memory_chunk}"
+        f"{','.join(spec.memory_stages)}, memory chunk {spec.memory_chunk}, grad chunk {spec.grad_chunk}"
         f"{', torch.compile' if spec.compile else ''}; {timing}"
     )

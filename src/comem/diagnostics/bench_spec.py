@@ -33,6 +33,7 @@ class BenchSpec:
     warmup: int = 3
     compile: bool = False
     memory_chunk: int = 1
+    grad_chunk: int = 1
     # the recipes' placement for real backbones (configs/*.yaml), not train's CPU default (every stage)
     memory_stages: tuple[str, ...] = ("last-2", "last-1", "last")
     num_classes: int = 400
@@ -51,7 +52,7 @@ class BenchSpec:
         unknown = [mode for mode in self.modes if mode not in BENCH_MODES]
         if unknown or not self.modes:
             raise BenchError(f"--modes must be a comma-separated subset of {','.join(BENCH_MODES)}")
-        for name in ("batch_size", "clip_len", "crop_size", "steps", "memory_chunk"):
+        for name in ("batch_size", "clip_len", "crop_size", "steps", "memory_chunk", "grad_chunk"):
             if getattr(self, name) < 1:
                 raise BenchError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
         if not self.clips or min(self.clips) < 1:

@@ -308,6 +308,7 @@ def comem_step(
     *,
     memory_pass_bn: MemoryPassBN = "batch",
     memory_chunk: int = 1,
+    grad_chunk: int = 1,
     cross_clip: bool = False,
     no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
     forward_clip: Callable[..., torch.Tensor] | None = None,
@@ -329,13 +330,36 @@ def comem_step(
     ``video_loss``: the loss of the clips' mean scores (``video_level_loss``), through
     ``video_loss_gradients``. The uint8 ``video`` is converted one clip (memory pass: one chunk)
     at a time, by the model (``TwoPassModel.prepare``).
+
+    ``grad_chunk`` clips of each video run per gradient-pass forward and backward
+    (``VideoModel.forward_clips``; a ``comem.wrap``-ped network runs one clip at a time): each
+    reads the banks with only its own entry live, so the
+    gradients are chunk 1's (BatchNorm in train mode aside: it normalises over B·grad_chunk
+    clips), at grad_chunk clips' activation memory and fewer, larger kernels. When one chunk holds
+    all N clips (and neither ``cross_clip`` nor ``video_loss`` needs the kept maps) the memory
+    pass is skipped: every memory stage's bank is the same forward's summaries, the other clips'
+    entries detached, which gives the plain two-pass gradients at joint training's FLOPs.
     """
     num_clips = video.shape[1]
+    if grad_chunk < 1:
+        raise ValueError(f"grad_chunk must be >= 1, got {grad_chunk}")
+    grad_chunk = min(grad_chunk, num_clips)
+    if grad_chunk > 1 and not hasattr(model, "forward_clips"):
+        raise ValueError(
+            "grad_chunk > 1 needs a comem VideoModel; a comem.wrap-ped network runs one clip at a time"
+        )
     forward_clip = forward_clip or model.forward_clip
+    chunk_forward = model if forward_clip == model.forward_clip else forward_clip  # DDP: the wrapper
     cross_clip = cross_clip and num_clips > 1
-    guard = preserved_batchnorm_stats(model) if memory_pass_bn == "batch" else eval_batchnorm(model)
-    with guard, autocast():
-        memory = model.memory_pass(video, chunk=memory_chunk, keep_maps=cross_clip or video_loss, times=times)
+    banks: dict[str, Bank] | None = None
+    memory: MemoryPass | None = None
+    if grad_chunk == 1 or grad_chunk < num_clips or cross_clip or video_loss:
+        guard = preserved_batchnorm_stats(model) if memory_pass_bn == "batch" else eval_batchnorm(model)
+        with guard, autocast():
+            memory = model.memory_pass(
+                video, chunk=memory_chunk, keep_maps=cross_clip or video_loss, times=times
+            )
+        banks = memory.banks
     if video_loss:
         score_grads, video_loss_value = video_loss_gradients(model, memory, targets, autocast, loss_fn, times)
 
@@ -350,23 +374,28 @@ def comem_step(
     cross = (
         cross_clip_gradients(model, memory, objective, autocast, scale_loss, times) if cross_clip else None
     )
-    banks = memory.banks
     del memory
     total = torch.zeros((), device=video.device)
     clip_logits = []
-    for index in range(num_clips):
-        last = index == num_clips - 1
+    spans = [slice(start, min(start + grad_chunk, num_clips)) for start in range(0, num_clips, grad_chunk)]
+    for span in spans:
+        last = span.stop == num_clips
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             with autocast():
-                logits = forward_clip(video[:, index], index, banks, cross, times=times)
-            loss = objective(logits, index)
+                if grad_chunk == 1:
+                    logits = forward_clip(video[:, span.start], span.start, banks, cross, times=times)[
+                        :, None
+                    ]
+                else:
+                    logits = chunk_forward(video[:, span], span, banks, cross, times=times)
+            loss = sum(objective(logits[:, q], span.start + q) for q in range(logits.shape[1]))
             backward(scale_loss(loss))
         total += loss.detach()
         clip_logits.append(logits.detach())
     if video_loss:
         total = video_loss_value
-    return StepOutput(total, torch.stack(clip_logits, dim=1))
+    return StepOutput(total, torch.cat(clip_logits, dim=1))
 
 
 @dataclass(frozen=True)
@@ -378,6 +407,7 @@ class StepOptions:
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     memory_pass_bn: MemoryPassBN = "batch"
     memory_chunk: int = 1
+    grad_chunk: int = 1
     cross_clip: bool = False
     scale_loss: LossScale = unscaled
     video_loss: bool = False
@@ -467,6 +497,7 @@ def _comem(
         options.autocast,
         memory_pass_bn=options.memory_pass_bn,
         memory_chunk=options.memory_chunk,
+        grad_chunk=options.grad_chunk,
         cross_clip=options.cross_clip,
         loss_fn=options.loss_fn,
         scale_loss=options.scale_loss,

@@ -57,6 +57,7 @@ def step(
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
     memory_pass_bn: MemoryPassBN = "batch",
     memory_chunk: int = 1,
+    grad_chunk: int = 1,
     cross_clip: bool = False,
     scale_loss: LossScale | None = None,
     video_loss: bool = False,
@@ -83,6 +84,10 @@ def step(
         memory_pass_bn: comem mode's no-grad pass runs BatchNorm on ``batch`` statistics and
             restores the running ones afterwards, or on its running statistics (``eval``).
         memory_chunk: clips of each video per no-grad forward in comem mode.
+        grad_chunk: clips of each video per gradient-pass forward and backward in comem mode; each
+            reads the memory with only its own entry live, so the gradients are those of 1 (BatchNorm
+            on batch statistics aside). ``grad_chunk >= N`` skips the memory pass: the plain two-pass
+            gradients at joint's FLOPs and joint's activation memory. A comem ``VideoModel`` only.
         cross_clip: comem mode also gives each clip's summaries the gradient the other clips'
             losses send them (as joint training does), at one more pass of the stages from the
             first memory on; default ``False``, the plain two-pass gradient, which treats them as
@@ -104,7 +109,11 @@ def step(
     The caller owns the optimizer: zero the gradients before, step after.
     """
     options = StepOptions(
-        memory_pass_bn=memory_pass_bn, memory_chunk=memory_chunk, cross_clip=cross_clip, video_loss=video_loss
+        memory_pass_bn=memory_pass_bn,
+        memory_chunk=memory_chunk,
+        grad_chunk=grad_chunk,
+        cross_clip=cross_clip,
+        video_loss=video_loss,
     )
     settings = {"loss_fn": loss_fn, "autocast": autocast, "scale_loss": scale_loss, "backward": backward}
     return train_step(model, video, target, mode=mode, times=times, options=options, **settings).loss

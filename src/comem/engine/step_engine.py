@@ -92,6 +92,7 @@ class StepEngine:
             autocast=self.autocast,
             memory_pass_bn=config.memory_pass_bn,
             memory_chunk=config.memory_chunk,
+            grad_chunk=config.grad_chunk,
             cross_clip=config.cross_clip,
             scale_loss=self.scale_loss,
             video_loss=config.video_loss,

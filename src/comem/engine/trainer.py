@@ -62,14 +62,17 @@ from comem.engine.finite import NonFiniteError, nonfinite_in_model
 from comem.engine.loaders import drops_last, make_loader, resolve_device
 from comem.engine.loggers import RunLoggers, open_loggers, plot_training_curves
 from comem.engine.performance import tune_model, uses_channels_last
-from comem.engine.precision import grad_scaler
+from comem.engine.planner import Plan, device_budget_gib, plan_chunks, step_memory
+from comem.engine.precision import grad_scaler, resolve_precision
 from comem.engine.provenance import write_run_record
 from comem.engine.resume_check import check_resume
 from comem.engine.rng import restore_rng_state, rng_state, seed_everything
 from comem.engine.run_dir import claim_run_dir
 from comem.engine.step_engine import StepEngine
 from comem.engine.stopping import StopSignals, TrainingStopped, stopped_message
+from comem.errors import UserError
 from comem.files import write_json
+from comem.models.build import VideoModel
 from comem.tasks.base import StepResult, Task
 
 log = logging.getLogger(__name__)
@@ -160,6 +163,7 @@ class Trainer:
         seed_everything(config.seed)
         self.model = task.build_model()
         self.model.to(self.device)
+        self.plan = plan_run(self.model, config, self.device, main=self.dist.is_main)  # before compiling
         # the average is copied before compiling: it is only evaluated
         self.ema = WeightAverage(self.model, config.ema_decay) if config.ema_decay else None
         tune_model(self.model, self.device, channels_last=config.channels_last, compile=config.compile)
@@ -185,7 +189,12 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(total, max(warmup, 1))
         )
-        self.step_engine = StepEngine(config, self.model, self.train_model, self.device, self.scaler)
+        steps_config = config  # the chunks the plan picked for those given as auto
+        if self.plan is not None:
+            steps_config = dataclasses.replace(
+                config, memory_chunk=self.plan.memory_chunk, grad_chunk=self.plan.grad_chunk
+            )
+        self.step_engine = StepEngine(steps_config, self.model, self.train_model, self.device, self.scaler)
         self.step_context = self.step_engine.context()
         self.epoch = 0
         self.step_in_epoch = 0
@@ -542,6 +551,26 @@ class Trainer:
             "skipped": sorted(self.skipped.values()),
             "history": self.history,
         }
+
+
+def plan_run(model: torch.nn.Module, config: TrainConfig, device: torch.device, *, main: bool) -> Plan | None:
+    """The run's chunks (``engine/planner.py``), said in one line; None (and a line saying so) for a
+    model the planner cannot measure."""
+    chunks = (config.memory_chunk, config.grad_chunk)
+    if not isinstance(model, VideoModel):
+        if "auto" in chunks:
+            raise UserError("--memory-chunk/--grad-chunk auto: this task's model has no plan; give numbers")
+        if main:
+            log.info("plan: skipped (the planner measures comem's video classifiers only)")
+        return None
+    shape = (config.batch_size, config.clips, 3, config.clip_len, config.crop_size, config.crop_size)
+    half = resolve_precision(config.precision, device) != "fp32"
+    budget = config.memory_budget or device_budget_gib(device)
+    memory = step_memory(model, shape, half_precision=half)
+    plan = plan_chunks(memory, config.mode, config.memory_chunk, config.grad_chunk, budget, device.type)
+    if main:
+        log.info(plan.line())
+    return plan
 
 
 def train(config: TrainConfig, task: Task) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from comem.models.contract import (
     Features,
     MemoryPass,
     cat_clips,
+    chunk_entries,
     clip_entry,
     group_times,
     per_video,
@@ -34,7 +35,7 @@ from comem.models.contract import (
 )
 from comem.models.heads import ClipHead
 from comem.models.layouts import DEFAULT_OPTIONS, MemoryOptions
-from comem.models.normalization import Normalization, normalization
+from comem.models.normalization import Normalization, normalization, normalization_tensors
 from comem.models.pretrained import PretrainedLoadError, load_pretrained
 from comem.models.stages import VideoBackbone
 
@@ -138,10 +139,7 @@ class VideoModel(nn.Module):
         """
         if clips.dtype != torch.uint8:
             return clips
-        channels = len(self.normalization.mean)
-        shape = (channels, 1, 1, 1)
-        mean = torch.tensor(self.normalization.mean, device=clips.device).view(shape)
-        std = torch.tensor(self.normalization.std, device=clips.device).view(shape)
+        mean, std = normalization_tensors(self.normalization, clips.device)
         prepared = (clips.to(torch.float32) / 255 - mean) / std
         if torch.is_autocast_enabled(clips.device.type):
             return prepared.to(torch.get_autocast_dtype(clips.device.type))
@@ -150,7 +148,7 @@ class VideoModel(nn.Module):
     def forward(
         self,
         video: torch.Tensor,
-        clip_index: int | None = None,
+        clip_index: int | slice | None = None,
         banks: dict[str, Bank] | None = None,
         cross_grads: dict[str, Bank] | None = None,
         *,
@@ -162,8 +160,11 @@ class VideoModel(nn.Module):
         ``times`` (B, N): each clip's time in its video (``comem.memory``; None: even). With
         ``share_memory=False`` every clip gets a memory of itself alone (the single-clip baseline
         evaluated over several views). With ``clip_index`` and ``banks`` (and ``cross_grads``) this
-        is :meth:`forward_clip`, so a ``DistributedDataParallel`` wrapper can run both passes.
+        is :meth:`forward_clip` (a slice: :meth:`forward_clips`), so a ``DistributedDataParallel``
+        wrapper can run both passes.
         """
+        if isinstance(clip_index, slice):
+            return self.forward_clips(video, clip_index, banks, cross_grads, times)
         if clip_index is not None:
             return self.forward_clip(video, clip_index, banks or {}, cross_grads, times)
         batch, num_clips = video.shape[:2]
@@ -269,6 +270,33 @@ class VideoModel(nn.Module):
         ``times`` (B, N): the times of the banks' clips.
         """
         return self.head(self.clip_features(clip, clip_index, banks, cross_grads, times))
+
+    def forward_clips(
+        self,
+        clips: torch.Tensor,
+        span: slice,
+        banks: dict[str, Bank] | None,
+        cross_grads: dict[str, Bank] | None = None,
+        times: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, k, K) of the k clips ``span`` (B, k, C, T, H, W) of each video in one forward;
+        ``times`` (B, N) the times of all N clips of each video.
+
+        Each clip reads ``banks`` with only its own entry live, so every clip's logits and gradients
+        are those :meth:`forward_clip` gives it alone (BatchNorm in train mode aside, which
+        normalises over the B·k clips). ``banks`` None when ``span`` covers all N clips: each
+        memory stage's bank is this forward's own summaries, the other clips' entries detached,
+        and no memory pass is needed (``CollaborativeMemory.forward_chunk``).
+        """
+        batch, count = clips.shape[:2]
+        features: Any = self.prepare(clips.flatten(0, 1))
+        for name, stage in self.backbone.stages.items():
+            features = stage(features)
+            if name in self.memories:
+                bank = None if banks is None else banks[name]
+                cross = None if cross_grads is None else chunk_entries(cross_grads[name], span)
+                features = self.memories[name].forward_chunk(features, bank, span, cross, times)
+        return self.head(features).view(batch, count, -1)
 
     def clip_features(
         self,

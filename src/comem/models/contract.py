@@ -110,6 +110,13 @@ def clip_entry(bank: Bank, clip_index: int) -> Bank:
     return bank[:, clip_index]
 
 
+def chunk_entries(bank: Bank, span: slice) -> Bank:
+    """Entries ``span`` of a bank (B, N, C) as (B·k, C), video-major, pathway by pathway."""
+    if isinstance(bank, list):
+        return [part[:, span].flatten(0, 1) for part in bank]
+    return bank[:, span].flatten(0, 1)
+
+
 def split_clips(features: Any, batch: int, count: int) -> list[Any]:
     """Stage outputs of ``count`` consecutive clips of each video (video-major, B·count rows) ->
     one output of B rows per clip. Tensors in a list are split; a tuple's first element is (tokens)

@@ -140,6 +140,22 @@ class PathwayMemory(nn.Module):
         ]
         return self._like(features, parts)
 
+    def forward_chunk(
+        self,
+        features: list[torch.Tensor],
+        bank: list[torch.Tensor] | None,
+        clips: slice,
+        cross_grad: list[torch.Tensor] | None = None,
+        times: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        banks = bank or [None] * len(self.pathways)
+        cross = cross_grad or [None] * len(self.pathways)
+        parts = [
+            memory.forward_chunk(x, pathway_bank, clips, extra, times)
+            for memory, x, pathway_bank, extra in zip(self.pathways, features, banks, cross, strict=True)
+        ]
+        return self._like(features, parts)
+
     def attention(
         self,
         queries: list[torch.Tensor],

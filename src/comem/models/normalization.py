@@ -9,8 +9,11 @@ file brings the one of its source (``pretrained.py``), and checkpoints store it 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import NamedTuple
+
+import torch
 
 
 class Normalization(NamedTuple):
@@ -37,3 +40,12 @@ def normalization(mean: Iterable[float], std: Iterable[float]) -> Normalization:
     if min(std_t) <= 0:
         raise ValueError(f"std must be > 0, got {std_t}")
     return Normalization(mean_t, std_t)
+
+
+@functools.lru_cache(maxsize=16)
+def normalization_tensors(norm: Normalization, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``norm``'s mean and std as (C, 1, 1, 1) float32 tensors on ``device``, made once per device:
+    building them from Python floats for every clip is a blocking host-to-device copy on a GPU."""
+    shape = (len(norm.mean), 1, 1, 1)
+    mean = torch.tensor(norm.mean, device=device).view(shape)
+    return mean, torch.tensor(norm.std, device=device).view(shape)
