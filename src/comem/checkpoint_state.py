@@ -17,12 +17,13 @@ Checkpoints of earlier comem versions are read in today's terms here, once (docs
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from comem.config import TrainConfig, config_fields, upgrade_config
 from comem.errors import UserError
-from comem.models.build import ModelSpec
+from comem.models.build import ModelSpec, VideoModel, build_model
 from comem.models.normalization import PYSLOWFAST, normalization
 
 WEIGHTS: tuple[str, ...] = ("ema", "raw")
@@ -83,3 +84,43 @@ def checkpoint_weights(state: dict[str, Any], path: Path, weights: str | None = 
     if has_ema and weights != "raw":
         return state["ema"], "ema"
     return state["model"], "raw"
+
+
+@dataclass
+class TrainedModel:
+    """A classification checkpoint's model (eval mode, on the CPU) and the settings it was trained with."""
+
+    model: VideoModel
+    spec: ModelSpec
+    config: TrainConfig
+    class_names: list[str]
+    multi_label: bool
+    data_dir: Path | None
+    path: Path
+    weights: str = "raw"  # "ema": the weight average of a run with --ema-decay
+
+
+def trained_from_state(state: dict, path: Path, weights: str | None = None) -> TrainedModel:
+    """The model of a video classification checkpoint ``state`` (read from ``path``) with its
+    weights (``weights``: see :func:`checkpoint_weights`) and what it was trained with."""
+    if stored_task(state) == "ava":
+        raise CheckpointError(
+            f"{path}: an AVA detection checkpoint (comem train --task ava): score it with comem eval; "
+            "this command needs a video classification one"
+        )
+    missing = [key for key in ("model_spec", "config", "class_names") if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a comem training checkpoint (no {', '.join(missing)})")
+    config = config_from_state(state)
+    spec = spec_from_state(state)
+    model = build_model(spec)
+    weight_dict, kind = checkpoint_weights(state, path, weights)
+    model.load_state_dict(weight_dict)
+    model.eval()
+    class_names = list(state["class_names"])
+    if len(class_names) != spec.num_classes:
+        raise CheckpointError(
+            f"{path}: has {len(class_names)} class names for a model of {spec.num_classes} classes"
+        )
+    data_dir = Path(state["data_dir"]) if state.get("data_dir") else None
+    return TrainedModel(model, spec, config, class_names, is_multi_label(state), data_dir, path, kind)
