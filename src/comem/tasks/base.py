@@ -97,7 +97,8 @@ class CheckpointEvaluation(NamedTuple):
 
 
 class Task(Protocol):
-    """What the trainer asks of a task. Metric names are without the ``val_`` prefix the loop adds."""
+    """What the trainer and ``comem eval`` ask of a task. Metric names are without the ``val_`` prefix
+    the loop adds."""
 
     config: Any  # the run's TrainConfig
     data_dir: Path
