@@ -9,7 +9,7 @@ from comem.engine.modes import comem_step, joint_step, single_step
 from comem.memory import CollaborativeMemory
 from comem.models.backbones import BACKBONES
 from comem.models.build import ModelSpec, build_model
-from comem.models.memories import PathwayMemory, TokenMemory
+from comem.models.layouts import PathwayMemory, TokenMemory
 
 NUM_CLASSES = 3
 # Two videos: the deep nets end at 1x1x1 on these clips, and train-mode BatchNorm needs two values.

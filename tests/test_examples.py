@@ -56,3 +56,21 @@ def test_predict_example_on_a_trained_checkpoint(tiny_checkpoint: Path, tmp_path
     output = run([sys.executable, str(EXAMPLES / "predict.py"), str(tiny_checkpoint)], tmp_path)
     assert re.search(r"^(gray|ramp) +0\.\d{3}$", output, re.MULTILINE), output
     assert "memory after layer4: row i" in output and "video scores from clips: [" in output
+
+
+def test_video_clips_example_trains_on_real_videos(tmp_path: Path) -> None:
+    from tinydata import write_dataset
+
+    root = write_dataset(tmp_path / "data", num_train=4, num_val=2)
+    output = run(
+        [sys.executable, str(EXAMPLES / "train_video_clips.py"), str(root), "--steps", "5"], tmp_path
+    )
+    values = losses(output)
+    assert len(values) == 5 and values[-1] < values[0], output
+
+
+def test_lightning_example_trains_with_manual_optimisation(tmp_path: Path) -> None:
+    pytest.importorskip("lightning")
+    output = run([sys.executable, str(EXAMPLES / "lightning_comem.py"), "--steps", "4"], tmp_path)
+    values = losses(output)
+    assert len(values) == 4 and values[-1] < values[0], output

@@ -43,7 +43,7 @@ def reference_read_weights(model: nn.Module, clips: torch.Tensor) -> dict[str, t
     seen: dict[str, torch.Tensor] = {}
 
     def capture(memory: CollaborativeMemory, args: tuple, stage: str) -> None:
-        features, num_clips = args
+        features, num_clips = args[:2]
         flat = features.flatten(2)  # (N, C, T·H·W)
         means, peaks = flat.mean(dim=2), flat.max(dim=2).values
         summaries = {"mean": means, "max": peaks, "meanmax": means + peaks}[memory.summary]

@@ -14,13 +14,16 @@ from torchvision.models import video as tv_video
 import comem
 from comem.engine.modes import comem_step, single_step
 from comem.models.build import MemoryStageError, ModelSpec, build_model
-from comem.models.memories import PathwayMemory
+from comem.models.layouts import PathwayMemory
 
 no_autocast = contextlib.nullcontext
 
 
 def video(batch: int = 2, clips: int = 3, frames: int = 4, size: int = 32, seed: int = 42) -> torch.Tensor:
     return torch.randn(batch, clips, 3, frames, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+CLIP = torch.randn(1, 3, 4, 8, 8, generator=torch.Generator().manual_seed(1))  # a trial clip batch
 
 
 def randomise_memories(model: nn.Module, seed: int = 0) -> None:
@@ -102,7 +105,7 @@ def test_wrapped_model_equals_the_model_at_init(build, stages) -> None:
     torch.manual_seed(0)
     model = build()
     randomise_norms(model)
-    wrapped = comem.wrap(model, stages).eval()
+    wrapped = comem.wrap(model, stages, example=video()[:, 0]).eval()
     clips = video()
     with torch.no_grad():
         expected = model(clips.flatten(0, 1)).view(2, 3, -1)
@@ -116,7 +119,7 @@ def test_wrapped_model_equals_the_model_at_init(build, stages) -> None:
     state = wrapped.state_dict()
     assert own < set(state) and all(key.startswith("memories.") for key in set(state) - own)
     assert dict(wrapped.named_parameters()).keys() >= dict(model.named_parameters()).keys()
-    fresh = comem.wrap(build(), stages)
+    fresh = comem.wrap(build(), stages, example=video()[:, 0])
     missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)  # a plain checkpoint
     assert unexpected == [] and missing and all(key.startswith("memories.") for key in missing)
     with torch.no_grad():
@@ -185,7 +188,7 @@ def test_two_pass_equals_one_graph_with_pathway_lists() -> None:
 
 def test_comem_with_one_clip_equals_single_and_keeps_batchnorm_counts() -> None:
     torch.manual_seed(0)
-    models = [comem.wrap(BlocksNet(), ["blocks.1", "blocks.2"]) for _ in range(2)]
+    models = [comem.wrap(BlocksNet(), ["blocks.1", "blocks.2"], example=CLIP) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     for model in models:
         randomise_memories(model)
@@ -197,7 +200,7 @@ def test_comem_with_one_clip_equals_single_and_keeps_batchnorm_counts() -> None:
         torch.testing.assert_close(b.grad, a.grad, msg=name)
     for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values(), strict=True):
         torch.testing.assert_close(b, a, msg=name)  # BatchNorm statistics updated once, identically
-    model = comem.wrap(BlocksNet(), ["blocks.1", "blocks.2"])
+    model = comem.wrap(BlocksNet(), ["blocks.1", "blocks.2"], example=CLIP)
     comem.step(model, video(clips=3), targets, mode="comem")
     assert int(model.blocks[0][1].num_batches_tracked) == 3  # the 3 per-clip passes, not the bank passes
 
@@ -220,7 +223,9 @@ def test_step_trains_a_wrapped_torchvision_network_in_each_mode(mode: str) -> No
 
 def test_step_uses_the_given_loss_per_clip() -> None:
     torch.manual_seed(0)
-    model = comem.wrap(BlocksNet(), ["blocks.2"]).eval()  # eval: the forward below sees the same stats
+    model = comem.wrap(
+        BlocksNet(), ["blocks.2"], example=CLIP
+    ).eval()  # eval: the forward below sees the same stats
     randomise_memories(model)
     clips, targets = video(clips=2), torch.tensor([2, 0])
 
@@ -245,7 +250,7 @@ def test_step_uses_the_given_loss_per_clip() -> None:
 def test_wrapper_shares_parts_with_the_model_through_copies_and_conversions() -> None:
     torch.manual_seed(0)
     model = BlocksNet()
-    wrapped = comem.wrap(model, ["blocks.2"])
+    wrapped = comem.wrap(model, ["blocks.2"], example=CLIP)
     randomise_memories(wrapped)
     clips = video(clips=2, size=16)
     twin = copy.deepcopy(wrapped)  # hooks follow the copy: its own memories, not the original's
@@ -263,26 +268,50 @@ def test_wrapper_shares_parts_with_the_model_through_copies_and_conversions() ->
     assert wrapped.unwrap() is model and model(clips[:, 0]).shape == (2, 7)
 
 
-def test_bad_stages_are_one_line_errors() -> None:
-    with pytest.raises(MemoryStageError, match=r"VideoResNet has no submodule 'layer5'.*stem, layer1"):
+def test_bad_stages_and_layouts_are_one_line_errors() -> None:
+    nearest = r"VideoResNet has no submodule 'layer5' \(nearest: layer4, layer3.*stem, layer1"
+    with pytest.raises(MemoryStageError, match=nearest):
         comem.wrap(tv_video.r3d_18(), ["layer5"])
-    with pytest.raises(MemoryStageError, match=r"output channels of Sequential.0: pass channels="):
-        comem.wrap(nn.Sequential(nn.Flatten()), ["0"])
-    guessed = comem.wrap(TwoPathwayNet(), ["pathways.1"])  # read off its last convolution: wrong
-    with pytest.raises(MemoryStageError, match=r"pathways.1 outputs \(12, 4\) channels.*built for 4: pass"):
-        guessed(video(size=16))
-    wrapped = comem.wrap(TwoPathwayNet(), ["pathways.1"], channels={"pathways.1": (12, 5)})
-    with pytest.raises(MemoryStageError, match=r"pathways.1 outputs \(12, 4\) channels.*built for \(12, 5\)"):
+    with pytest.raises(MemoryStageError, match=r"'features\.9' \(nearest: features\.\d"):
+        comem.wrap(tv_video.swin3d_t(), ["features.9"])
+    with pytest.raises(MemoryStageError, match=r"trial clip batch for BlocksNet: pass example="):
+        comem.wrap(BlocksNet(), ["blocks.1"])
+    with pytest.raises(
+        MemoryStageError, match=r"Sequential.0 returned Tensor \(1, 768\): not a map.*layout="
+    ):
+        comem.wrap(nn.Sequential(nn.Flatten()), ["0"], example=CLIP)
+    tokens = nn.Sequential(nn.Flatten(2), nn.Identity())  # (B, C, T·H·W): tokens of unknown kind
+    with pytest.raises(
+        MemoryStageError, match=r"1 returned Tensor \(1, 3, 256\): cannot tell whether the tokens"
+    ):
+        comem.wrap(tokens, ["1"], example=CLIP)
+    assert comem.wrap(tokens, ["1"], example=CLIP, layout="tokens").layouts == {"1": ("tokens", 256)}
+    with pytest.raises(
+        MemoryStageError, match=r"pathways.1 returned list\(Tensor.*a list of maps, not tokens"
+    ):
+        comem.wrap(TwoPathwayNet(), ["pathways.1"], example=CLIP, layout={"pathways.1": "tokens"})
+    with pytest.raises(MemoryStageError, match=r"layout names blocks.3, which is not among the stages"):
+        comem.wrap(BlocksNet(), ["blocks.1"], example=CLIP, layout={"blocks.3": "tokens"})
+    with pytest.raises(
+        MemoryStageError, match=r"unknown option\(s\) gate_width; the memory's options are memory"
+    ):
+        comem.wrap(BlocksNet(), ["blocks.1"], example=CLIP, gate_width=3)
+    wrapped = comem.wrap(TwoPathwayNet(), ["pathways.1"], example=CLIP)
+    assert wrapped.layouts == {"pathways.1": ("pathways", (12, 4))}
+    wrapped.pathways[1].fast = nn.Conv3d(4, 5, 3, padding=1)  # the stage changed after wrapping
+    with pytest.raises(
+        MemoryStageError, match=r"pathways.1 returned list\(Tensor.*built for pathways of \(12, 4\)"
+    ):
         wrapped(video(size=16))
     with pytest.raises(ValueError, match="wrapped already"):
-        comem.wrap(comem.wrap(BlocksNet(), ["blocks.1"]), ["blocks.2"])
+        comem.wrap(comem.wrap(BlocksNet(), ["blocks.1"], example=CLIP), ["blocks.2"], example=CLIP)
 
 
 def test_two_pass_gradients_equal_joint_gradients_with_one_memory_stage() -> None:
     """With the cross-clip gradient, the memory-flat step's gradients are joint training's exactly
     for one memory stage (BatchNorm on running statistics, so both see the same normalisation)."""
     torch.manual_seed(0)
-    models = [comem.wrap(BlocksNet(), ["blocks.2"]) for _ in range(2)]
+    models = [comem.wrap(BlocksNet(), ["blocks.2"], example=CLIP) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
     clips, targets = video(clips=3), torch.tensor([1, 3])
     for model in models:

@@ -39,6 +39,9 @@ _EXPORTS = {
     "VideoModel": "comem.models.build",
     "ModelSpec": "comem.models.build",
     "build_model": "comem.models.build",
+    "VideoClips": "comem.data.clips",
+    "MemoryOptions": "comem.models.layouts",
+    "TwoPassModel": "comem.models.contract",
     "TrainConfig": "comem.config",
     "UserError": "comem.errors",
 }

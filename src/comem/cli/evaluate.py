@@ -27,6 +27,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="the run's weight average (ema) or its weights (raw); default: ema when the run kept one "
         "(--ema-decay), as it picked best.pt",
     )
+    evaluate.add_argument(
+        "--allow-other-classes",
+        action="store_true",
+        help="score a dataset whose class names differ from the checkpoint's, mapping labels by index "
+        "(refused otherwise)",
+    )
     evaluate.add_argument("--batch-size", type=int, help="videos per batch")
     evaluate.add_argument("--workers", type=int, help="data loading processes")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -62,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
             state=state,
             weights=args.weights,
+            allow_other_classes=args.allow_other_classes,
         )
     finally:
         shutdown_distributed()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 LOGGER = "comem"
@@ -49,15 +49,21 @@ def configure_console() -> None:
 
 
 @contextlib.contextmanager
-def log_file(path: Path) -> Iterator[None]:
-    """Also append comem's log to ``path`` while the block runs."""
+def log_file(path: Path) -> Iterator[Callable[[BaseException], None]]:
+    """Also append comem's log to ``path`` while the block runs. Yields a function that writes an
+    error line into ``path`` alone (the console gets it from the command's own error report)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(ConsoleFormatter("%(asctime)s %(prefix)s%(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
     logger = logging.getLogger(LOGGER)
     logger.addHandler(handler)
+
+    def record(error: BaseException) -> None:
+        message = " ".join(str(error).split()) or type(error).__name__
+        handler.handle(logging.LogRecord(LOGGER, logging.ERROR, __file__, 0, message, None, None))
+
     try:
-        yield
+        yield record
     finally:
         logger.removeHandler(handler)
         handler.close()

@@ -112,7 +112,7 @@ def mode_step(
     options = StepOptions(autocast=autocast)
     if scale is not None:
         options = replace(options, scale_loss=lambda loss: loss * scale)
-    return MODE_STEPS[mode](train_model, video, targets, options).loss
+    return MODE_STEPS[mode](train_model, video, targets, None, options).loss
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from comem.checkpoint_state import CheckpointError
+from comem.engine.finite import check_finite_checkpoint
 from comem.engine.rng import numpy_state_as_plain
 from comem.serialization import read_torch_file
 
@@ -97,11 +98,14 @@ def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A comem checkpoint's content (tensors and plain values); nothing in the file is run."""
+    """A comem checkpoint's content (tensors and plain values); nothing in the file is run. One whose
+    model holds nan or inf values (a diverged run) is refused: resuming, evaluating or predicting
+    with it would only give nan."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     state = read_torch_file(path, CheckpointError, "checkpoint")
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a comem checkpoint (no 'model' entry)")
+    check_finite_checkpoint(state, path)
     return _upgrade(state)

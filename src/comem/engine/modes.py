@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from comem.engine.distributed import step_hooks, unwrap
-from comem.models.build import Bank, MemoryPass, VideoModel
+from comem.models.contract import Bank, MemoryPass, TwoPassModel
 
 MemoryPassBN = Literal["batch", "eval"]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (clip logits, their targets) -> scalar
@@ -39,8 +39,16 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (clip logits, t
 LossScale = Callable[[torch.Tensor], torch.Tensor]
 
 
+# How a backward runs: ``loss.backward()``, or a loop's own (Lightning's ``manual_backward``).
+Backward = Callable[[torch.Tensor], None]
+
+
 def unscaled(loss: torch.Tensor) -> torch.Tensor:
     return loss
+
+
+def autograd_backward(loss: torch.Tensor) -> None:
+    loss.backward()
 
 
 class StepOutput(NamedTuple):
@@ -127,18 +135,20 @@ def joint_step(
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
     video_loss: bool = False,
+    times: torch.Tensor | None = None,
+    backward: Backward = autograd_backward,
 ) -> StepOutput:
-    """All N clips in one graph. ``video`` is (B, N, C, T, H, W).
+    """All N clips in one graph. ``video`` is (B, N, C, T, H, W), ``times`` (B, N) its clips' times.
 
-    ``model`` is a :class:`VideoModel` or anything that forwards like one (its DDP wrapper).
-    ``video_loss``: the loss of the clips' mean scores (``video_level_loss``) instead of the mean
-    of the clip losses.
+    ``model`` is a :class:`~comem.models.contract.TwoPassModel` or anything that forwards like one
+    (its DDP wrapper). ``video_loss``: the loss of the clips' mean scores (``video_level_loss``)
+    instead of the mean of the clip losses.
     """
     with autocast():
-        logits = model(video)
+        logits = model(video, times=times)
     level_loss = video_level_loss if video_loss else clip_level_loss
     loss = level_loss(logits, targets, loss_fn)
-    scale_loss(loss).backward()
+    backward(scale_loss(loss))
     return StepOutput(loss.detach(), logits.detach())
 
 
@@ -150,11 +160,22 @@ def single_step(
     *,
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
+    times: torch.Tensor | None = None,
+    backward: Backward = autograd_backward,
 ) -> StepOutput:
     """The one-clip baseline: ``video`` is (B, 1, C, T, H, W); the memory sees that clip only."""
     if video.shape[1] != 1:
         raise ValueError(f"single mode trains on one clip per video, got {video.shape[1]}")
-    return joint_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss)
+    return joint_step(
+        model,
+        video,
+        targets,
+        autocast,
+        loss_fn=loss_fn,
+        scale_loss=scale_loss,
+        times=times,
+        backward=backward,
+    )
 
 
 def _bank_leaves(banks: dict[str, Bank]) -> dict[str, Bank]:
@@ -177,11 +198,12 @@ ClipObjective = Callable[[torch.Tensor, int], torch.Tensor]  # (clip logits (B, 
 
 
 def cross_clip_gradients(
-    model: VideoModel,
+    model: TwoPassModel,
     memory: MemoryPass,
     objective: ClipObjective,
     autocast: Callable,
     scale_loss: LossScale = unscaled,
+    times: torch.Tensor | None = None,
 ) -> dict[str, Bank]:
     """Gradient of the video's loss with respect to every bank entry through the OTHER clips'
     memory reads: entry i of the result, (B, C) per stage, is sum over j != i of
@@ -202,7 +224,7 @@ def cross_clip_gradients(
     with replayed_clip_forwards(model, flat[0].device):
         for index in range(len(memory.maps)):
             with autocast():
-                logits = model.logits_from_maps(memory.maps[index], index, leaves)
+                logits = model.logits_from_maps(memory.maps[index], index, leaves, times)
             grads = torch.autograd.grad(scale_loss(objective(logits, index)), flat, allow_unused=True)
             for total, grad in zip(totals, grads, strict=True):
                 if grad is not None:
@@ -227,11 +249,12 @@ def replayed_clip_forwards(model: nn.Module, device: torch.device) -> Iterator[N
 
 
 def video_loss_gradients(
-    model: VideoModel,
+    model: TwoPassModel,
     memory: MemoryPass,
     targets: torch.Tensor,
     autocast: Callable,
     loss_fn: LossFn,
+    times: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """For the video-level loss in the two-pass scheme: the gradient d L / d z_j (B, K) of
     L = ``video_level_loss`` with respect to each clip's logits z_j, and L itself (detached).
@@ -245,7 +268,8 @@ def video_loss_gradients(
         clip_logits = []
         for index in range(len(memory.maps)):
             with autocast():
-                clip_logits.append(model.logits_from_maps(memory.maps[index], index, memory.banks).float())
+                maps = memory.maps[index]
+                clip_logits.append(model.logits_from_maps(maps, index, memory.banks, times).float())
     logits = torch.stack(clip_logits, dim=1).requires_grad_(True)
     with torch.enable_grad():
         loss = video_level_loss(logits, targets, loss_fn)
@@ -261,19 +285,21 @@ def tsn_step(
     *,
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
+    times: torch.Tensor | None = None,
+    backward: Backward = autograd_backward,
 ) -> StepOutput:
     """Segment consensus: every clip of ``video`` (B, N, C, T, H, W) runs on its own (its memory
     sees that clip only, as in ``single``) and the loss is that of the clips' mean logits, so
     clips are combined by averaging scores, never by comparing what they saw."""
     with autocast():
-        logits = model(video, share_memory=False)
+        logits = model(video, share_memory=False, times=times)
     loss = video_level_loss(logits, targets, loss_fn)
-    scale_loss(loss).backward()
+    backward(scale_loss(loss))
     return StepOutput(loss.detach(), logits.detach())
 
 
 def comem_step(
-    model: VideoModel,
+    model: TwoPassModel,
     video: torch.Tensor,
     targets: torch.Tensor,
     autocast: Callable,
@@ -286,10 +312,13 @@ def comem_step(
     loss_fn: LossFn = clip_loss,
     scale_loss: LossScale = unscaled,
     video_loss: bool = False,
+    times: torch.Tensor | None = None,
+    backward: Backward = autograd_backward,
 ) -> StepOutput:
-    """The two-pass, memory-flat scheme. ``video`` is (B, N, C, T, H, W).
+    """The two-pass, memory-flat scheme. ``video`` is (B, N, C, T, H, W), ``times`` (B, N) its
+    clips' times (given to every memory read).
 
-    ``memory_chunk`` clips of each video run per no-grad forward (see ``VideoModel.memory_pass``).
+    ``memory_chunk`` clips of each video run per no-grad forward (see ``TwoPassModel.memory_pass``).
     ``cross_clip`` also trains each clip's path by the gradient the other clips' losses send to
     its summaries (``cross_clip_gradients``), which joint training has and the plain two-pass
     scheme (the default) drops. Under DDP, ``forward_clip`` is the DDP-wrapped
@@ -297,16 +326,16 @@ def comem_step(
     ``no_sync`` its ``no_sync``, which suppresses the all-reduce for every clip but the last.
     ``video_loss``: the loss of the clips' mean scores (``video_level_loss``), through
     ``video_loss_gradients``. The uint8 ``video`` is converted one clip (memory pass: one chunk)
-    at a time, by the model (``VideoModel.prepare``).
+    at a time, by the model (``TwoPassModel.prepare``).
     """
     num_clips = video.shape[1]
     forward_clip = forward_clip or model.forward_clip
     cross_clip = cross_clip and num_clips > 1
     guard = preserved_batchnorm_stats(model) if memory_pass_bn == "batch" else eval_batchnorm(model)
     with guard, autocast():
-        memory = model.memory_pass(video, chunk=memory_chunk, keep_maps=cross_clip or video_loss)
+        memory = model.memory_pass(video, chunk=memory_chunk, keep_maps=cross_clip or video_loss, times=times)
     if video_loss:
-        score_grads, video_loss_value = video_loss_gradients(model, memory, targets, autocast, loss_fn)
+        score_grads, video_loss_value = video_loss_gradients(model, memory, targets, autocast, loss_fn, times)
 
         def objective(logits: torch.Tensor, index: int) -> torch.Tensor:
             return (logits.float() * score_grads[index]).sum()  # its gradient: d L / d z_index
@@ -316,7 +345,9 @@ def comem_step(
         def objective(logits: torch.Tensor, index: int) -> torch.Tensor:
             return loss_fn(logits, targets[:, index] if targets.ndim == 3 else targets) / num_clips
 
-    cross = cross_clip_gradients(model, memory, objective, autocast, scale_loss) if cross_clip else None
+    cross = (
+        cross_clip_gradients(model, memory, objective, autocast, scale_loss, times) if cross_clip else None
+    )
     banks = memory.banks
     del memory
     total = torch.zeros((), device=video.device)
@@ -326,9 +357,9 @@ def comem_step(
         sync = contextlib.nullcontext() if last or no_sync is None else no_sync()
         with sync:
             with autocast():
-                logits = forward_clip(video[:, index], index, banks, cross)
+                logits = forward_clip(video[:, index], index, banks, cross, times=times)
             loss = objective(logits, index)
-            scale_loss(loss).backward()
+            backward(scale_loss(loss))
         total += loss.detach()
         clip_logits.append(logits.detach())
     if video_loss:
@@ -348,40 +379,68 @@ class StepOptions:
     cross_clip: bool = False
     scale_loss: LossScale = unscaled
     video_loss: bool = False
+    backward: Backward = autograd_backward
 
 
-# A mode's step: (model or its DDP wrapper, video (B, N, C, T, H, W), targets, options) -> StepOutput.
-ModeStep = Callable[[nn.Module, torch.Tensor, torch.Tensor, StepOptions], StepOutput]
+Times = torch.Tensor | None  # (B, N) each clip's time in its video (``comem.memory``), None: even
+
+# A mode's step: (model or its DDP wrapper, video (B, N, C, T, H, W), targets, times, options) -> StepOutput.
+ModeStep = Callable[[nn.Module, torch.Tensor, torch.Tensor, Times, StepOptions], StepOutput]
 
 
-def one_clip_per_video(video: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def one_clip_per_video(
+    video: torch.Tensor, targets: torch.Tensor, times: Times = None
+) -> tuple[torch.Tensor, torch.Tensor, Times]:
     """``single`` mode's input: a clip batch (B, C, T, H, W) becomes (B, 1, ...); of N > 1 clips one
-    per video is drawn at random (the usual one-clip sampling), with its per-clip target if any."""
+    per video is drawn at random (the usual one-clip sampling), with its per-clip target and its
+    time (B, 1) if any."""
     if video.ndim == 5:
-        return video[:, None], targets
+        return video[:, None], targets, None if times is None else times.reshape(-1, 1)
     if video.shape[1] == 1:
-        return video, targets
+        return video, targets, times
     choice = torch.randint(video.shape[1], (video.shape[0],), device=video.device)
     rows = torch.arange(video.shape[0], device=video.device)
     if targets.ndim == 3:
         targets = targets[rows, choice][:, None]
-    return video[rows, choice][:, None], targets
+    if times is not None:
+        times = times[rows, choice][:, None]
+    return video[rows, choice][:, None], targets, times
 
 
-def _single(model: nn.Module, video: torch.Tensor, targets: torch.Tensor, options: StepOptions) -> StepOutput:
-    video, targets = one_clip_per_video(video, targets)
+def _single(
+    model: nn.Module, video: torch.Tensor, targets: torch.Tensor, times: Times, options: StepOptions
+) -> StepOutput:
+    video, targets, times = one_clip_per_video(video, targets, times)
     return single_step(
-        model, video, targets, options.autocast, loss_fn=options.loss_fn, scale_loss=options.scale_loss
+        model,
+        video,
+        targets,
+        options.autocast,
+        loss_fn=options.loss_fn,
+        scale_loss=options.scale_loss,
+        times=times,
+        backward=options.backward,
     )
 
 
-def _tsn(model: nn.Module, video: torch.Tensor, targets: torch.Tensor, options: StepOptions) -> StepOutput:
+def _tsn(
+    model: nn.Module, video: torch.Tensor, targets: torch.Tensor, times: Times, options: StepOptions
+) -> StepOutput:
     return tsn_step(
-        model, video, targets, options.autocast, loss_fn=options.loss_fn, scale_loss=options.scale_loss
+        model,
+        video,
+        targets,
+        options.autocast,
+        loss_fn=options.loss_fn,
+        scale_loss=options.scale_loss,
+        times=times,
+        backward=options.backward,
     )
 
 
-def _joint(model: nn.Module, video: torch.Tensor, targets: torch.Tensor, options: StepOptions) -> StepOutput:
+def _joint(
+    model: nn.Module, video: torch.Tensor, targets: torch.Tensor, times: Times, options: StepOptions
+) -> StepOutput:
     return joint_step(
         model,
         video,
@@ -390,10 +449,14 @@ def _joint(model: nn.Module, video: torch.Tensor, targets: torch.Tensor, options
         loss_fn=options.loss_fn,
         scale_loss=options.scale_loss,
         video_loss=options.video_loss,
+        times=times,
+        backward=options.backward,
     )
 
 
-def _comem(model: nn.Module, video: torch.Tensor, targets: torch.Tensor, options: StepOptions) -> StepOutput:
+def _comem(
+    model: nn.Module, video: torch.Tensor, targets: torch.Tensor, times: Times, options: StepOptions
+) -> StepOutput:
     """The two passes run on the model itself; under DDP its wrapper carries the per-clip forwards."""
     return comem_step(
         unwrap(model),
@@ -406,6 +469,8 @@ def _comem(model: nn.Module, video: torch.Tensor, targets: torch.Tensor, options
         loss_fn=options.loss_fn,
         scale_loss=options.scale_loss,
         video_loss=options.video_loss,
+        times=times,
+        backward=options.backward,
         **step_hooks(model),
     )
 

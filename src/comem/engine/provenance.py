@@ -1,7 +1,8 @@
 """What a run records about itself beside its checkpoints, so anyone can say afterwards what ran.
 
 - ``OUT/config.yaml``: the resolved configuration, a valid ``--config`` file (``comem train
-  --config OUT/config.yaml`` repeats the run).
+  --config OUT/config.yaml`` repeats the run from any directory: its paths, ``data``, ``out`` and a
+  ``pretrained`` file, are absolute).
 - ``OUT/env.json``: versions of comem and its main dependencies, CUDA/cuDNN, device names, world
   size, the command line and the git commit of the code when it runs from a checkout.
 
@@ -13,6 +14,7 @@ and devices and ``comem bench``'s header (:func:`versions`, :func:`devices`, :fu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -138,8 +140,19 @@ def environment(world_size: int = 1) -> dict[str, Any]:
     }
 
 
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``data``, ``out`` and a ``pretrained`` file given as absolute paths (a relative
+    path means nothing once the file is read from another directory)."""
+    changes = {"out": os.path.abspath(config.out)}
+    if config.data is not None:
+        changes["data"] = os.path.abspath(config.data)
+    if config.pretrained is not None and Path(config.pretrained).exists():  # not a name like "torchvision"
+        changes["pretrained"] = os.path.abspath(config.pretrained)
+    return dataclasses.replace(config, **changes)
+
+
 def write_run_record(out: Path, config: TrainConfig, world_size: int = 1) -> None:
     """Write ``out/config.yaml`` and ``out/env.json`` (the main process calls this once per start)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(config_yaml(config))
+    (out / "config.yaml").write_text(config_yaml(absolute_paths(config)))
     (out / "env.json").write_text(json.dumps(environment(world_size), indent=2) + "\n")

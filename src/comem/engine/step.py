@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from comem.config import MODES
-from comem.engine.modes import MODE_STEPS, LossFn, LossScale, MemoryPassBN, StepOptions, StepOutput
+from comem.engine.modes import MODE_STEPS, Backward, LossFn, LossScale, MemoryPassBN, StepOptions, StepOutput
 
 
 def train_step(
@@ -27,13 +27,15 @@ def train_step(
     targets: torch.Tensor,
     *,
     mode: str = "comem",
+    times: torch.Tensor | None = None,
     options: StepOptions | None = None,
     **settings: Any,
 ) -> StepOutput:
     """Forward and backward of one batch in ``mode``; the caller zeroes gradients and steps.
 
     ``model`` is the model or its ``DistributedDataParallel`` wrapper; ``video`` (B, N, C, T, H, W);
-    ``targets`` class indices (B,), multi-hot (B, K) or per-clip (B, N, K). ``options`` (default
+    ``targets`` class indices (B,), multi-hot (B, K) or per-clip (B, N, K); ``times`` (B, N) the
+    clips' times in their videos (None: spread evenly). ``options`` (default
     :class:`StepOptions`), with any of its fields replaced by ``settings`` given by name (None: the
     default). Every backward runs on ``options.scale_loss(loss)`` (e.g. ``GradScaler.scale``).
     Returns the detached, unscaled loss and per-clip logits (B, N, K).
@@ -42,7 +44,7 @@ def train_step(
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     given = {name: value for name, value in settings.items() if value is not None}
     options = dataclasses.replace(options or StepOptions(), **given)
-    return MODE_STEPS[mode](model, video, targets, options)
+    return MODE_STEPS[mode](model, video, targets, times, options)
 
 
 def step(
@@ -58,6 +60,8 @@ def step(
     cross_clip: bool = False,
     scale_loss: LossScale | None = None,
     video_loss: bool = False,
+    times: torch.Tensor | None = None,
+    backward: Backward | None = None,
 ) -> torch.Tensor:
     """One training step's forward and backward at video level; returns the detached loss.
 
@@ -89,11 +93,18 @@ def step(
         video_loss: ``joint`` and ``comem`` train on the loss of each video's score, the mean of
             its clips' logits, instead of the mean of the clip losses (``tsn`` always does; one
             clip in ``single`` makes them equal). Each clip still predicts from its own memory.
+        times: (B, N) each clip's centre as a fraction of its video's duration (``VideoClips``
+            gives them), passed to every memory read; default the N clips spread evenly.
+        backward: runs each backward of the step, ``backward(loss)``; default ``loss.backward()``.
+            A loop that owns its backward passes its own, e.g. Lightning's ``self.manual_backward``
+            (with ``automatic_optimization = False``). The comem mode needs one backward per clip
+            (that is what keeps its memory that of one clip), so the step cannot hand back one
+            loss to backpropagate later.
 
     The caller owns the optimizer: zero the gradients before, step after.
     """
     options = StepOptions(
         memory_pass_bn=memory_pass_bn, memory_chunk=memory_chunk, cross_clip=cross_clip, video_loss=video_loss
     )
-    settings = {"loss_fn": loss_fn, "autocast": autocast, "scale_loss": scale_loss}  # None: the default
-    return train_step(model, video, target, mode=mode, options=options, **settings).loss
+    settings = {"loss_fn": loss_fn, "autocast": autocast, "scale_loss": scale_loss, "backward": backward}
+    return train_step(model, video, target, mode=mode, times=times, options=options, **settings).loss

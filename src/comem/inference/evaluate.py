@@ -29,6 +29,7 @@ def evaluate_checkpoint(
     out: str | Path | None = None,
     state: dict | None = None,
     weights: str | None = None,
+    allow_other_classes: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a ``comem train`` checkpoint of any task; returns the metrics and the report directory.
 
@@ -38,7 +39,9 @@ def evaluate_checkpoint(
     checkpoint). Everything not given comes from the checkpoint. Under torchrun the items are
     sharded over the processes and rank 0 writes the report of them all. ``weights``: ``ema`` or
     ``raw`` (default: the weight average when the run kept one, see ``comem.engine.ema``); the
-    report's ``weights`` says which were scored. ``state``: the checkpoint already read.
+    report's ``weights`` says which were scored. ``state``: the checkpoint already read. A
+    classification dataset whose class names differ from the checkpoint's is refused unless
+    ``allow_other_classes`` (labels then map by index).
     """
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint) if state is None else state
@@ -53,6 +56,7 @@ def evaluate_checkpoint(
         workers=workers,
         out=Path(out) if out is not None else None,
         weights=weights,
+        allow_other_classes=allow_other_classes,
     )
     task, model, out_dir, kind = task_class(stored_task(state)).for_checkpoint(checkpoint, state, request)
     model.to(torch_device)

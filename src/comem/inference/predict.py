@@ -11,6 +11,7 @@ every clip drew on. Videos shorter than a clip repeat their last frame, as in tr
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from comem.errors import UserError
 from comem.models.build import Bank
 from comem.models.normalization import Normalization
 from comem.tasks.classification import clip_probabilities, video_scores
+
+log = logging.getLogger(__name__)
 
 # Thumbnails (each clip's middle frame) are kept at most this short side: legible in a timeline.
 THUMBNAIL_SHORT_SIDE = 160
@@ -132,29 +135,32 @@ def views_and_thumbnail(
 
 @torch.no_grad()
 def score_views(
-    model: torch.nn.Module, video: torch.Tensor, *, share_memory: bool
+    model: torch.nn.Module, video: torch.Tensor, *, share_memory: bool, times: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits (V, K) of the V views of one video (1, V, C, T, H, W) and each memory stage's read
     weights (V, V). Views run one at a time, so peak memory is that of one clip whatever V; with
     ``share_memory`` every view reads the collaborative memory of all V views (``memory_bank`` then
-    ``forward_clip``), else each view's memory is its own clip (identity read weights)."""
+    ``forward_clip``), else each view's memory is its own clip (identity read weights). ``times``
+    (1, V): the views' times (None: spread evenly)."""
     num_views = video.shape[1]
     stages = model.memory_stage_names
     if not share_memory:
         logits = torch.cat([model(video[:, i : i + 1])[0] for i in range(num_views)])
         return logits, {stage: torch.eye(num_views) for stage in stages}
-    banks = model.memory_bank(video)
-    logits = torch.cat([model.forward_clip(video[:, i], i, banks) for i in range(num_views)])
-    return logits, read_weights(model, banks)
+    banks = model.memory_bank(video, times=times)
+    logits = torch.cat([model.forward_clip(video[:, i], i, banks, times=times) for i in range(num_views)])
+    return logits, read_weights(model, banks, times)
 
 
-def read_weights(model: torch.nn.Module, banks: dict[str, Bank]) -> dict[str, torch.Tensor]:
-    """Read weights (V, V) of each memory stage over one video's bank (1, V, C); a stage with one
-    memory per pathway gives one entry per pathway, ``stage[p]``."""
+def read_weights(
+    model: torch.nn.Module, banks: dict[str, Bank], times: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Read weights (V, V) of each memory stage over one video's bank (1, V, C) at ``times`` (1, V);
+    a stage with one memory per pathway gives one entry per pathway, ``stage[p]``."""
     weights: dict[str, torch.Tensor] = {}
     for stage, memory in zip(model.memory_stage_names, model.memories.values(), strict=True):
         bank = banks[stage]
-        read = memory.attention(bank, bank)
+        read = memory.attention(bank, bank, times, times)
         if isinstance(read, list):
             weights.update({f"{stage}[{p}]": part[0].float().cpu() for p, part in enumerate(read)})
         else:
@@ -194,13 +200,18 @@ def score_clips(
     crops: int,
     aggregate: str,
     device: torch.device,
+    times: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Per-clip probabilities (N, K), video scores (K,) and read weights (N, N) per memory stage of
-    ``views`` (N·crops, C, T, H, W), normalised, clip-major."""
+    ``views`` (N·crops, C, T, H, W), normalised, clip-major; ``times`` (N,) the clips' times."""
     count = views.shape[0] // crops
+    view_times = None if times is None else times.float().repeat_interleave(crops)[None].to(device)
     with autocast_for(device, trained.config.precision)():
         logits, weights = score_views(
-            trained.model, views[None].to(device), share_memory=trained.config.shares_eval_memory
+            trained.model,
+            views[None].to(device),
+            share_memory=trained.config.shares_eval_memory,
+            times=view_times,
         )
     logits = logits.view(1, count * crops, -1).float().cpu()
     per_clip = clip_probabilities(logits, multi_label=trained.multi_label).view(count, crops, -1).mean(dim=1)
@@ -243,6 +254,14 @@ def predict_video(
         )
         kept = reader.read(indices, _transform(config, reader.height, reader.width, crops))  # (N, T) records
         num_frames, fps, height, width = reader.num_frames, reader.fps, reader.height, reader.width
+        stated = reader.header_frames
+        if stated > num_frames:
+            rate = fps or 30.0
+            log.warning(
+                f"{path}: ends after {num_frames} of the {stated} frames its header states "
+                f"({num_frames / rate:.1f} s of {stated / rate:.1f} s; a cut-off download?): "
+                "predicted from the frames it holds"
+            )
     return _prediction(
         trained, kept, indices, str(path), (num_frames, fps, height, width), crops, aggregate, device
     )
@@ -291,15 +310,23 @@ def predict_frames(
 
 
 def predict_clips(
-    trained: ScoringModel, clips: torch.Tensor, *, aggregate: str = "mean", device: torch.device | None = None
+    trained: ScoringModel,
+    clips: torch.Tensor,
+    *,
+    aggregate: str = "mean",
+    device: torch.device | None = None,
+    times: torch.Tensor | None = None,
 ) -> VideoPrediction:
-    """Score the N clips (N, C, T, H, W) of one video, already cut and normalised as in training."""
+    """Score the N clips (N, C, T, H, W) of one video, already cut and normalised as in training,
+    at ``times`` (N,) (each clip's centre as a fraction of the video; None: spread evenly)."""
     if not isinstance(clips, torch.Tensor) or clips.ndim != 5 or not clips.is_floating_point():
         shape = tuple(clips.shape) if hasattr(clips, "shape") else type(clips).__name__
         raise FramesError(f"clips must be a float (N, C, T, H, W) tensor, got {shape}")
     device = device or next(trained.model.parameters()).device
+    if times is not None and tuple(times.shape) != (clips.shape[0],):
+        raise FramesError(f"times must be ({clips.shape[0]},), one per clip; got {tuple(times.shape)}")
     per_clip, scores, weights = score_clips(
-        trained, clips.float(), crops=1, aggregate=aggregate, device=device
+        trained, clips.float(), crops=1, aggregate=aggregate, device=device, times=times
     )
     return VideoPrediction(
         path="<clips>",

@@ -52,6 +52,7 @@ class Predictor:
         max_clips: int = 64,
         crops: int | None = None,
         aggregate: str = "mean",
+        times: torch.Tensor | None = None,
     ) -> VideoPrediction:
         """Class scores of one video, per clip and for the whole video, with the memory's read weights.
 
@@ -63,6 +64,8 @@ class Predictor:
             clips, clips_per_second, max_clips, crops: how many clips and spatial crops to cut from
                 a file or frames (default: the model's eval setting).
             aggregate: ``mean`` or ``max`` of the clip probabilities.
+            times: of clips given as a tensor, each clip's centre as a fraction of the video's
+                duration (N,) (``VideoClips`` gives them); default the N clips spread evenly.
 
         Returns a :class:`~comem.inference.predict.VideoPrediction`: ``scores`` (K,),
         ``clip_scores`` (N, K), ``attention`` {memory stage: (N, N)}, ``top(k)``.
@@ -71,7 +74,7 @@ class Predictor:
         if isinstance(video, (str, Path)):
             return predict_video(self, video, crops=crops, aggregate=aggregate, **options)
         if isinstance(video, torch.Tensor) and video.is_floating_point():
-            return predict_clips(self, video, aggregate=aggregate)
+            return predict_clips(self, video, aggregate=aggregate, times=times)
         return predict_frames(self, video, fps=fps, crops=crops, aggregate=aggregate, **options)
 
 
@@ -168,5 +171,7 @@ def _with(config: TrainConfig, settings: dict[str, Any]) -> TrainConfig:
 
 
 def _num_classes(model: nn.Module, config: TrainConfig, device: torch.device) -> int:
-    clip = torch.zeros(1, 1, 3, config.clip_len, config.crop_size, config.crop_size, device=device)
+    """The output width, from one clip of the size the model was wrapped on (else the config's)."""
+    shape = getattr(model, "clip_shape", None) or (3, config.clip_len, config.crop_size, config.crop_size)
+    clip = torch.zeros(1, 1, *shape, device=device)
     return int(model(clip).shape[-1])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,7 +22,18 @@ from torch import nn
 from comem.choices import DEFAULT_MEMORY_STAGES
 from comem.errors import UserError
 from comem.models.backbones import build_backbone
+from comem.models.contract import (
+    Bank,
+    Features,
+    MemoryPass,
+    cat_clips,
+    clip_entry,
+    group_times,
+    per_video,
+    split_clips,
+)
 from comem.models.heads import ClipHead
+from comem.models.layouts import DEFAULT_OPTIONS, MemoryOptions
 from comem.models.normalization import Normalization, normalization
 from comem.models.pretrained import PretrainedLoadError, load_pretrained
 from comem.models.stages import VideoBackbone
@@ -34,6 +45,8 @@ __all__ = [
     "load_pretrained",
     "PretrainedLoadError",
     "DEFAULT_MEMORY_STAGES",
+    "Bank",
+    "MemoryPass",
 ]
 
 
@@ -55,6 +68,18 @@ class ModelSpec:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
+    @property
+    def memory_options(self) -> MemoryOptions:
+        """The memories' options as one record (the spec keeps them flat, as checkpoints store them)."""
+        return MemoryOptions(
+            memory=self.memory,
+            fusion=self.fusion,
+            key_dim=self.key_dim,
+            gate_hidden=self.gate_hidden,
+            summary=self.summary,
+            entry_hidden=self.entry_hidden,
+        )
+
     def with_normalization(self, norm: Normalization) -> ModelSpec:
         """This spec recording ``norm`` (what a checkpoint stores once the weights decided it)."""
         return dataclasses.replace(self, mean=tuple(norm.mean), std=tuple(norm.std))
@@ -62,50 +87,6 @@ class ModelSpec:
 
 class MemoryStageError(UserError, ValueError):
     """A memory stage the backbone does not have."""
-
-
-Features = torch.Tensor | list[torch.Tensor]  # a map, or one map per pathway
-Bank = torch.Tensor | list[torch.Tensor]  # (B, N, C) summaries, or one such tensor per pathway
-
-
-def _per_video(summary: Bank, batch: int) -> Bank:
-    """Summaries (B·k, C) of k clips of each video -> (B, k, C) float32, pathway by pathway."""
-    if isinstance(summary, list):
-        return [part.float().view(batch, -1, part.shape[-1]) for part in summary]
-    return summary.float().view(batch, -1, summary.shape[-1])
-
-
-def _cat_clips(parts: list[Bank]) -> Bank:
-    """Join (B, k, C) summaries of consecutive clip spans along the clip axis, pathway by pathway."""
-    if isinstance(parts[0], list):
-        return [torch.cat(per_path, dim=1) for per_path in zip(*parts, strict=True)]
-    return torch.cat(parts, dim=1)
-
-
-def _clip_entry(bank: Bank, clip_index: int) -> Bank:
-    """Entry ``clip_index`` (B, C) of a bank (B, N, C), pathway by pathway."""
-    if isinstance(bank, list):
-        return [part[:, clip_index] for part in bank]
-    return bank[:, clip_index]
-
-
-def _split_clips(features: Any, batch: int, count: int) -> list[Any]:
-    """Stage outputs of ``count`` consecutive clips of each video (video-major, B·count rows) ->
-    one output of B rows per clip."""
-    if isinstance(features, list):
-        return [list(parts) for parts in zip(*(_split_clips(f, batch, count) for f in features), strict=True)]
-    if isinstance(features, tuple) and hasattr(features, "_replace"):  # Tokens
-        return [features._replace(tokens=t) for t in _split_clips(features[0], batch, count)]
-    grouped = features.view(batch, count, *features.shape[1:])
-    return [grouped[:, offset] for offset in range(count)]
-
-
-class MemoryPass(NamedTuple):
-    """What the no-grad memory pass gives: the banks, and (if asked) every clip's raw output of
-    the first memory stage (``maps[i]``: clip i of each of the B videos)."""
-
-    banks: dict[str, Bank]
-    maps: list[Any]
 
 
 class VideoModel(nn.Module):
@@ -124,12 +105,7 @@ class VideoModel(nn.Module):
         num_classes: int,
         *,
         memory_stages: Sequence[str] = DEFAULT_MEMORY_STAGES,
-        memory: str = "attention",
-        fusion: str = "gate",
-        key_dim: int | None = None,
-        gate_hidden: int | None = 64,
-        summary: str = "meanmax",
-        entry_hidden: int | None = None,
+        memory_options: MemoryOptions = DEFAULT_OPTIONS,
         dropout: float = 0.5,
         normalization: Normalization | None = None,
     ) -> None:
@@ -150,19 +126,7 @@ class VideoModel(nn.Module):
                 f"{', '.join(names)} (or last, last-1, …, or all)"
             )
         self.memories = nn.ModuleDict(
-            {
-                stage: backbone.memory_for(
-                    stage,
-                    key_dim=key_dim,
-                    memory=memory,
-                    fusion=fusion,
-                    gate_hidden=gate_hidden,
-                    summary=summary,
-                    entry_hidden=entry_hidden,
-                )
-                for stage in names
-                if stage in resolved
-            }
+            {stage: backbone.memory_for(stage, memory_options) for stage in names if stage in resolved}
         )
         self.head = ClipHead(backbone.out_channels, num_classes, dropout=dropout, hidden=backbone.head_hidden)
 
@@ -197,19 +161,23 @@ class VideoModel(nn.Module):
         cross_grads: dict[str, Bank] | None = None,
         *,
         share_memory: bool = True,
+        times: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, N, K) for video (B, N, C, T, H, W).
+        """Logits (B, N, K) for video (B, N, C, T, H, W), clip times ``times`` (B, N).
 
         ``share_memory=False`` gives every clip a memory of itself alone (the single-clip baseline
         evaluated over several views). With ``clip_index`` and ``banks`` (and ``cross_grads``) this
         is :meth:`forward_clip`, so a ``DistributedDataParallel`` wrapper can run both passes.
         """
         if clip_index is not None:
-            return self.forward_clip(video, clip_index, banks or {}, cross_grads)
+            return self.forward_clip(video, clip_index, banks or {}, cross_grads, times)
         batch, num_clips = video.shape[:2]
-        return self.head(self.features(video, share_memory=share_memory)).view(batch, num_clips, -1)
+        features = self.features(video, share_memory=share_memory, times=times)
+        return self.head(features).view(batch, num_clips, -1)
 
-    def features(self, video: torch.Tensor, *, share_memory: bool = True) -> Features:
+    def features(
+        self, video: torch.Tensor, *, share_memory: bool = True, times: torch.Tensor | None = None
+    ) -> Features:
         """Last-stage feature maps (B·N, C, T, H, W), video-major, of all clips in one graph.
 
         The input to the head; task heads other than clip classification (e.g. RoI pooling for
@@ -219,20 +187,30 @@ class VideoModel(nn.Module):
         """
         num_clips = video.shape[1]
         group = num_clips if share_memory else 1
+        times = group_times(times, share_memory)
         features: Any = self.prepare(video.flatten(0, 1))
         for name, stage in self.backbone.stages.items():
             features = stage(features)
             if name in self.memories:
-                features = self.memories[name](features, group)
+                features = self.memories[name](features, group, times)
         return features
 
     @torch.no_grad()
-    def memory_bank(self, video: torch.Tensor, *, chunk: int = 1) -> dict[str, Bank]:
+    def memory_bank(
+        self, video: torch.Tensor, *, chunk: int = 1, times: torch.Tensor | None = None
+    ) -> dict[str, Bank]:
         """The banks of ``memory_pass``: summaries (B, N, C) of every clip at every memory stage."""
-        return self.memory_pass(video, chunk=chunk).banks
+        return self.memory_pass(video, chunk=chunk, times=times).banks
 
     @torch.no_grad()
-    def memory_pass(self, video: torch.Tensor, *, chunk: int = 1, keep_maps: bool = False) -> MemoryPass:
+    def memory_pass(
+        self,
+        video: torch.Tensor,
+        *,
+        chunk: int = 1,
+        keep_maps: bool = False,
+        times: torch.Tensor | None = None,
+    ) -> MemoryPass:
         """Summaries (B, N, C) of every clip at every memory stage, without gradients (a list of
         them, one per pathway, at a two-pathway stage).
 
@@ -250,6 +228,7 @@ class VideoModel(nn.Module):
         ``keep_maps`` also returns every clip's raw output of the first memory stage (``maps[i]``:
         clip i of each video), from which ``logits_from_maps`` finishes a clip's forward; the
         cross-clip gradient of the two-pass scheme needs them. They cost one stage output per clip.
+        ``times`` (B, N): the clips' times, which every memory read is given.
         """
         batch, num_clips = video.shape[:2]
         if chunk < 1:
@@ -267,14 +246,16 @@ class VideoModel(nn.Module):
                 if previous is None:
                     features: Any = self.prepare(video[:, span].flatten(0, 1))
                 else:
-                    features = self.memories[previous].forward_bank(carried[position], banks[previous], span)
+                    features = self.memories[previous].forward_bank(
+                        carried[position], banks[previous], span, times
+                    )
                 for name in names[begin:end]:
                     features = self.backbone.stages[name](features)
                 carried[position] = features
                 if keep_maps and previous is None:
-                    kept.extend(_split_clips(features, batch, span.stop - span.start))
-                summaries.append(_per_video(self.memories[target].summarize(features), batch))
-            banks[target] = _cat_clips(summaries)
+                    kept.extend(split_clips(features, batch, span.stop - span.start))
+                summaries.append(per_video(self.memories[target].summarize(features), batch))
+            banks[target] = cat_clips(summaries)
             begin, previous = end, target
         return MemoryPass(banks, kept)
 
@@ -284,13 +265,15 @@ class VideoModel(nn.Module):
         clip_index: int,
         banks: dict[str, Bank],
         cross_grads: dict[str, Bank] | None = None,
+        times: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, K) of clip ``clip_index`` (B, C, T, H, W) of each video, reading ``banks``.
 
         ``cross_grads`` (as ``banks``): the gradient the other clips' losses send to every clip's
         summaries; clip ``clip_index``'s entries are added to its summaries' gradients in backward.
+        ``times`` (B, N): the times of the banks' clips.
         """
-        return self.head(self.clip_features(clip, clip_index, banks, cross_grads))
+        return self.head(self.clip_features(clip, clip_index, banks, cross_grads, times))
 
     def clip_features(
         self,
@@ -298,19 +281,24 @@ class VideoModel(nn.Module):
         clip_index: int,
         banks: dict[str, Bank],
         cross_grads: dict[str, Bank] | None = None,
+        times: torch.Tensor | None = None,
     ) -> Features:
         """Last-stage feature map of clip ``clip_index`` gated by its clip-specific memories
         (per-pathway list for SlowFast, as in ``features``)."""
-        return self._run_stages(self.prepare(clip), self.backbone.stage_names, clip_index, banks, cross_grads)
+        names = self.backbone.stage_names
+        return self._run_stages(self.prepare(clip), names, clip_index, banks, cross_grads, times)
 
-    def logits_from_maps(self, maps: Features, clip_index: int, banks: dict[str, Bank]) -> torch.Tensor:
+    def logits_from_maps(
+        self, maps: Features, clip_index: int, banks: dict[str, Bank], times: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Logits (B, K) of clip ``clip_index`` from its raw output of the first memory stage
         (``memory_pass(keep_maps=True).maps[clip_index]``): the part of the forward that reads
         the memory, so the gradient of a clip's loss with respect to every bank entry is cheap."""
         names = self.backbone.stage_names
         first = names.index(self.memory_stage_names[0])
-        features = self.memories[names[first]].forward_one(maps, banks[names[first]], clip_index)
-        return self.head(self._run_stages(features, names[first + 1 :], clip_index, banks, None))
+        memory = self.memories[names[first]]
+        features = memory.forward_one(maps, banks[names[first]], clip_index, None, times)
+        return self.head(self._run_stages(features, names[first + 1 :], clip_index, banks, None, times))
 
     def _run_stages(
         self,
@@ -319,12 +307,13 @@ class VideoModel(nn.Module):
         clip_index: int,
         banks: dict[str, Bank],
         cross_grads: dict[str, Bank] | None,
+        times: torch.Tensor | None,
     ) -> Features:
         for name in names:
             features = self.backbone.stages[name](features)
             if name in self.memories:
-                cross = None if cross_grads is None else _clip_entry(cross_grads[name], clip_index)
-                features = self.memories[name].forward_one(features, banks[name], clip_index, cross)
+                cross = None if cross_grads is None else clip_entry(cross_grads[name], clip_index)
+                features = self.memories[name].forward_one(features, banks[name], clip_index, cross, times)
         return features
 
 
@@ -335,12 +324,7 @@ def build_model(spec: ModelSpec) -> VideoModel:
         build_backbone(spec.backbone),
         spec.num_classes,
         memory_stages=spec.memory_stages,
-        memory=spec.memory,
-        fusion=spec.fusion,
-        key_dim=spec.key_dim,
-        gate_hidden=spec.gate_hidden,
-        summary=spec.summary,
-        entry_hidden=spec.entry_hidden,
+        memory_options=spec.memory_options,
         dropout=spec.dropout,
         normalization=None if spec.mean is None else normalization(spec.mean, spec.std or ()),
     )

@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from comem.memory import CollaborativeMemory
-from comem.models.memories import PathwayMemory, TokenMemory
+from comem.models.layouts import Layout, MemoryOptions, memory_for
 from comem.models.normalization import PYSLOWFAST, Normalization
 
 Channels = int | tuple[int, ...]
@@ -67,14 +66,15 @@ class VideoBackbone(nn.Module):
         last = self.channels[self.stage_names[-1]]
         return sum(last) if isinstance(last, tuple) else last
 
-    def memory_for(self, stage: str, **options: Any) -> nn.Module:
-        """A collaborative memory shaped for ``stage``'s output (options: ``CollaborativeMemory``'s)."""
-        channels = self.channels[stage]
-        if isinstance(channels, tuple):
-            return PathwayMemory(channels, **options)
-        if stage in self.token_stages:
-            return TokenMemory(channels, **options)
-        return CollaborativeMemory(channels, **options)
+    def layout(self, stage: str) -> Layout:
+        """How ``stage``'s output holds its channels (``comem.models.layouts``)."""
+        if isinstance(self.channels[stage], tuple):
+            return "pathways"
+        return "tokens_cls" if stage in self.token_stages else "channels_first"
+
+    def memory_for(self, stage: str, options: MemoryOptions) -> nn.Module:
+        """A collaborative memory shaped for ``stage``'s output."""
+        return memory_for(self.layout(stage), self.channels[stage], options)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         features: Any = clips

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torchvision.models import video as tv_video
 
-from comem.models.memories import Tokens
+from comem.models.layouts import Tokens
 from comem.models.stages import VideoBackbone
 
 HEAD_KEYS = {  # our head's key -> torchvision's key of the same classifier

@@ -84,6 +84,7 @@ class EvalRequest:
     workers: int | None = None
     out: Path | None = None
     weights: str | None = None  # "ema" or "raw" (default: the weight average when the run kept one)
+    allow_other_classes: bool = False  # classification: score data of other class names, labels by index
 
 
 class CheckpointEvaluation(NamedTuple):

@@ -10,7 +10,6 @@ multi-label data (Charades) by mAP.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from comem.data.formats import load_splits, require_training_labels
 from comem.data.mixing import VideoMixer
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.data.transforms import mirrored_classes
+from comem.files import json_text, write_json
 from comem.metrics import classification_metrics
 from comem.models.build import VideoModel, build_model
 from comem.tasks.base import CheckpointEvaluation, EvalRequest, Predictions, StepContext, StepResult
@@ -168,7 +168,7 @@ class ClassificationTask:
         self.config = config
         self.data_dir = data_dir if data_dir is not None else resolve_data(config)
         if splits is None:
-            splits = load_splits(self.data_dir, config.data_format)
+            splits = load_splits(self.data_dir, config.data_format, outside=config.allow_outside_data)
             require_training_labels(splits, self.data_dir)
             if splits.missing:
                 log.warning(
@@ -278,7 +278,7 @@ class ClassificationTask:
         )
         videos = [str(self.eval_records[index].path) for index in result.video_indices.tolist()]
         metrics.update(write_eval_report(out_dir, result.scores, result.targets, videos, self.class_names))
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(out_dir / "metrics.json", metrics)
         return metrics
 
     @property
@@ -323,6 +323,7 @@ class ClassificationTask:
             multi_label=trained.multi_label,
             class_names=trained.class_names,
             aggregate=request.aggregate,
+            allow_other_classes=request.allow_other_classes,
         )
         out_dir = request.out or path.with_name(f"eval_{request.split}_{path.stem}")
         return CheckpointEvaluation(task, trained.model, out_dir, trained.weights)
@@ -330,9 +331,8 @@ class ClassificationTask:
     @classmethod
     def report_lines(cls, metrics: dict[str, Any], out_dir: Path) -> list[str]:
         """The scalar metrics as JSON, the most confused class pairs, the files written."""
-        lines = [
-            json.dumps({key: value for key, value in metrics.items() if not isinstance(value, list | dict)})
-        ]
+        scalars = {key: value for key, value in metrics.items() if not isinstance(value, list | dict)}
+        lines = [json_text(scalars)]
         for pair in metrics.get("top_confused", [])[:5]:
             lines.append(f"confused: {pair['videos']} x {pair['true']} -> {pair['predicted']}")
         lines.append(f"wrote {', '.join(sorted(path.name for path in out_dir.iterdir()))} to {out_dir}")
@@ -348,12 +348,15 @@ def evaluation_task(
     multi_label: bool,
     class_names: Sequence[str],
     aggregate: str = "mean",
+    allow_other_classes: bool = False,
 ) -> ClassificationTask:
     """The task ``comem eval`` runs on a checkpoint trained on ``multi_label`` data with one output
-    per class of ``class_names``, after checking that ``data_dir`` can be scored by it."""
+    per class of ``class_names``, after checking that ``data_dir`` can be scored by it: its class
+    names must be the checkpoint's (else label ``i`` would be scored as the checkpoint's class ``i``,
+    whatever it names), unless ``allow_other_classes``."""
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
-    splits = load_splits(data_dir, config.data_format)
+    splits = load_splits(data_dir, config.data_format, outside=config.allow_outside_data)
     if (splits.val if split == "val" else splits.test) is None:
         raise DatasetFormatError(f"{data_dir}: no labelled test split")
     if splits.multi_label != multi_label:  # sigmoid/mAP vs softmax/top-1: no common metric
@@ -363,6 +366,18 @@ def evaluation_task(
             f"{kinds[multi_label]} data"
         )
     num_classes = len(class_names)
+    if list(splits.class_names) != list(class_names) and not allow_other_classes:
+        differ = next(
+            (i for i, (a, b) in enumerate(zip(splits.class_names, class_names, strict=False)) if a != b),
+            min(splits.num_classes, num_classes),
+        )
+        theirs = splits.class_names[differ] if differ < splits.num_classes else "(none)"
+        ours = class_names[differ] if differ < num_classes else "(none)"
+        raise DatasetFormatError(
+            f"{data_dir}: its classes differ from those {checkpoint} was trained on "
+            f"({splits.num_classes} vs {num_classes}; class {differ}: '{theirs}' vs '{ours}'); "
+            "--allow-other-classes maps labels by index"
+        )
     if splits.num_classes > num_classes:
         raise DatasetFormatError(
             f"{data_dir}: has {splits.num_classes} classes but the checkpoint predicts {num_classes}"

@@ -31,12 +31,7 @@ def model_spec(config: TrainConfig, num_classes: int, *, dropout: float | None =
         backbone=config.backbone,
         num_classes=num_classes,
         memory_stages=tuple(config.memory_stages),
-        memory=config.memory,
-        fusion=config.fusion,
-        key_dim=config.key_dim,
-        gate_hidden=config.gate_hidden,
-        summary=config.memory_summary,
-        entry_hidden=config.entry_hidden,
+        **config.memory_options.as_kwargs(),
         dropout=config.dropout if dropout is None else dropout,
     )
 

@@ -11,7 +11,6 @@ AVA frame mAP on a detections CSV.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 
 from comem.checkpoint_state import checkpoint_weights, config_from_state, spec_from_state
 from comem.config import TrainConfig, comem_home
-from comem.files import write_json
+from comem.files import json_text, write_json
 from comem.models.build import build_model
 from comem.tasks.ava.data import AvaKeyframeDataset, ClipSpec, collate_keyframes, load_ava, write_detections
 from comem.tasks.ava.evaluation import AvaFormatError, evaluate_files
@@ -193,7 +192,7 @@ class AvaTask:
     @classmethod
     def report_lines(cls, metrics: dict[str, Any], out_dir: Path) -> list[str]:
         """The metrics as JSON and the files written (detections CSV, official frame mAP)."""
-        return [json.dumps(metrics), f"wrote {out_dir / 'eval_val.json'} and {metrics['detections']}"]
+        return [json_text(metrics), f"wrote {out_dir / 'eval_val.json'} and {metrics['detections']}"]
 
 
 def evaluation_task(config: TrainConfig, *, data_dir: Path, split: str) -> AvaTask:
