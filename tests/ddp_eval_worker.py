@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from comem.cli.evaluate import evaluate_checkpoint
 from comem.engine.distributed import shutdown_distributed
+from comem.inference.evaluate import evaluate_checkpoint
 
 
 def main(out: Path, classification: str, data: str, ava: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 import comem.engine.trainer
+import comem.tasks.classification  # the CLI imports it in the first run: not in the straight run's time
 from comem.cli import main
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)

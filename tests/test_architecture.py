@@ -96,3 +96,15 @@ def test_one_table_steps_every_mode_name() -> None:
 
     assert tuple(MODE_STEPS) == MODES
     assert set(TWO_PASS_MODES) <= set(MODES)
+
+
+def test_every_task_name_becomes_its_task_in_one_place() -> None:
+    # comem train and comem eval turn a task name (--task, a checkpoint's) into a task only here
+    from comem.config import CHOICES
+    from comem.tasks import task_class
+    from comem.tasks.ava.task import AvaTask
+    from comem.tasks.classification import ClassificationTask
+
+    assert [task_class(name) for name in CHOICES["task"]] == [ClassificationTask, AvaTask]
+    with pytest.raises(ValueError, match="task must be one of classify, ava; got 'x'"):
+        task_class("x")

@@ -143,7 +143,7 @@ def test_torchrun_multi_label_val_map_is_that_of_the_saved_checkpoint(tmp_path: 
     # last training forward updates its own). One process scores every video in the same batch
     # beside the same videos (ShardSampler deals out whole batches), so its per-video scores agree
     # to float rounding; its mAP may still differ by a rank where two videos' scores nearly tie.
-    from comem.cli.evaluate import evaluate_checkpoint
+    from comem.inference.evaluate import evaluate_checkpoint
 
     data = write_charades(tmp_path / "charades", num_train=8, num_val=6)
     out = tmp_path / "ddp"
@@ -216,7 +216,7 @@ def ava_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.
 def test_torchrun_ava_training_val_map_is_that_of_the_saved_checkpoint(
     ava_run: tuple[Path, subprocess.CompletedProcess], tmp_path: Path
 ) -> None:
-    from comem.cli.evaluate import evaluate_checkpoint
+    from comem.inference.evaluate import evaluate_checkpoint
 
     out, done = ava_run
     assert done.stdout.count("epoch 1/1:") == 1  # rank 0 alone reports
@@ -238,7 +238,7 @@ def test_torchrun_eval_reports_what_one_process_reports(
 ) -> None:
     # Classification on 5 val videos (rank 1's share is padded with video 0) and AVA, each sharded
     # over 2 processes: the same metrics, predictions.csv and detections as one process.
-    from comem.cli.evaluate import evaluate_checkpoint
+    from comem.inference.evaluate import evaluate_checkpoint
 
     data = write_dataset(tmp_path / "data", num_train=2, num_val=5)
     ava_checkpoint = ava_run[0] / "last.pt"

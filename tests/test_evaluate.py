@@ -18,11 +18,11 @@ from sklearn.metrics import average_precision_score
 from tinydata import CLASS_NAMES
 
 from comem.cli import main
-from comem.cli.evaluate import evaluate_checkpoint
 from comem.data.decode import VideoReader
 from comem.data.sampling import eval_clip_starts
 from comem.data.transforms import normalize
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
+from comem.inference.evaluate import evaluate_checkpoint
 from comem.inference.trained import load_trained
 from comem.tasks.classification import video_scores
 from comem.tasks.reports import write_eval_report

@@ -14,8 +14,8 @@ from videos import frame_index_of, write_test_video
 
 from comem.checkpoint_state import is_multi_label
 from comem.cli import main
-from comem.cli.evaluate import evaluate_checkpoint
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
+from comem.inference.evaluate import evaluate_checkpoint
 from comem.inference.predict import number_of_clips, predict_video
 from comem.inference.timeline import thumbnail_clips
 from comem.inference.trained import load_trained

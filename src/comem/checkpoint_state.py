@@ -12,17 +12,19 @@ tasks), at the config layer so tasks use it without importing the engine. Entrie
 - the loop's own: ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``step_in_epoch``,
   ``global_step``, ``history``, ``skipped``, ``epoch_running``, ``rng``, ``rank_states``, ``loggers``.
 
-Checkpoints of earlier comem versions are read in today's terms here, once (docs/architecture.md).
+Checkpoints of earlier comem versions are read in today's terms here, once (docs/architecture.md);
+:func:`check_resume` says whether ``--resume`` may continue the run a checkpoint holds.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from comem.config import TrainConfig, config_fields, upgrade_config
 from comem.errors import UserError
-from comem.models.build import ModelSpec
+from comem.models.build import ModelSpec, VideoModel, build_model
 from comem.models.normalization import PYSLOWFAST, normalization
 
 WEIGHTS: tuple[str, ...] = ("ema", "raw")
@@ -85,3 +87,119 @@ def checkpoint_weights(state: dict[str, Any], path: Path, weights: str | None = 
     if has_ema and weights != "raw":
         return state["ema"], "ema"
     return state["model"], "raw"
+
+
+@dataclass
+class TrainedModel:
+    """A classification checkpoint's model (eval mode, on the CPU) and the settings it was trained with."""
+
+    model: VideoModel
+    spec: ModelSpec
+    config: TrainConfig
+    class_names: list[str]
+    multi_label: bool
+    data_dir: Path | None
+    path: Path
+    weights: str = "raw"  # "ema": the weight average of a run with --ema-decay
+
+
+def trained_from_state(state: dict, path: Path, weights: str | None = None) -> TrainedModel:
+    """The model of a video classification checkpoint ``state`` (read from ``path``) with its
+    weights (``weights``: see :func:`checkpoint_weights`) and what it was trained with."""
+    if stored_task(state) == "ava":
+        raise CheckpointError(
+            f"{path}: an AVA detection checkpoint (comem train --task ava): score it with comem eval; "
+            "this command needs a video classification one"
+        )
+    missing = [key for key in ("model_spec", "config", "class_names") if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a comem training checkpoint (no {', '.join(missing)})")
+    config = config_from_state(state)
+    spec = spec_from_state(state)
+    model = build_model(spec)
+    weight_dict, kind = checkpoint_weights(state, path, weights)
+    model.load_state_dict(weight_dict)
+    model.eval()
+    class_names = list(state["class_names"])
+    if len(class_names) != spec.num_classes:
+        raise CheckpointError(
+            f"{path}: has {len(class_names)} class names for a model of {spec.num_classes} classes"
+        )
+    data_dir = Path(state["data_dir"]) if state.get("data_dir") else None
+    return TrainedModel(model, spec, config, class_names, is_multi_label(state), data_dir, path, kind)
+
+
+# --- ``--resume`` continues the run ``last.pt`` holds, not another one ---------------------------
+# Every training setting of the command is compared with the checkpoint's. A setting that changes what
+# the remaining steps compute (batch size, clips, clip length, stride, crop, mode, backbone, data, seed,
+# optimizer, ... : every field not listed in MAY_CHANGE) is an error listing each difference; the
+# settings in MAY_CHANGE are accepted and said in one line.
+
+# Settings a resumed run may change: where and how fast it runs, how it is evaluated and saved, and
+# ``epochs`` (to extend a run; the learning-rate schedule then follows the new length).
+MAY_CHANGE = frozenset(
+    {
+        "workers",
+        "device",
+        "views",
+        "crops",
+        "eval_scale",
+        "epochs",
+        "eval_every",
+        "save_every",
+        "out",
+        "resume",
+        "overwrite",
+        "nonfinite_steps",  # when a diverged run stops, and how long a stalled rank is waited for
+        "dist_timeout",
+        "memory_budget",  # what the planner may fill on the device the run resumes on
+        "pretrained",  # the checkpoint's weights replace the pretrained ones
+        "pretrained_strict",
+        "compile",
+        "channels_last",
+        "wandb",  # where the same numbers are also logged
+        "wandb_project",
+        "wandb_name",
+        "wandb_mode",
+    }
+)
+
+
+class ResumeMismatchError(UserError, ValueError):
+    """The command's settings differ from the checkpoint's in a way that breaks exact resume."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _same(name: str, saved: Any, current: Any) -> bool:
+    if name == "data" and saved is not None and current is not None:
+        return Path(saved).resolve() == Path(current).resolve()
+    if isinstance(saved, list | tuple) and isinstance(current, list | tuple):
+        return list(saved) == list(current)
+    return saved == current
+
+
+def check_resume(saved: dict[str, Any], current: dict[str, Any], path: Path) -> list[str]:
+    """Compare the checkpoint's config ``saved`` with the command's ``current`` (both as dicts).
+
+    Raises :class:`ResumeMismatchError` naming every setting that breaks exactness; returns the
+    accepted changes as ``--flag old -> new`` (fields one of the two versions lacks are skipped).
+    """
+    changed = [
+        (name, saved[name], value)
+        for name, value in current.items()
+        if name in saved and not _same(name, saved[name], value)
+    ]
+    breaking = [f"{_flag(name)} {old} -> {new}" for name, old, new in changed if name not in MAY_CHANGE]
+    if breaking:
+        raise ResumeMismatchError(
+            f"{path}: --resume with other settings than the run's ({'; '.join(breaking)}); "
+            "use the run's settings, or a new --out for a new run"
+        )
+    return [
+        f"{_flag(name)} {old} -> {new}"
+        for name, old, new in changed
+        if name not in ("resume", "overwrite", "out")
+    ]

@@ -33,7 +33,7 @@ class ConfigError(UserError, ValueError):
     """A bad configuration value or file (one-line message)."""
 
 
-# The training modes (docs/method.md, "Training"); ``comem.engine.modes.MODE_STEPS`` has one step per name.
+# The training modes (docs/method.md, "Training modes"); ``engine.modes.MODE_STEPS`` has one step per name.
 MODES: tuple[str, ...] = ("single", "tsn", "joint", "comem")
 
 # The values a string option takes (``comem train -h`` shows them; ``validate`` checks them).

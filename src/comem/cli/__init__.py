@@ -1,7 +1,8 @@
 """The ``comem`` command: parse, build, call. Errors in user input end as one line, never a traceback.
 
 Each subcommand is one module here with ``NAME``, ``add_parser(commands)`` and ``run(args)``; add a new one
-to :data:`COMMANDS`.
+to :data:`COMMANDS`. Building the parser imports no torch: each ``run`` imports what it needs
+(docs/architecture.md, "A fast command").
 """
 
 from __future__ import annotations

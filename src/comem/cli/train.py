@@ -248,13 +248,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def build_task(config: TrainConfig) -> Task:
     """The task ``config.task`` names, reading its data."""
-    if config.task == "ava":
-        from comem.tasks.ava.task import AvaTask
+    from comem.tasks import task_class
 
-        return AvaTask(config)
-    from comem.tasks.classification import ClassificationTask
-
-    return ClassificationTask(config)
+    return task_class(config.task)(config)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""One optimisation step's forward/backward for each training mode (docs/method.md, "Training"),
+"""One optimisation step's forward/backward for each training mode (docs/method.md, "Training modes"),
 and :data:`MODE_STEPS`, the one table from a mode's name to its step.
 
 Each function computes the loss of one batch and calls ``backward``; the caller zeroes gradients

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
-from comem.checkpoint_state import checkpoint_config
+from comem.checkpoint_state import check_resume, checkpoint_config
 from comem.config import TrainConfig
 from comem.data.datasets import DatasetFormatError
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -65,7 +65,6 @@ from comem.engine.performance import tune_model, uses_channels_last
 from comem.engine.planner import Plan, device_budget_gib, plan_chunks, step_memory
 from comem.engine.precision import grad_scaler, resolve_precision
 from comem.engine.provenance import write_run_record
-from comem.engine.resume_check import check_resume
 from comem.engine.rng import restore_rng_state, rng_state, seed_everything
 from comem.engine.run_dir import claim_run_dir
 from comem.engine.step_engine import StepEngine

@@ -71,8 +71,36 @@ class Predictions:
     skipped: list[str] = field(default_factory=list)  # items that could not be read, one message each
 
 
+@dataclass(frozen=True)
+class EvalRequest:
+    """What ``comem eval`` asks of a checkpoint; None: as the checkpoint was trained (or the task's
+    default report directory)."""
+
+    data: Path | None = None  # the data dir (default: the one trained on)
+    split: str = "val"
+    views: int | None = None  # clips per video (AVA: per keyframe)
+    crops: int | None = None
+    aggregate: str = "mean"  # how view scores become a video score (classification)
+    batch_size: int | None = None
+    workers: int | None = None
+    out: Path | None = None
+    weights: str | None = None  # "ema" or "raw" (default: the weight average when the run kept one)
+    allow_other_classes: bool = False  # classification: score data of other class names, labels by index
+
+
+class CheckpointEvaluation(NamedTuple):
+    """What a task makes of a checkpoint for ``comem eval``: itself on the data to score, the model
+    with the checkpoint's weights (on the CPU), where the report goes and which weights were loaded."""
+
+    task: Task
+    model: nn.Module
+    out_dir: Path
+    weights: str
+
+
 class Task(Protocol):
-    """What the trainer asks of a task. Metric names are without the ``val_`` prefix the loop adds."""
+    """What the trainer and ``comem eval`` ask of a task. Metric names are without the ``val_`` prefix
+    the loop adds."""
 
     config: Any  # the run's TrainConfig
     data_dir: Path
@@ -117,4 +145,19 @@ class Task(Protocol):
 
     def prepare_output(self, out: Path) -> None:
         """Files written once into the run directory before training (rank 0)."""
+        ...
+
+    @classmethod
+    def for_checkpoint(cls, path: Path, state: dict[str, Any], request: EvalRequest) -> CheckpointEvaluation:
+        """``comem eval`` of the checkpoint ``state`` read from ``path``, as ``request`` asks."""
+        ...
+
+    def report(self, predictions: Predictions, out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+        """``comem eval``'s report of all predictions in ``out_dir`` (rank 0); returns its metrics.
+        ``extra``: the split, the checkpoint's path and which weights were scored."""
+        ...
+
+    @classmethod
+    def report_lines(cls, metrics: dict[str, Any], out_dir: Path) -> list[str]:
+        """What ``comem eval`` prints of the report's ``metrics``."""
         ...

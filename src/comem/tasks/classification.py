@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from comem.checkpoint_state import trained_from_state
 from comem.config import ConfigError, TrainConfig, comem_home
 from comem.data.datasets import (
     DatasetFormatError,
@@ -33,11 +34,11 @@ from comem.data.formats import load_splits, require_training_labels
 from comem.data.mixing import VideoMixer
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.data.transforms import mirrored_classes
-from comem.files import write_json
+from comem.files import json_text, write_json
 from comem.metrics import classification_metrics
 from comem.models.build import VideoModel, build_model
-from comem.tasks.base import Predictions, StepContext, StepResult
-from comem.tasks.common import load_pretrained_weights, model_spec, settle_normalization
+from comem.tasks.base import CheckpointEvaluation, EvalRequest, Predictions, StepContext, StepResult
+from comem.tasks.common import evaluation_config, load_pretrained_weights, model_spec, settle_normalization
 from comem.tasks.reports import write_eval_report
 
 AGGREGATES: tuple[str, ...] = ("mean", "max")
@@ -312,6 +313,36 @@ class ClassificationTask:
 
     def prepare_output(self, out: Path) -> None:
         (out / "classes.txt").write_text("\n".join(self.splits.class_names) + "\n")
+
+    @classmethod
+    def for_checkpoint(cls, path: Path, state: dict[str, Any], request: EvalRequest) -> CheckpointEvaluation:
+        """Multi-view testing of the checkpoint on ``request.data`` (default: the data it was trained
+        on); the report goes to ``eval_<split>_<checkpoint name>/`` beside it unless ``request.out``."""
+        trained = trained_from_state(state, path, request.weights)
+        if request.data is None and trained.data_dir is None:
+            raise DatasetFormatError(f"{path}: records no data dir; pass --data")
+        task = evaluation_task(
+            evaluation_config(trained.config, request),
+            checkpoint=path,
+            data_dir=request.data or trained.data_dir,
+            split=request.split,
+            multi_label=trained.multi_label,
+            class_names=trained.class_names,
+            aggregate=request.aggregate,
+            allow_other_classes=request.allow_other_classes,
+        )
+        out_dir = request.out or path.with_name(f"eval_{request.split}_{path.stem}")
+        return CheckpointEvaluation(task, trained.model, out_dir, trained.weights)
+
+    @classmethod
+    def report_lines(cls, metrics: dict[str, Any], out_dir: Path) -> list[str]:
+        """The scalar metrics as JSON, the most confused class pairs, the files written."""
+        scalars = {key: value for key, value in metrics.items() if not isinstance(value, list | dict)}
+        lines = [json_text(scalars)]
+        for pair in metrics.get("top_confused", [])[:5]:
+            lines.append(f"confused: {pair['videos']} x {pair['true']} -> {pair['predicted']}")
+        lines.append(f"wrote {', '.join(sorted(path.name for path in out_dir.iterdir()))} to {out_dir}")
+        return lines
 
 
 def evaluation_task(

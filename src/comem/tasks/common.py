@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from comem.config import TrainConfig
 from comem.models.build import ModelSpec, VideoModel, load_pretrained
 from comem.models.normalization import normalization
+from comem.tasks.base import EvalRequest
 
 log = logging.getLogger(__name__)
 
@@ -40,3 +42,12 @@ def settle_normalization(model: VideoModel, spec: ModelSpec, config: TrainConfig
     if config.mean is not None and config.std is not None:
         model.normalization = normalization(config.mean, config.std)
     return spec.with_normalization(model.normalization)
+
+
+def evaluation_config(config: TrainConfig, request: EvalRequest, *, crops: bool = True) -> TrainConfig:
+    """The checkpoint's ``config`` with what ``comem eval`` asked instead (views, crops when the
+    task crops, batch size, workers), validated."""
+    asked = {"views": request.views, "batch_size": request.batch_size, "workers": request.workers}
+    if crops:
+        asked["crops"] = request.crops
+    return dataclasses.replace(config, **{k: v for k, v in asked.items() if v is not None}).validate()

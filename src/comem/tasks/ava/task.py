@@ -10,6 +10,7 @@ AVA frame mAP on a detections CSV.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from comem.checkpoint_state import checkpoint_weights, config_from_state, spec_from_state
 from comem.config import TrainConfig, comem_home
-from comem.files import write_json
+from comem.files import json_text, write_json
 from comem.models.build import build_model
 from comem.tasks.ava.data import AvaKeyframeDataset, ClipSpec, collate_keyframes, load_ava, write_detections
 from comem.tasks.ava.evaluation import AvaFormatError, evaluate_files
 from comem.tasks.ava.model import AvaDetector
 from comem.tasks.ava.synthetic import SyntheticAvaSpec, ensure_synthetic_ava
-from comem.tasks.base import Predictions, StepContext, StepResult
-from comem.tasks.common import load_pretrained_weights, model_spec, settle_normalization
+from comem.tasks.base import CheckpointEvaluation, EvalRequest, Predictions, StepContext, StepResult
+from comem.tasks.common import evaluation_config, load_pretrained_weights, model_spec, settle_normalization
 
 
 def resolve_ava_data(config: TrainConfig) -> Path:
@@ -171,6 +173,26 @@ class AvaTask:
 
     def prepare_output(self, out: Path) -> None:
         pass
+
+    @classmethod
+    def for_checkpoint(cls, path: Path, state: dict[str, Any], request: EvalRequest) -> CheckpointEvaluation:
+        """The official frame mAP of the checkpoint on the val split; ``request.views`` sets the clips
+        per keyframe (memory clips + 1), frames are never cropped; the report goes beside the
+        checkpoint unless ``request.out``."""
+        config = evaluation_config(config_from_state(state), request, crops=False)
+        if request.views is not None and config.mode != "single":
+            config = dataclasses.replace(config, clips=request.views)
+        task = evaluation_task(config, data_dir=request.data or Path(state["data_dir"]), split=request.split)
+        video_model = build_model(spec_from_state(state))
+        detector = AvaDetector(video_model, state["num_classes"], dropout=config.dropout)
+        weight_dict, kind = checkpoint_weights(state, path, request.weights)
+        detector.load_state_dict(weight_dict)
+        return CheckpointEvaluation(task, detector, request.out or path.parent, kind)
+
+    @classmethod
+    def report_lines(cls, metrics: dict[str, Any], out_dir: Path) -> list[str]:
+        """The metrics as JSON and the files written (detections CSV, official frame mAP)."""
+        return [json_text(metrics), f"wrote {out_dir / 'eval_val.json'} and {metrics['detections']}"]
 
 
 def evaluation_task(config: TrainConfig, *, data_dir: Path, split: str) -> AvaTask:
