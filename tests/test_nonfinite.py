@@ -10,7 +10,7 @@ from tinydata import TINY_TRAIN_FLAGS
 
 from comem.cli import main
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
-from comem.engine.finite import NonFiniteError
+from comem.engine.stopping import NonFiniteError
 from comem.files import json_text
 
 
@@ -109,7 +109,7 @@ def test_json_outputs_write_null_for_nonfinite_numbers() -> None:
 
 
 def test_resume_may_change_when_a_run_stops() -> None:
-    from comem.engine.resume_check import check_resume
+    from comem.checkpoint_state import check_resume
 
     saved = {"nonfinite_steps": 10, "dist_timeout": 10.0, "lr": 0.1}
     current = {"nonfinite_steps": 3, "dist_timeout": 1.0, "lr": 0.1}

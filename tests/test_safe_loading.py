@@ -11,8 +11,7 @@ import torch
 from tinydata import TINY_TRAIN_FLAGS
 
 from comem.cli import main
-from comem.engine.checkpoint import load_checkpoint
-from comem.engine.rng import restore_rng_state, rng_state
+from comem.engine.checkpoint import load_checkpoint, restore_rng_state, rng_state
 
 
 class Payload:

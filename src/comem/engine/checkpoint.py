@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from comem.checkpoint_state import CheckpointError
-from comem.engine.finite import check_finite_checkpoint
-from comem.engine.rng import numpy_state_as_plain
+from comem.engine.stopping import check_finite_checkpoint
 from comem.serialization import read_torch_file
 
 TEMP_PATTERN = ".*.pt.*.tmp"  # what save_checkpoint writes before renaming
@@ -109,3 +110,49 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a comem checkpoint (no 'model' entry)")
     check_finite_checkpoint(state, path)
     return _upgrade(state)
+
+
+# The process's random state (Python, numpy, torch CPU and CUDA), stored in every checkpoint as tensors
+# and plain values: checkpoints are read with weights_only=True, so numpy's Mersenne Twister key is an
+# int64 tensor.
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def numpy_state_as_plain(state: tuple) -> dict[str, Any]:
+    """``np.random.get_state()`` (legacy tuple) as a dict of a tensor and plain values."""
+    kind, keys, position, has_gauss, cached_gaussian = state
+    return {
+        "kind": str(kind),
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "position": int(position),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": numpy_state_as_plain(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(tuple(tuple(part) if isinstance(part, list) else part for part in state["python"]))
+    numpy = state["numpy"]
+    keys = numpy["keys"].numpy().astype(np.uint32)
+    np.random.set_state(
+        (numpy["kind"], keys, numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -40,7 +40,13 @@ from tqdm import tqdm
 from comem.checkpoint_state import check_resume, checkpoint_config
 from comem.config import TrainConfig
 from comem.data.datasets import DatasetFormatError
-from comem.engine.checkpoint import load_checkpoint, save_checkpoint
+from comem.engine.checkpoint import (
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+)
 from comem.engine.distributed import (
     DistContext,
     RankStalledError,
@@ -58,17 +64,21 @@ from comem.engine.distributed import (
 )
 from comem.engine.ema import WeightAverage
 from comem.engine.evaluate import predict_dataset, to_device
-from comem.engine.finite import NonFiniteError, nonfinite_in_model
 from comem.engine.loaders import drops_last, make_loader, resolve_device
 from comem.engine.loggers import RunLoggers, open_loggers, plot_training_curves
 from comem.engine.performance import tune_model, uses_channels_last
 from comem.engine.planner import Plan, device_budget_gib, plan_chunks, step_memory
 from comem.engine.precision import grad_scaler, resolve_precision
 from comem.engine.provenance import write_run_record
-from comem.engine.rng import restore_rng_state, rng_state, seed_everything
 from comem.engine.run_dir import claim_run_dir
 from comem.engine.step_engine import StepEngine
-from comem.engine.stopping import StopSignals, TrainingStopped, stopped_message
+from comem.engine.stopping import (
+    NonFiniteError,
+    StopSignals,
+    TrainingStopped,
+    nonfinite_in_model,
+    stopped_message,
+)
 from comem.errors import UserError
 from comem.files import write_json
 from comem.models.build import VideoModel
