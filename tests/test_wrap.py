@@ -305,6 +305,24 @@ def test_bad_stages_and_layouts_are_one_line_errors() -> None:
         wrapped(video(size=16))
     with pytest.raises(ValueError, match="wrapped already"):
         comem.wrap(comem.wrap(BlocksNet(), ["blocks.1"], example=CLIP), ["blocks.2"], example=CLIP)
+    with pytest.raises(comem.UserError, match=r"memory option fusion='mul': not one of gate, add"):
+        comem.wrap(BlocksNet(), ["blocks.1"], example=CLIP, fusion="mul")
+
+
+def test_memory_options_travel_as_one_record_to_every_memory() -> None:
+    """wrap's keyword arguments, a config's memory fields and a ModelSpec give the same record,
+    and every memory (any layout) is built with it."""
+    options = comem.MemoryOptions(memory="sigmoid", key_dim=12, gate_hidden=None, summary="max")
+    config = comem.TrainConfig(memory="sigmoid", key_dim=12, gate_hidden=None, memory_summary="max")
+    assert config.memory_options == options
+    spec = ModelSpec(backbone="tiny", num_classes=3, **options.as_kwargs())
+    assert spec.memory_options == options
+    wrapped = comem.wrap(TwoPathwayNet(), ["pathways.1"], example=CLIP, **options.as_kwargs())
+    built = build_model(spec)
+    memories = [*wrapped.memories["pathways_1"].pathways, *built.memories.values()]
+    for memory in memories:
+        assert (memory.memory, memory.key_dim, memory.summary) == ("sigmoid", 12, "max")
+        assert isinstance(memory.hidden, nn.Identity)  # gate_hidden=None: the linear gate
 
 
 def test_two_pass_gradients_equal_joint_gradients_with_one_memory_stage() -> None:

@@ -28,16 +28,21 @@ from typing import Any, Literal, NamedTuple, get_args
 import torch
 from torch import nn
 
-from comem.memory import CollaborativeMemory, pool
+from comem.errors import UserError
+from comem.memory import FUSION_KINDS, MEMORY_KINDS, SUMMARY_KINDS, CollaborativeMemory, pool
 
 Layout = Literal["channels_first", "channels_last", "tokens", "tokens_cls", "pathways"]
 LAYOUTS: tuple[str, ...] = get_args(Layout)
 Width = int | tuple[int, ...]  # channels of a stage's output, or of each pathway's map
 
 
+class MemoryOptionError(UserError, ValueError):
+    """A memory option outside its choices."""
+
+
 @dataclass(frozen=True)
 class MemoryOptions:
-    """``CollaborativeMemory``'s options (see its docstring), as one record."""
+    """``CollaborativeMemory``'s options (see its docstring), as one record; checked when made."""
 
     memory: str = "attention"
     fusion: str = "gate"
@@ -45,6 +50,17 @@ class MemoryOptions:
     gate_hidden: int | None = 64
     summary: str = "meanmax"
     entry_hidden: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, choices in (("memory", MEMORY_KINDS), ("fusion", FUSION_KINDS), ("summary", SUMMARY_KINDS)):
+            if getattr(self, name) not in choices:
+                raise MemoryOptionError(
+                    f"memory option {name}={getattr(self, name)!r}: not one of {', '.join(choices)}"
+                )
+        for name in ("key_dim", "gate_hidden", "entry_hidden"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise MemoryOptionError(f"memory option {name}={value!r}: not a positive integer or None")
 
     def as_kwargs(self) -> dict[str, Any]:
         """The options as ``CollaborativeMemory``'s keyword arguments."""

@@ -237,7 +237,8 @@ def _measure(
         )
     if clips.ndim == 6:
         clips = clips.flatten(0, 1)
-    clips = clips[:1]
+    parameter = next(model.parameters(), None)
+    clips = clips[:1] if parameter is None else clips[:1].to(parameter.device)
     outputs = _stage_outputs(model, stages, clips)
     never = [stage for stage in stages if stage not in outputs]
     if never:
