@@ -93,7 +93,7 @@ class BenchPlan:
 
     def rows(self) -> list[tuple[str, int]]:
         """(mode, N) in the order the bench measures them."""
-        from comem.diagnostics.bench import MULTI_CLIP_MODES
+        from comem.diagnostics.bench_spec import MULTI_CLIP_MODES
 
         rows = [(mode, 1) for mode in self.modes if mode in ("plain", "single")]
         return rows + [(mode, n) for n in self.clips for mode in self.modes if mode in MULTI_CLIP_MODES]
@@ -145,7 +145,7 @@ def choose_bench(
     """The largest plan of ``modes`` (default: the bench's) expected to fit ``allowance_s``: every
     clip count before more timed steps; compiled runs leave out ``plain`` (it is the uncompiled
     reference) and, last, every mode but ``single`` and ``comem``."""
-    from comem.diagnostics.bench import DEFAULT_BENCH_MODES
+    from comem.diagnostics.bench_spec import DEFAULT_BENCH_MODES
 
     modes = modes or DEFAULT_BENCH_MODES
     mode_options = [modes]
@@ -329,14 +329,8 @@ def run_check(check: Check) -> None:
 def summary(check: Check) -> str:
     """The Markdown summary: every command with its outcome, then the doctor's verdict, the
     benchmark tables and the training result."""
-    from comem.diagnostics.bench import (
-        BenchReport,
-        BenchRow,
-        BenchSpec,
-        compare_to_single,
-        describe,
-        format_table,
-    )
+    from comem.diagnostics.bench import BenchReport, BenchRow, compare_to_single, describe, format_table
+    from comem.diagnostics.bench_spec import BenchSpec
 
     out = check.out
     used = time.monotonic() - check.started

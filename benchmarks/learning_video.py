@@ -32,7 +32,7 @@ from comem.data.sampling import clip_frame_indices, clip_span, eval_clip_starts,
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.engine import step
 from comem.models.build import ModelSpec, build_model
-from comem.tasks.classification import clip_loss
+from comem.tasks.classification import make_clip_loss
 
 
 def decode_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,7 +170,7 @@ def main() -> None:
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine)
     num_clips = 1 if args.mode == "single" else args.clips
-    loss = clip_loss(multi_label=False, label_smoothing=args.label_smoothing)
+    loss = make_clip_loss(multi_label=False, label_smoothing=args.label_smoothing)
     history, start = [], time.time()
     for epoch in range(args.epochs):
         model.train()

@@ -65,3 +65,34 @@ def test_every_mode_name_trains_through_the_engine_step() -> None:
         assert output.loss > 0 and model.head.fc.weight.grad is not None, mode
     with pytest.raises(ConfigError, match="mode must be one of single, tsn, joint, comem; got 'x'"):
         TrainConfig(mode="x").validate()
+
+
+def test_the_command_lists_its_options_without_importing_torch() -> None:
+    # In a fresh interpreter: `import comem` and building every subcommand's parser (all that
+    # `comem --help` and `comem train -h` do) leave torch, torchvision and scikit-learn unimported.
+    code = (
+        "import sys, comem, comem.cli as cli; parser = cli.build_parser(); "
+        "assert 'train' in parser.format_help(); "
+        "print(sorted(m for m in ('torch', 'torchvision', 'sklearn') if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+    heavy = subprocess.run(
+        [sys.executable, "-c", code.replace("comem.cli as cli", "comem.cli as cli, comem.engine.step")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "'torch'" in heavy.stdout  # the check sees torch when something imports it
+
+
+def test_one_table_steps_every_mode_name() -> None:
+    # the names --mode takes (torch-free, comem.config) are the keys of the engine's one dispatch table
+    from comem.config import MODES
+    from comem.engine.modes import MODE_STEPS, TWO_PASS_MODES
+
+    assert tuple(MODE_STEPS) == MODES
+    assert set(TWO_PASS_MODES) <= set(MODES)

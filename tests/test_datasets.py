@@ -29,7 +29,9 @@ def test_csv_with_relative_and_absolute_paths(tmp_path: Path) -> None:
         tmp_path / "data",
         {"train.csv": "a/x.mp4 0\n\n/abs/y.mp4 2\n", "val.csv": "z.mp4  1\n", "test.csv": "w.mp4 1\n"},
     )
-    splits = load_kinetics_csv_dir(data)
+    with pytest.raises(DatasetFormatError, match="train.csv:3: /abs/y.mp4 is outside the data directory"):
+        load_kinetics_csv_dir(data)
+    splits = load_kinetics_csv_dir(data, outside=True)
     assert splits.train == [VideoRecord(data / "a/x.mp4", 0), VideoRecord(Path("/abs/y.mp4"), 2)]
     assert splits.val == [VideoRecord(data / "z.mp4", 1)]
     assert splits.test == [VideoRecord(data / "w.mp4", 1)]

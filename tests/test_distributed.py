@@ -9,6 +9,7 @@ gradient-carrying forward of both steps goes through DDP and the averaged gradie
 """
 
 import contextlib
+import csv
 import json
 import os
 import subprocess
@@ -128,11 +129,20 @@ def test_ddp_ava_step_gradients_equal_single_process_on_the_union_batch(ddp_rank
     )
 
 
+def video_scores(predictions_csv: Path) -> dict[str, dict[str, float]]:
+    """``predictions.csv``'s scores: video -> class name -> score (every class when there are <= 5)."""
+    rows = list(csv.DictReader(predictions_csv.open()))
+    ranks = range(1, (len(rows[0]) - 2) // 2 + 1)
+    return {row["video"]: {row[f"pred{k}"]: float(row[f"score{k}"]) for k in ranks} for row in rows}
+
+
 def test_torchrun_multi_label_val_map_is_that_of_the_saved_checkpoint(tmp_path: Path) -> None:
     # Charades-format multi-label data: the per-video sigmoid scores of both ranks are gathered, and
-    # the val mAP printed during DDP training is the one `comem eval` gives on the checkpoint. (Each
-    # rank's last training forward updates its own BatchNorm running statistics; evaluating with
-    # rank 1's would score a model that was never saved.)
+    # the val mAP printed during DDP training is the one a sharded `comem eval` of the checkpoint
+    # gives (the same model: rank 0's BatchNorm statistics, which the checkpoint stores; each rank's
+    # last training forward updates its own). One process scores every video in the same batch
+    # beside the same videos (ShardSampler deals out whole batches), so its per-video scores agree
+    # to float rounding; its mAP may still differ by a rank where two videos' scores nearly tie.
     from comem.cli.evaluate import evaluate_checkpoint
 
     data = write_charades(tmp_path / "charades", num_train=8, num_val=6)
@@ -141,8 +151,17 @@ def test_torchrun_multi_label_val_map_is_that_of_the_saved_checkpoint(tmp_path: 
     torchrun(["-m", "comem", "train", *flags], tmp_path)
     trained = json.loads((out / "metrics.json").read_text())
     assert trained["multi_label"] and trained["val_videos"] == 6
-    evaluated, _ = evaluate_checkpoint(out / "last.pt", device="cpu", workers=0)
-    assert evaluated["val_mAP"] == trained["val_mAP"]
+    sharded = tmp_path / "sharded"
+    eval_flags = ["--checkpoint", str(out / "last.pt"), "--device", "cpu", "--workers", "0"]
+    eval_flags += ["--out", str(sharded)]
+    torchrun(["-m", "comem", "eval", *eval_flags], tmp_path)
+    assert json.loads((sharded / "metrics.json").read_text())["val_mAP"] == trained["val_mAP"]
+    evaluated, one = evaluate_checkpoint(out / "last.pt", device="cpu", workers=0, out=tmp_path / "one")
+    assert evaluated["videos"] == 6
+    expected, got = video_scores(one / "predictions.csv"), video_scores(sharded / "predictions.csv")
+    assert expected.keys() == got.keys() and all(len(scores) == 3 for scores in got.values())
+    for video, scores in expected.items():
+        assert scores == pytest.approx(got[video], abs=2e-6), video
 
 
 def test_torchrun_training_writes_the_single_process_metrics_and_resumes(
@@ -247,3 +266,50 @@ def test_sync_bn_on_cpu_processes_is_refused_in_one_line() -> None:
     with pytest.raises(DistributedSetupError, match="--sync-bn needs CUDA devices"):
         wrap_for_training(model, DistContext(rank=0, world_size=2), torch.device("cpu"), sync_bn=True)
     assert issubclass(DistributedSetupError, UserError)
+
+
+def test_a_stopped_rank_makes_the_other_fail_in_one_line_within_the_timeout(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    # Two gloo processes started by hand (torchrun would end the job itself once one fails); rank 1 is
+    # SIGSTOPped mid-run, as a hung GPU or a paused container would leave it.
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flags = [*TINY_TRAIN_FLAGS, "--data", str(tiny_dataset), "--batch-size", "2", "--epochs", "500"]
+    argv = [sys.executable, "-m", "comem", "train", *flags, "--out", str(tmp_path / "run")]
+    argv += ["--dist-timeout", "0.1", "--save-every", "0"]
+    base = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    base.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ranks = [
+        subprocess.Popen(
+            argv,
+            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    try:
+        lines = [ranks[0].stdout.readline() for _ in range(2)]  # the command, then epoch 1's summary
+        assert lines[1].startswith("epoch 1/500:"), lines
+        ranks[1].send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        _, stderr = ranks[0].communicate(timeout=120)
+        waited = time.monotonic() - stopped
+    finally:
+        for process in ranks:
+            process.kill()
+            process.wait()
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert ranks[0].returncode == 2 and len(errors) == 1, stderr[-3000:]
+    assert errors[0].startswith(
+        "comem train: error: rank 0 of 2: another process did not answer within --dist-timeout 0.1 min"
+    )
+    assert waited < 6 + 30  # the 6 s timeout, and at most one step and evaluation around it
+    assert errors[0].split("comem train: error: ", 1)[1] in (tmp_path / "run" / "train.log").read_text()

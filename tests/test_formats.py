@@ -302,3 +302,11 @@ def test_target_fps_samples_clips_in_time(index_video: Path) -> None:
     )
     assert (np.diff(ids, axis=1) == 2).all()
     assert ids[0, 0] < ids[1, 0] and ids.max() < 36
+
+
+def test_every_format_name_has_a_reader() -> None:
+    # the names `--data-format` offers (comem.choices, torch-free) are the readers' names, and "auto"
+    from comem.choices import DATA_FORMATS
+    from comem.data.formats import READERS
+
+    assert DATA_FORMATS == ("auto", *READERS)

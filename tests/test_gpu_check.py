@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from comem.diagnostics.bench import DEFAULT_BENCH_MODES
+from comem.diagnostics.bench_spec import DEFAULT_BENCH_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"

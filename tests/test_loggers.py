@@ -43,6 +43,34 @@ def test_csv_rows_are_the_records_of_metrics_json(tiny_dataset: Path, tmp_path: 
     for epoch, record in enumerate(history, start=1):  # equal batches: the epoch loss is the steps' mean
         losses = [float(s["loss"]) for s in steps if int(s["epoch"]) == epoch]
         assert sum(losses) / len(losses) == pytest.approx(record["train_loss"], rel=1e-9)
+    # TensorBoard: epoch scalars at the step count the epoch ended at, the x of the per-step series
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [0, 1, 2, 3]
+    assert [(e.step, e.value) for e in events.Scalars("epoch")] == [(2, 1.0), (4, 2.0)]
+    assert [e.step for e in events.Scalars("train/epoch_loss")] == [2, 4]
+    assert [e.step for e in events.Scalars("val/top1")] == [4]
+
+
+def test_curves_draw_only_losses_and_percentages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.axes import Axes
+
+    from comem.engine.loggers import plot_training_curves
+
+    drawn: list[str] = []
+    real_plot = Axes.plot
+
+    def plot(self: Axes, *args, label: str = "", **kwargs):
+        drawn.append(label)
+        return real_plot(self, *args, label=label, **kwargs)
+
+    monkeypatch.setattr(Axes, "plot", plot)
+    record = {"epoch": 1, "train_loss": 1.0, "train_top1": 50.0, "lr": 0.1, "val_top1": 25.0}
+    record.update({"val_mAP": 30.0, "val_videos": 120, "val_ema_videos": 120, "val_mean_class_acc": 20.0})
+    history = [record]
+    plot_training_curves(tmp_path / "curves.png", history)
+    assert sorted(drawn) == ["train_loss", "train_top1", "val_mAP", "val_mean_class_acc", "val_top1"]
 
 
 def test_wandb_offline_gets_every_step_and_epoch_and_resumes_the_same_run(

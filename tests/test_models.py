@@ -77,8 +77,8 @@ def test_partial_state_dict_is_rejected_when_strict(tmp_path: Path) -> None:
 def test_memory_summary_reaches_every_memory_and_old_checkpoints_keep_the_mean() -> None:
     import dataclasses
 
+    from comem.checkpoint_state import spec_from_state
     from comem.models.build import ModelSpec, build_model
-    from comem.tasks.common import spec_from_state
 
     spec = ModelSpec(backbone="tiny", num_classes=3, summary="max")
     assert {memory.summary for memory in build_model(spec).memories.values()} == {"max"}
@@ -91,8 +91,8 @@ def test_memory_summary_reaches_every_memory_and_old_checkpoints_keep_the_mean()
 def test_entry_hidden_reaches_every_memory_and_old_checkpoints_keep_linear_projections() -> None:
     import dataclasses
 
+    from comem.checkpoint_state import checkpoint_config, spec_from_state
     from comem.models.build import ModelSpec, build_model
-    from comem.tasks.common import checkpoint_config, spec_from_state
 
     spec = ModelSpec(backbone="tiny", num_classes=3, entry_hidden=24)
     model = build_model(spec)

@@ -11,6 +11,7 @@ from PIL import Image
 from tinydata import TINY_TRAIN_FLAGS, randomise_norms
 from torchvision.models import video as tv_video
 
+from comem.checkpoint_state import spec_from_state
 from comem.cli import main
 from comem.config import TrainConfig
 from comem.data.datasets import MultiClipVideoDataset, VideoRecord, collate_clips
@@ -19,7 +20,7 @@ from comem.data.transforms import normalize
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.step_engine import StepEngine
 from comem.inference.predict import predict_video
-from comem.inference.trained import load_trained, spec_from_state
+from comem.inference.trained import load_trained
 from comem.models.build import ModelSpec, build_model, load_pretrained
 from comem.models.normalization import PYSLOWFAST, TORCHVISION_KINETICS
 

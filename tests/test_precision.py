@@ -13,6 +13,7 @@ from test_resume import assert_same_run, classification_trainer, tiny_config
 from tinydata import TINY_TRAIN_FLAGS, write_dataset
 from torch import nn
 
+from comem.checkpoint_state import config_from_state
 from comem.cli import main
 from comem.config import MODES, load_config
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -24,7 +25,6 @@ from comem.engine.trainer import Trainer
 from comem.models.build import ModelSpec, build_model
 from comem.tasks.ava.model import AvaDetector
 from comem.tasks.ava.task import detection_step
-from comem.tasks.common import config_from_state
 
 CPU = torch.device("cpu")
 

@@ -12,12 +12,13 @@ import torch
 from tinydata import CLASS_NAMES
 from videos import frame_index_of, write_test_video
 
+from comem.checkpoint_state import is_multi_label
 from comem.cli import main
 from comem.cli.evaluate import evaluate_checkpoint
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.inference.predict import number_of_clips, predict_video
 from comem.inference.timeline import thumbnail_clips
-from comem.inference.trained import is_multi_label, load_trained
+from comem.inference.trained import load_trained
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,11 @@ def data_dir_of(videos: list[Path], root: Path) -> Path:
 def assert_predict_equals_eval(checkpoint: Path, videos: list[Path], tmp_path: Path, clips: int) -> None:
     """Predict runs views one at a time reading the memory bank and cuts crops frame by frame while
     decoding; eval runs all views in one graph on crops of whole clips: the scores must agree."""
-    data = data_dir_of(videos, tmp_path / "data")
+    data = data_dir_of(videos, tmp_path / "data")  # its CSVs name the videos where they are
+    state = load_checkpoint(checkpoint)
+    state["config"]["allow_outside_data"] = True
+    checkpoint = tmp_path / f"outside_{checkpoint.name}"
+    save_checkpoint(state, checkpoint)
     _, out = evaluate_checkpoint(
         checkpoint, data=data, views=clips, crops=3, workers=0, device="cpu", out=tmp_path / "eval"
     )

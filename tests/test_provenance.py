@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -74,10 +75,12 @@ def test_print_config_is_a_config_file_that_reads_back(tmp_path: Path, capsys: p
 
 
 def test_run_writes_config_log_env_and_rerun_from_config_repeats_it(
-    tiny_dataset: Path, tmp_path: Path
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = tmp_path / "first"
-    argv = ["train", "--data", str(tiny_dataset), "--out", str(first), "--epochs", "1", *TINY_TRAIN_FLAGS]
+    monkeypatch.chdir(tmp_path)  # relative --data and --out: config.yaml holds them absolute
+    data = os.path.relpath(tiny_dataset, tmp_path)
+    argv = ["train", "--data", data, "--out", "first", "--epochs", "1", *TINY_TRAIN_FLAGS]
     assert main(argv) == 0
     for name in ("config.yaml", "train.log", "env.json"):
         assert (first / name).is_file(), name
@@ -91,7 +94,10 @@ def test_run_writes_config_log_env_and_rerun_from_config_repeats_it(
     assert env["world_size"] == 1 and env["devices"]
     assert re.fullmatch(r"[0-9a-f]{40}", env["git"]["commit"])  # the tests run from a checkout
 
+    assert yaml.safe_load((first / "config.yaml").read_text())["data"] == str(tiny_dataset)
     second = tmp_path / "second"
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the config re-runs from any directory
     assert main(["train", "--config", str(first / "config.yaml"), "--out", str(second)]) == 0
     losses = [
         json.loads((out / "metrics.json").read_text())["history"][0]["train_loss"] for out in (first, second)

@@ -164,3 +164,35 @@ def test_checkpoint_write_replaces_the_file(tmp_path: Path) -> None:
     save_checkpoint({"model": {}, "epoch": 2}, path)
     assert load_checkpoint(path)["epoch"] == 2
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize(
+    "stop", [Crash("killed"), CheckpointError("last.pt: cannot write checkpoint: no space left on device")]
+)
+def test_the_best_model_survives_a_stop_between_the_two_checkpoint_writes(
+    stop: Exception, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Checkpoints every step: last.pt at steps 1 and 2, then epoch 1's end writes best.pt and last.pt
+    # (its 3rd and 4th writes). A kill or a full disk stops the 4th; the resumed run ends with both.
+    from comem.engine import trainer as trainer_module
+
+    writes: list[str] = []
+
+    def failing_save(state: dict, path: Path) -> None:
+        writes.append(Path(path).name)
+        if len(writes) == 4:
+            raise stop
+        save_checkpoint(state, path)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", failing_save)
+    config = tiny_config(tiny_dataset, tmp_path, save_every=1)
+    with pytest.raises(type(stop)):
+        classification_trainer(config).run()
+    assert writes == ["last.pt", "last.pt", "best.pt", "last.pt"]  # best.pt first
+    assert load_checkpoint(tmp_path / "last.pt")["history"] == []  # epoch 1's steps, not its end
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_checkpoint)
+    resumed = classification_trainer(dataclasses.replace(config, resume=True))
+    metrics = resumed.run()
+    best = load_checkpoint(tmp_path / "best.pt")
+    key = resumed.selection_key
+    assert (tmp_path / "last.pt").is_file() and best["history"][-1][key] == metrics[f"best_{key}"]

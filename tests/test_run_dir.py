@@ -152,12 +152,41 @@ def test_resume_without_a_checkpoint_starts_fresh_in_one_line(
 def test_temporary_checkpoints_of_a_killed_run_are_removed_at_the_next_start(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
+    tmp_path.joinpath(run_dir.LOCK_NAME).write_text("12345\n")  # the killed run's (no longer locked)
     tmp_path.joinpath(".last.pt.abc123.tmp").write_bytes(b"half a checkpoint")
     tmp_path.joinpath(".best.pt.x9.tmp").write_bytes(b"")
-    tmp_path.joinpath("notes.tmp").write_text("mine")
     assert main(train_argv(tiny_dataset, tmp_path)) == 0
     assert not list(tmp_path.glob(".*.pt.*.tmp"))
-    assert tmp_path.joinpath("notes.tmp").read_text() == "mine"
+
+
+def test_a_fresh_run_refuses_an_out_holding_the_users_files_and_touches_nothing(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    out.joinpath("config.yaml").write_text("lr: 0.1  # my own\n")
+    out.joinpath("notes.tmp").write_text("mine")
+    before = snapshot(out)
+    code, _, err = run_cli(train_argv(tiny_dataset, out), capsys)
+    assert (code, err) == (
+        2,
+        f"comem train: error: {out}: holds files comem did not write (config.yaml, notes.tmp); choose an "
+        "empty or new --out, or pass --overwrite to write the run beside them\n",
+    )
+    assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == ["config.yaml", "notes.tmp"]
+    # in a directory a comem run claimed, only the names comem does not write are the user's
+    out.joinpath(run_dir.LOCK_NAME).write_text("")
+    assert run_dir.foreign_files(out) == ["notes.tmp"]
+    assert main(train_argv(tiny_dataset, out, "--overwrite")) == 0
+    assert out.joinpath("notes.tmp").read_text() == "mine" and (out / "last.pt").is_file()
+
+
+def test_out_inside_the_dataset_folder_refuses(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code, _, err = run_cli(train_argv(tiny_dataset, tiny_dataset / "runs" / "x"), capsys)
+    assert code == 2 and "--out is inside the --data folder" in err and err.count("\n") == 1
+    assert not (tiny_dataset / "runs").exists()
 
 
 def test_resume_with_settings_that_break_exactness_lists_them(

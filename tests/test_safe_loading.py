@@ -128,7 +128,7 @@ def test_a_checkpoint_of_the_earlier_format_still_evaluates(
 
 
 def test_config_dataclass_round_trips(tiny_checkpoint: Path) -> None:
-    from comem.inference.trained import config_from_state
+    from comem.checkpoint_state import config_from_state
 
     state = load_checkpoint(tiny_checkpoint)
     config = config_from_state(state)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from tinydata import TINY_TRAIN_FLAGS
 
@@ -52,10 +53,20 @@ def test_signals_at_random_moments_resume_bit_for_bit(tiny_dataset: Path, tmp_pa
         assert record["stop_lines"] == 1 and record["resume_code"] == 0, record
 
 
-def test_sigterm_from_outside_saves_says_one_line_and_exits_143(tiny_dataset: Path, tmp_path: Path) -> None:
-    """What SLURM and Kubernetes do: SIGTERM to ``comem train`` while it trains."""
-    straight = tmp_path / "straight"
-    assert main(["train", "--data", str(tiny_dataset), "--out", str(straight), *FLAGS]) == 0
+@pytest.fixture(scope="module")
+def straight(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("straight")
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(out), *FLAGS]) == 0
+    return out
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_from_outside_saves_says_one_line_and_resumes_exactly(
+    name: str, straight: Path, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """What SLURM and Kubernetes do (SIGTERM to ``comem train`` while it trains), and what a closed
+    terminal or ssh session does (SIGHUP)."""
+    signum = getattr(signal, name)
     out = tmp_path / "stopped"
     argv = [sys.executable, "-m", "comem", "train", "--data", str(tiny_dataset), "--out", str(out), *FLAGS]
     process = subprocess.Popen(
@@ -63,12 +74,12 @@ def test_sigterm_from_outside_saves_says_one_line_and_exits_143(tiny_dataset: Pa
     )
     shown = [process.stdout.readline() for _ in range(2)]  # the command, then "epoch 1/3: ...":
     assert shown[1].startswith("epoch 1/3:"), shown  # the run is in epoch 2 now
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert process.returncode == 128 + signum, stderr
     lines = stdout.splitlines()
-    assert [line for line in lines if "SIGTERM" in line] == [
-        f"SIGTERM: stopped at a step boundary; saved {out / 'last.pt'}; continue with --resume"
+    assert [line for line in lines if name in line] == [
+        f"{name}: stopped at a step boundary; saved {out / 'last.pt'}; continue with --resume"
     ]
     assert "Traceback" not in stderr
     saved = torch.load(out / "last.pt", weights_only=True)

@@ -305,7 +305,7 @@ def test_bad_stages_and_layouts_are_one_line_errors() -> None:
         wrapped(video(size=16))
     with pytest.raises(ValueError, match="wrapped already"):
         comem.wrap(comem.wrap(BlocksNet(), ["blocks.1"], example=CLIP), ["blocks.2"], example=CLIP)
-    with pytest.raises(comem.UserError, match=r"memory option fusion='mul': not one of gate, add"):
+    with pytest.raises(comem.UserError, match=r"wrap option fusion='mul': not one of gate, add"):
         comem.wrap(BlocksNet(), ["blocks.1"], example=CLIP, fusion="mul")
 
 

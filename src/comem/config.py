@@ -1,6 +1,7 @@
 """Training configuration: one plain dataclass, loadable from YAML, overridable from the command line.
 
-Precedence: dataclass defaults < ``--config FILE.yaml`` < command-line flags.
+Precedence: dataclass defaults < ``--config FILE.yaml`` < command-line flags. This module imports no
+torch (its choices come from :mod:`comem.choices`), so the command's parser is built from it quickly.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from comem.data.decode import DECODERS
-from comem.data.formats import DATA_FORMATS
+from comem.choices import (
+    DATA_FORMATS,
+    DECODERS,
+    DEFAULT_MEMORY_STAGES,
+    FUSION_KINDS,
+    MEMORY_KINDS,
+    SUMMARY_KINDS,
+)
 from comem.errors import UserError
-from comem.memory import FUSION_KINDS, MEMORY_KINDS, SUMMARY_KINDS
-from comem.models.build import DEFAULT_MEMORY_STAGES
-from comem.models.layouts import MemoryOptions
+from comem.memory_options import MemoryOptions
+from comem.option_ranges import range_problem
 from comem.textfile import read_text
 
 
@@ -27,7 +31,7 @@ class ConfigError(UserError, ValueError):
     """A bad configuration value or file (one-line message)."""
 
 
-# The training modes (engine/modes.py; ``engine.steps.MODE_STEPS`` has one step per name).
+# The training modes (docs/method.md, "Training"); ``comem.engine.modes.MODE_STEPS`` has one step per name.
 MODES: tuple[str, ...] = ("single", "tsn", "joint", "comem")
 
 # The values a string option takes (``comem train -h`` shows them; ``validate`` checks them).
@@ -103,12 +107,15 @@ class TrainConfig:
     save_every: int = 200  # also checkpoint every this many steps inside an epoch (0 = epoch ends only)
     resume: bool = False
     overwrite: bool = False  # a fresh run may replace the run already in ``out``
-    # dataset formats and decoding (see README, "Datasets")
+    nonfinite_steps: int = 10  # stop after this many steps in a row with a non-finite loss
+    dist_timeout: float = 10.0  # minutes a rank waits for the others in a collective before failing
+    # dataset formats and decoding (docs/datasets.md)
     data_format: str = "auto"  # auto | slowfast | kinetics | charades | charades-frames | ssv1 | ssv2
     decoder: str = "pyav"  # pyav | torchcodec | frames (folders of frames are always read as frames)
     target_fps: float | None = None  # sample clips on this frame-rate grid (default: the file's frames)
     span_labels: bool = False  # multi-label: train on the actions whose time span overlaps the clips
-    # speed and multi-GPU (README "Multi-GPU and multi-node", benchmarks/RESULTS.md)
+    allow_outside_data: bool = False  # PySlowFast CSVs may name videos outside ``data`` (absolute, ../)
+    # speed and multi-GPU (docs/training.md "Multi-GPU and multi-node", benchmarks/RESULTS.md)
     memory_chunk: int = 1  # comem: clips of each video per no-grad memory-pass forward
     channels_last: bool = True  # channels-last-3d layout on CUDA (faster cuDNN 3-D convolutions)
     compile: bool = False  # torch.compile every backbone stage
@@ -123,7 +130,7 @@ class TrainConfig:
     # source, else the backbone's. Stored in checkpoints; eval and predict use it.
     mean: list[float] | None = None
     std: list[float] | None = None
-    # augmentation (README "Recipes"); each is off unless a recipe turns it on
+    # augmentation (docs/training.md "Recipes"); each is off unless a recipe turns it on
     flip: str = "auto"  # auto (off for Something-Something) | on | off | swap-labels (left/right classes)
     resized_crop_scale: list[float] | None = None  # Inception-style crop of this area range; None: jitter
     randaug_ops: int = 0  # RandAugment operations per clip (same for every frame); 0: off
@@ -146,33 +153,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value not in allowed and not (name == "device" and str(value).startswith("cuda:")):
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-        positive = (
-            "clips",
-            "clip_len",
-            "stride",
-            "crop_size",
-            "epochs",
-            "batch_size",
-            "eval_every",
-            "memory_chunk",
-            "accum_steps",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
-        for name in ("views", "min_scale", "max_scale", "eval_scale", "key_dim"):  # None: the default
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
+        problem = range_problem(self)  # every number: finite and in its range
+        if problem is not None:
+            raise ConfigError(problem)
         if self.crops not in (1, 3):
             raise ConfigError(f"crops must be 1 or 3; got {self.crops}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0; got {self.lr}")
-        if self.memory_lr_scale <= 0:
-            raise ConfigError(f"memory_lr_scale must be > 0; got {self.memory_lr_scale}")
-        if self.target_fps is not None and self.target_fps <= 0:
-            raise ConfigError(f"target_fps must be > 0; got {self.target_fps}")
-        if self.workers < 0:
-            raise ConfigError(f"workers must be >= 0; got {self.workers}")
         if self.task == "ava" and self.video_loss:
             raise ConfigError("video_loss averages clip scores of a video label; AVA detection scores boxes")
         if self.task == "ava" and self.mode == "tsn":
@@ -194,24 +179,9 @@ class TrainConfig:
         scale = self.resized_crop_scale
         if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
             raise ConfigError(f"resized_crop_scale must be two area fractions 0 < a <= b <= 1; got {scale}")
-        if self.randaug_ops < 0 or not 0 <= self.randaug_magnitude <= 30:
-            raise ConfigError(
-                f"randaug_ops must be >= 0 and randaug_magnitude in [0, 30]; "
-                f"got {self.randaug_ops} and {self.randaug_magnitude}"
-            )
 
     def _validate_regularisation(self) -> None:
         """Mixing, label smoothing and the weight average."""
-        for name in ("mixup_alpha", "cutmix_alpha"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0 (0: off); got {getattr(self, name)}")
-        for name in ("mix_prob", "mix_switch_prob"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in [0, 1]; got {getattr(self, name)}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1); got {self.label_smoothing}")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise ConfigError(f"ema_decay must be in (0, 1), e.g. 0.9998 (none: off); got {self.ema_decay}")
         if self.task == "ava" and (self.mixup_alpha or self.cutmix_alpha or self.label_smoothing):
             raise ConfigError(
                 "mixup_alpha, cutmix_alpha and label_smoothing are for video classification; "
@@ -284,6 +254,8 @@ def _check_yaml_type(path: Path, name: str, value: Any) -> None:
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Defaults, then the YAML file (keys as field names, '-' or '_'), then ``overrides``."""
+    import yaml
+
     values: dict[str, Any] = {}
     loaded_keys: dict[str, str] = {}  # field name -> the key as the file spells it
     if path is not None:
@@ -323,6 +295,8 @@ def _as_typed(message: str, path: Path | None, keys: dict[str, str], flags: dict
 
 def config_yaml(config: TrainConfig) -> str:
     """``config`` as a YAML ``--config`` file: every field, in the dataclass's order."""
+    import yaml
+
     header = "# comem train configuration (resolved); repeat the run with: comem train --config THIS_FILE\n"
     return header + yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)
 

@@ -23,12 +23,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from comem.choices import FUSION_KINDS, MEMORY_KINDS, SUMMARY_KINDS
+
 MemoryKind = Literal["attention", "sigmoid", "sink", "average"]
 FusionKind = Literal["gate", "add"]
 SummaryKind = Literal["mean", "max", "meanmax"]
-MEMORY_KINDS: tuple[str, ...] = ("attention", "sigmoid", "sink", "average")
-FUSION_KINDS: tuple[str, ...] = ("gate", "add")
-SUMMARY_KINDS: tuple[str, ...] = ("mean", "max", "meanmax")
 
 
 def pool(features: torch.Tensor, dims: tuple[int, ...], summary: SummaryKind) -> torch.Tensor:

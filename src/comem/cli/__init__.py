@@ -26,7 +26,6 @@ from comem.cli import (
     train,
 )
 from comem.cli.logs import configure_console
-from comem.engine.stopping import TrainingStopped
 from comem.errors import UserError
 
 COMMANDS: list[ModuleType] = [
@@ -61,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:  # bare `comem`: what it can do
         parser.print_help()
         return 0
+    from comem.engine.stopping import TrainingStopped  # torch: only once a command runs
+
     configure_console()
     handlers = {command.NAME: command.run for command in COMMANDS}
     try:

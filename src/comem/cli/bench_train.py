@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from comem.config import stage_list
-from comem.diagnostics.bench import BENCH_MODES, DEFAULT_BENCH_MODES
+from comem.diagnostics.bench_spec import BENCH_MODES, DEFAULT_BENCH_MODES
 
 HELP = "time training steps of every mode: clips/s, memory, TFLOP/s, MFU"
 
@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from comem.diagnostics.bench import BenchReport, BenchRow, BenchSpec, describe, format_table, run_bench
+    from comem.diagnostics.bench import BenchReport, BenchRow, describe, format_table, run_bench
+    from comem.diagnostics.bench_spec import BenchSpec
 
     spec = BenchSpec(
         backbone=args.backbone,

@@ -1,4 +1,5 @@
-"""``comem check-data``: scan a dataset for unreadable, short, cut-off and missing videos."""
+"""``comem check-data``: scan a dataset for unreadable, short, cut-off and missing videos; exits 1 when
+it found any (2 when the dataset cannot be read at all)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--workers", type=int, default=0, help="parallel processes [0]")
     parser.add_argument(
+        "--allow-outside-data", action="store_true", help="CSV paths may point outside --data"
+    )
+    parser.add_argument(
         "--out", help="report path [DATA/check_data.json, or ./check_data.json if DATA is read-only]"
     )
 
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_decoder(args.decoder)
     data = Path(args.data)
-    splits = load_splits(data, args.data_format)
+    splits = load_splits(data, args.data_format, outside=args.allow_outside_data)
     span = clip_span(args.clip_len, args.stride)
     report = check_splits(
         data, splits, min_frames=span, decoder=args.decoder, full=args.full, workers=args.workers
@@ -67,4 +71,4 @@ def run(args: argparse.Namespace) -> int:
         f"{len(report.unreadable)} unreadable, {len(report.short)} short, {len(report.truncated)} cut off, "
         f"{len(report.missing)} missing; wrote {out}"
     )
-    return 0
+    return 1 if report.problems else 0

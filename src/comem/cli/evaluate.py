@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from comem.config import TrainConfig
-from comem.models.build import build_model
+from comem.files import json_text
 
 if TYPE_CHECKING:
+    import torch
+
     from comem.tasks.ava.task import AvaTask
     from comem.tasks.classification import ClassificationTask
 
@@ -40,6 +39,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="the run's weight average (ema) or its weights (raw); default: ema when the run kept one "
         "(--ema-decay), as it picked best.pt",
     )
+    evaluate.add_argument(
+        "--allow-other-classes",
+        action="store_true",
+        help="score a dataset whose class names differ from the checkpoint's, mapping labels by index "
+        "(refused otherwise)",
+    )
     evaluate.add_argument("--batch-size", type=int, help="videos per batch")
     evaluate.add_argument("--workers", type=int, help="data loading processes")
     evaluate.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -62,6 +67,7 @@ def evaluate_checkpoint(
     out: str | Path | None = None,
     state: dict | None = None,
     weights: str | None = None,
+    allow_other_classes: bool = False,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a ``comem train`` checkpoint of any task; returns the metrics and the report directory.
 
@@ -71,24 +77,26 @@ def evaluate_checkpoint(
     checkpoint). Everything not given comes from the checkpoint. Under torchrun the items are
     sharded over the processes and rank 0 writes the report of them all. ``weights``: ``ema`` or
     ``raw`` (default: the weight average when the run kept one, see ``comem.engine.ema``); the
-    report's ``weights`` says which were scored.
+    report's ``weights`` says which were scored. A classification dataset whose class names differ
+    from the checkpoint's is refused unless ``allow_other_classes`` (labels then map by index).
     """
+    from comem.checkpoint_state import stored_task
     from comem.engine.checkpoint import load_checkpoint
     from comem.engine.distributed import broadcast_object, init_distributed
     from comem.engine.evaluate import predict_dataset
     from comem.engine.loaders import resolve_device
-    from comem.tasks.ava.task import is_ava_state
 
     checkpoint = Path(checkpoint)
     state = load_checkpoint(checkpoint) if state is None else state
     context, torch_device = init_distributed(resolve_device(device))
     overrides = {"views": views, "crops": crops, "batch_size": batch_size, "workers": workers}
-    if is_ava_state(state):
+    if stored_task(state) == "ava":
         task, model, out_dir, kind = _ava_evaluation(checkpoint, state, data, split, overrides, out, weights)
     else:
         task, model, out_dir, kind = _classification_evaluation(
-            checkpoint, state, data, split, overrides, aggregate, out, torch_device, weights
-        )
+            checkpoint, state, data, split, overrides, aggregate, out, torch_device, weights,
+            allow_other_classes,
+        )  # fmt: skip
     model.to(torch_device)
     predictions = predict_dataset(task, model, task.val_set, task.config, torch_device, context)
     metrics = None
@@ -113,6 +121,7 @@ def _classification_evaluation(
     out: str | Path | None,
     device: torch.device,
     weights: str | None,
+    allow_other_classes: bool = False,
 ) -> tuple[ClassificationTask, torch.nn.Module, Path, str]:
     from comem.data.datasets import DatasetFormatError
     from comem.inference.trained import load_trained
@@ -129,6 +138,7 @@ def _classification_evaluation(
         multi_label=trained.multi_label,
         class_names=trained.class_names,
         aggregate=aggregate,
+        allow_other_classes=allow_other_classes,
     )
     out_dir = Path(out) if out is not None else checkpoint.with_name(f"eval_{split}_{checkpoint.stem}")
     return task, trained.model, out_dir, trained.weights
@@ -144,10 +154,10 @@ def _ava_evaluation(
     weights: str | None,
 ) -> tuple[AvaTask, torch.nn.Module, Path, str]:
     """``views`` sets the clips per keyframe (memory clips + 1); frames are never cropped."""
-    from comem.engine.ema import checkpoint_weights
+    from comem.checkpoint_state import checkpoint_weights, config_from_state, spec_from_state
+    from comem.models.build import build_model
     from comem.tasks.ava.model import AvaDetector
     from comem.tasks.ava.task import evaluation_task
-    from comem.tasks.common import config_from_state, spec_from_state
 
     config = _replaced(config_from_state(state), {**overrides, "crops": None})
     if overrides["views"] is not None and config.mode != "single":
@@ -161,10 +171,10 @@ def _ava_evaluation(
 
 
 def run(args: argparse.Namespace) -> int:
+    from comem.checkpoint_state import stored_task
     from comem.config import ConfigError
     from comem.engine.checkpoint import load_checkpoint
     from comem.engine.distributed import is_main_process, shutdown_distributed
-    from comem.tasks.ava.task import is_ava_state
 
     for flag, value, least in (("--views", args.views, 1), ("--batch-size", args.batch_size, 1),
                                ("--workers", args.workers, 0)):  # fmt: skip
@@ -185,16 +195,17 @@ def run(args: argparse.Namespace) -> int:
             out=args.out,
             state=state,
             weights=args.weights,
+            allow_other_classes=args.allow_other_classes,
         )
     finally:
         shutdown_distributed()
     if not is_main_process():  # under torchrun, rank 0 reports
         return 0
-    if is_ava_state(state):  # AVA detection: detections CSV + official frame mAP
-        print(json.dumps(metrics))
+    if stored_task(state) == "ava":  # AVA detection: detections CSV + official frame mAP
+        print(json_text(metrics))
         print(f"wrote {out_dir / 'eval_val.json'} and {metrics['detections']}")
         return 0
-    print(json.dumps({key: value for key, value in metrics.items() if not isinstance(value, list | dict)}))
+    print(json_text({key: value for key, value in metrics.items() if not isinstance(value, list | dict)}))
     for pair in metrics.get("top_confused", [])[:5]:
         print(f"confused: {pair['videos']} x {pair['true']} -> {pair['predicted']}")
     print(f"wrote {', '.join(sorted(path.name for path in out_dir.iterdir()))} to {out_dir}")

@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-
-from tqdm import tqdm
 
 LOGGER = "comem"
 
@@ -32,6 +30,8 @@ class ConsoleHandler(logging.Handler):
     """Writes to the current ``sys.stdout`` through ``tqdm.write`` (so open progress bars stay intact)."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm  # not at import: ``comem --help`` stays quick
+
         try:
             tqdm.write(self.format(record), file=sys.stdout)
         except Exception:  # logging's convention: a failing handler reports, never raises
@@ -49,15 +49,21 @@ def configure_console() -> None:
 
 
 @contextlib.contextmanager
-def log_file(path: Path) -> Iterator[None]:
-    """Also append comem's log to ``path`` while the block runs."""
+def log_file(path: Path) -> Iterator[Callable[[BaseException], None]]:
+    """Also append comem's log to ``path`` while the block runs. Yields a function that writes an
+    error line into ``path`` alone (the console gets it from the command's own error report)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(ConsoleFormatter("%(asctime)s %(prefix)s%(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
     logger = logging.getLogger(LOGGER)
     logger.addHandler(handler)
+
+    def record(error: BaseException) -> None:
+        message = " ".join(str(error).split()) or type(error).__name__
+        handler.handle(logging.LogRecord(LOGGER, logging.ERROR, __file__, 0, message, None, None))
+
     try:
-        yield
+        yield record
     finally:
         logger.removeHandler(handler)
         handler.close()

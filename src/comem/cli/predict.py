@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from comem.files import json_text
 
 NAME = "predict"
 
@@ -115,5 +116,5 @@ def run(args: argparse.Namespace) -> int:
             if args.plot:
                 print(f"  timeline: {result['plot']}")
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json_text(results, indent=2))
     return 2 if failed else 0

@@ -10,23 +10,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from comem.cli.logs import log_file
 from comem.config import CHOICES, TrainConfig, config_fields, config_yaml, load_config, stage_list
-from comem.tasks.base import Task
+from comem.files import json_text
+
+if TYPE_CHECKING:
+    from comem.tasks.base import Task
 
 NAME = "train"
 log = logging.getLogger(__name__)
 
 # A sentence per field for ``-h`` (the flag, its type and default come from the dataclass).
 HELP: dict[str, str] = {
-    "data": "data dir in any format of --data-format (README: Datasets); none: the built-in data",
+    "data": "data dir in any format of --data-format (docs/datasets.md); none: the built-in data",
     "synthetic_task": "built-in data task when --data is not given",
     "clips": "clips per video per step (N); also the eval views unless --views",
     "clip_len": "frames per clip",
@@ -52,7 +54,7 @@ HELP: dict[str, str] = {
     "entry_hidden": "width of a hidden ReLU layer that each clip's summary passes through before the "
     "memory's query, key and value projections (none: linear projections of the summary)",
     "dropout": "dropout before the classifier",
-    "mode": "training mode (README: Training modes)",
+    "mode": "training mode (docs/training.md, Modes)",
     "epochs": "training epochs",
     "batch_size": "videos per step (per process under torchrun)",
     "optimizer": "optimizer (no weight decay on norms and biases)",
@@ -78,11 +80,18 @@ HELP: dict[str, str] = {
     "eval_every": "evaluate every this many epochs",
     "save_every": "also checkpoint every this many steps (0: epoch ends only)",
     "resume": "continue from OUT/last.pt (same epoch, step, optimizer, schedule, RNG); fresh if none",
-    "overwrite": "replace the run already in --out (its checkpoints, metrics, logs)",
+    "overwrite": "replace the run already in --out (its checkpoints, metrics, logs) or use an --out that "
+    "holds other files",
+    "nonfinite_steps": "stop the run after this many steps in a row whose loss is not finite (weights or "
+    "BatchNorm statistics that turn non-finite stop it at once); the last finite checkpoint is kept",
+    "dist_timeout": "under torchrun: minutes a process waits for the others in a collective (a stalled "
+    "or dead rank) before the run fails on every rank",
     "data_format": "annotation format (auto: from the files)",
     "decoder": "video decoding backend",
     "target_fps": "sample clips on this frame-rate grid (none: every frame)",
     "span_labels": "multi-label: train targets only the actions overlapping the sampled clips",
+    "allow_outside_data": "let a PySlowFast CSV name videos outside --data (absolute paths, ../); "
+    "refused otherwise",
     "memory_chunk": "comem: clips of each video per no-grad memory-pass forward",
     "channels_last": "channels-last-3d layout on CUDA",
     "compile": "torch.compile every backbone stage",
@@ -230,6 +239,7 @@ def build_task(config: TrainConfig) -> Task:
 def run(args: argparse.Namespace) -> int:
     from comem.engine.distributed import is_main_process
     from comem.engine.run_dir import claim_run_dir
+    from comem.engine.stopping import TrainingStopped
     from comem.engine.trainer import train
 
     skip = ("command", "config", "print_config")
@@ -241,15 +251,21 @@ def run(args: argparse.Namespace) -> int:
     if not is_main_process():  # under torchrun, rank 0 reports and keeps the log
         train(config, build_task(config))
         return 0
-    claim = claim_run_dir(config.out, resume=config.resume, overwrite=config.overwrite)
-    with claim, log_file(Path(config.out) / "train.log"):  # refused runs write nothing into --out
+    claim = claim_run_dir(config.out, resume=config.resume, overwrite=config.overwrite, data=config.data)
+    with claim, log_file(Path(config.out) / "train.log") as log_error:  # refused runs write nothing
         log.info("comem train: %s", " ".join(sys.argv[1:]))
-        metrics = train(config, build_task(config))
+        try:
+            metrics = train(config, build_task(config))
+        except TrainingStopped:  # said in the log already
+            raise
+        except Exception as error:  # the fatal error is in train.log too, not only on stderr
+            log_error(error)
+            raise
         summary = {
             k: v
             for k, v in metrics.items()
             if k.startswith("val_") or k in ("mode", "clips", "epochs", "skipped_videos")
         }
-        log.info(json.dumps(summary))
+        log.info(json_text(summary))
         log.info(f"wrote {Path(config.out) / 'metrics.json'}")
     return 0

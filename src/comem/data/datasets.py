@@ -6,6 +6,8 @@ line separated by whitespace, paths relative to the directory or absolute, and o
 the file and line up front, before any training starts.
 """
 
+import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +60,15 @@ def _parse_label(text: str, where: str) -> int:
     return label
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies under ``root`` once ``..`` and ``.`` are resolved (symbolic links are
+    not followed: a dataset may link its video folder from elsewhere)."""
+    path, root = (Path(os.path.normpath(os.path.abspath(p))) for p in (path, root))
+    return path == root or root in path.parents
+
+
 def _read_video_csv(
-    csv_path: Path, root: Path, num_classes: int | None, classes_source: str
+    csv_path: Path, root: Path, num_classes: int | None, classes_source: str, outside: bool = False
 ) -> list[VideoRecord]:
     records = []
     for number, line in enumerate(read_text(csv_path, DatasetFormatError).splitlines(), start=1):
@@ -79,19 +88,27 @@ def _read_video_csv(
             raise DatasetFormatError(
                 f"{where}: label {label} out of range [0, {num_classes}){classes_source}"
             )
+        if not outside and not _inside(root / columns[0], root):
+            raise DatasetFormatError(
+                f"{where}: {columns[0]} is outside the data directory {root}; "
+                "pass --allow-outside-data to read videos from elsewhere"
+            )
         records.append(VideoRecord(path=root / columns[0], label=label))
     if not records:
         raise DatasetFormatError(f"{csv_path}: empty (no videos)")
     return records
 
 
-def read_video_csv(csv_path: Path, root: Path, num_classes: int | None = None) -> list[VideoRecord]:
-    """Records of one split CSV; relative paths are joined to ``root``, blank lines skipped.
+def read_video_csv(
+    csv_path: Path, root: Path, num_classes: int | None = None, *, outside: bool = False
+) -> list[VideoRecord]:
+    """Records of one split CSV; relative paths are joined to ``root``, blank lines skipped. A path
+    outside ``root`` (absolute, or through ``..``) is refused unless ``outside``.
 
     Video files are not checked here (a stat per video is slow on network storage); a missing one
     surfaces as a skipped sample when it is decoded.
     """
-    return _read_video_csv(Path(csv_path), Path(root), num_classes, "")
+    return _read_video_csv(Path(csv_path), Path(root), num_classes, "", outside)
 
 
 def read_class_names(data_dir: Path) -> list[str] | None:
@@ -102,7 +119,19 @@ def read_class_names(data_dir: Path) -> list[str] | None:
     names = [line.strip() for line in read_text(path, DatasetFormatError).splitlines() if line.strip()]
     if not names:
         raise DatasetFormatError(f"{path}: empty (no class names)")
+    check_unique_classes(names, path)
     return names
+
+
+def check_unique_classes(names: list[str], path: Path) -> None:
+    """Two classes of one name would make a label ambiguous in every report: refused, naming the lines."""
+    seen: dict[str, int] = {}
+    for number, name in enumerate(names, start=1):
+        if name in seen:
+            raise DatasetFormatError(
+                f"{path}: class '{name}' is listed twice (entries {seen[name]} and {number})"
+            )
+        seen[name] = number
 
 
 @dataclass(frozen=True)
@@ -126,8 +155,9 @@ class VideoSplits:
         return len(self.class_names)
 
 
-def load_kinetics_csv_dir(data_dir: str | Path) -> VideoSplits:
-    """Parse and validate a PySlowFast-style data directory.
+def load_kinetics_csv_dir(data_dir: str | Path, *, outside: bool = False) -> VideoSplits:
+    """Parse and validate a PySlowFast-style data directory (``outside``: its CSVs may name videos
+    outside it).
 
     ``num_classes`` is the length of ``classes.txt`` when present (labels are checked against it),
     else the largest label over all splits plus one, with class names ``"0", "1", ...``.
@@ -142,7 +172,7 @@ def load_kinetics_csv_dir(data_dir: str | Path) -> VideoSplits:
     num_classes = None if class_names is None else len(class_names)
     source = "" if class_names is None else f" (classes.txt has {num_classes} classes)"
     splits = {
-        name: _read_video_csv(data_dir / f"{name}.csv", data_dir, num_classes, source)
+        name: _read_video_csv(data_dir / f"{name}.csv", data_dir, num_classes, source, outside)
         for name in ("train", "val", "test")
         if name != "test" or (data_dir / "test.csv").is_file()
     }
@@ -155,6 +185,26 @@ def load_kinetics_csv_dir(data_dir: str | Path) -> VideoSplits:
         test=splits.get("test"),
         class_names=class_names,
     )
+
+
+log = logging.getLogger(__name__)
+
+
+def short_video_warning(path: Path, frames: int, num_clips: int, clip_len: int, stride: int) -> str | None:
+    """What a video of ``frames`` frames cannot give: one clip's span (its last frame is repeated), or
+    ``num_clips`` clips of distinct frames (clips then overlap). ``None`` when it gives both."""
+    span = clip_span(clip_len, stride)
+    if frames < span:
+        return (
+            f"{path}: {frames} frames, fewer than a clip spans (clip_len {clip_len} x stride {stride} -> "
+            f"{span} frames): its last frame is repeated (shown once; comem check-data lists them all)"
+        )
+    if num_clips * clip_len > frames:
+        return (
+            f"{path}: {frames} frames, fewer than clips {num_clips} x clip_len {clip_len} = "
+            f"{num_clips * clip_len}: its clips overlap and repeat frames (shown once)"
+        )
+    return None
 
 
 class MultiClipVideoDataset(torch.utils.data.Dataset):
@@ -222,6 +272,7 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         self.eval_scale = crop_size if eval_scale is None else eval_scale
         self.num_crops = num_crops
         self.epoch = 0
+        self.warned_short = False  # one warning per process for videos too short for the clips asked
         if num_clips < 1 or crop_size < 1:
             raise ValueError(f"num_clips and crop_size must be >= 1, got {num_clips} and {crop_size}")
         if not crop_size <= self.min_scale <= self.max_scale:
@@ -257,6 +308,13 @@ class MultiClipVideoDataset(torch.utils.data.Dataset):
         try:
             with self.opener(record.path, decoder=self.decoder, fps=record.fps) as reader:
                 times = reader.frame_times()
+                if not self.warned_short:
+                    warning = short_video_warning(
+                        record.path, len(times), self.num_clips, self.clip_len, self.stride
+                    )
+                    if warning is not None:
+                        log.warning(warning)
+                        self.warned_short = True
                 indices = self._plan(times, rng)
                 frames = reader.read(indices)
         except VideoDecodeError as error:

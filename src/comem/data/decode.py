@@ -21,6 +21,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from comem.choices import DECODERS
 from comem.data.frame_folder import FrameFolderReader
 from comem.data.source import (
     ClipSource,
@@ -47,7 +48,6 @@ __all__ = [
 ]
 
 Decoder = Literal["pyav", "torchcodec", "frames"]
-DECODERS: tuple[str, ...] = ("pyav", "torchcodec", "frames")
 
 
 def _describe(error: Exception) -> str:

@@ -36,19 +36,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from comem.config import TrainConfig
 from comem.data.datasets import collate_clips
 from comem.data.formats import load_splits
+from comem.diagnostics.bench_spec import MULTI_CLIP_MODES, BenchSpec
 from comem.engine.loaders import make_loader, resolve_device
 from comem.engine.performance import prepare_video, tune_model, uses_channels_last
 from comem.engine.precision import autocast_for
+from comem.engine.provenance import device_name, versions
 from comem.engine.step import train_step
 from comem.engine.trainer import EpochSampler, build_optimizer
-from comem.errors import UserError
-from comem.models.backbones import BACKBONES
 from comem.models.build import ModelSpec, VideoModel, build_model
 from comem.tasks.classification import make_dataset
-
-BENCH_MODES: tuple[str, ...] = ("plain", "single", "tsn", "joint", "comem", "comem-cross")
-DEFAULT_BENCH_MODES: tuple[str, ...] = ("plain", "single", "joint", "comem", "comem-cross")
-MULTI_CLIP_MODES: tuple[str, ...] = ("tsn", "joint", "comem", "comem-cross")
 
 # Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendors' datasheets: (bf16, tf32).
 # float32 convolutions run as TF32 on these GPUs by default (torch.backends.cudnn.allow_tf32).
@@ -63,48 +59,6 @@ PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
     ("A10G", 70.0, 35.0),
     ("L4", 121.0, 60.0),
 )
-
-
-class BenchError(UserError, ValueError):
-    """A bad ``comem bench train`` option (one-line message)."""
-
-
-@dataclass(frozen=True)
-class BenchSpec:
-    backbone: str = "r2plus1d_18"
-    clips: tuple[int, ...] = (2, 4, 8, 16)
-    batch_size: int = 16
-    clip_len: int = 16
-    crop_size: int = 112
-    modes: tuple[str, ...] = DEFAULT_BENCH_MODES
-    steps: int = 10
-    warmup: int = 3
-    compile: bool = False
-    memory_chunk: int = 1
-    # the recipes' placement for real backbones (configs/*.yaml), not train's CPU default (every stage)
-    memory_stages: tuple[str, ...] = ("last-2", "last-1", "last")
-    num_classes: int = 400
-    device: str = "auto"
-    data: str | None = None
-    workers: int = 4
-    peak_tflops: float | None = None  # overrides the table (e.g. for a CPU or an unlisted GPU)
-    profile_memory: bool = False  # CPU: peak tensor memory of one extra step from torch.profiler
-    flops_only: bool = False  # count FLOPs on the meta device, time nothing
-
-    def validate(self) -> BenchSpec:
-        if self.backbone not in BACKBONES:
-            raise BenchError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
-        unknown = [mode for mode in self.modes if mode not in BENCH_MODES]
-        if unknown or not self.modes:
-            raise BenchError(f"--modes must be a comma-separated subset of {','.join(BENCH_MODES)}")
-        for name in ("batch_size", "clip_len", "crop_size", "steps", "memory_chunk"):
-            if getattr(self, name) < 1:
-                raise BenchError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
-        if not self.clips or min(self.clips) < 1:
-            raise BenchError(f"--clips must be positive integers; got {self.clips}")
-        if self.warmup < 0 or self.workers < 0:
-            raise BenchError("--warmup and --workers must be >= 0")
-        return self
 
 
 @dataclass
@@ -154,6 +108,11 @@ def device_peak_tflops(device: torch.device, *, amp: bool, override: float | Non
     return None
 
 
+def bench_model_spec(spec: BenchSpec) -> ModelSpec:
+    """The model every row of ``spec`` trains."""
+    return ModelSpec(backbone=spec.backbone, num_classes=spec.num_classes, memory_stages=spec.memory_stages)
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -161,15 +120,11 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
+        "device_name": device_name(device),
     }
     if device.type == "cuda":
-        info.update(
-            device_name=torch.cuda.get_device_name(device),
-            cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(),
-        )
-    else:
-        info["device_name"] = platform.processor() or platform.machine()
+        found = versions()
+        info.update(cuda=found["cuda"], cudnn=found["cudnn"])
     return info
 
 
@@ -303,9 +258,7 @@ def synchronize(device: torch.device) -> None:
 def measure(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) -> BenchRow:
     row = BenchRow(mode=mode, clips=num_clips, batch_size=spec.batch_size)
     torch.manual_seed(0)
-    model = build_model(
-        ModelSpec(backbone=spec.backbone, num_classes=spec.num_classes, memory_stages=spec.memory_stages)
-    ).to(device)
+    model = build_model(bench_model_spec(spec)).to(device)
     model.train()
     fast = mode != "plain"
     torch.backends.cudnn.benchmark = False  # ``plain`` is the loop without any speed setting
@@ -358,9 +311,7 @@ def measure(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) ->
 def profile_cpu_memory(spec: BenchSpec, mode: str, num_clips: int, device: torch.device) -> float:
     """``profiled_peak_gib`` of one step of ``mode`` after a warm-up step, on a fresh model."""
     torch.manual_seed(0)
-    model = build_model(
-        ModelSpec(backbone=spec.backbone, num_classes=spec.num_classes, memory_stages=spec.memory_stages)
-    ).to(device)
+    model = build_model(bench_model_spec(spec)).to(device)
     model.train()
     step = make_step(mode, model, device, spec)
     source = batches(replace(spec, workers=0), num_clips, device)
@@ -412,9 +363,7 @@ def compare_to_single(rows: list[BenchRow]) -> None:
 def meta_step_flops(spec: BenchSpec, mode: str, num_clips: int) -> int:
     """FLOPs of one step counted on the meta device: exact, instant, no memory, any size."""
     with torch.device("meta"):
-        model = build_model(
-            ModelSpec(backbone=spec.backbone, num_classes=spec.num_classes, memory_stages=spec.memory_stages)
-        )
+        model = build_model(bench_model_spec(spec))
     model.train()
     shape = (spec.batch_size, num_clips, 3, spec.clip_len, spec.crop_size, spec.crop_size)
     video = torch.empty(shape, device="meta")

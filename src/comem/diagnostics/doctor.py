@@ -32,8 +32,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -43,7 +41,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from comem.config import MODES, TrainConfig
 from comem.data.datasets import VideoSplits, collate_clips
@@ -52,6 +49,7 @@ from comem.data.formats import load_splits
 from comem.data.synthetic import SyntheticSpec, make_synthetic
 from comem.diagnostics.step_paths import Skipped, StepPath, StepResult, compare, run_step, step_paths
 from comem.engine.loaders import make_loader, resolve_device
+from comem.engine.provenance import devices, versions
 from comem.engine.trainer import train
 from comem.models.build import ModelSpec
 from comem.tasks.classification import ClassificationTask, make_dataset
@@ -109,64 +107,6 @@ class DoctorReport:
             "counts": self.counts(),
             "checks": [asdict(check) for check in self.checks],
         }
-
-
-def versions() -> dict[str, str | None]:
-    """Versions of comem and of what it runs on; ``None`` where there is none (no CUDA build)."""
-    import av
-    import torchvision
-
-    import comem
-
-    info: dict[str, str | None] = {
-        "comem": comem.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "av": av.__version__,
-        "libavcodec": ".".join(map(str, av.library_versions.get("libavcodec", ()))) or None,
-        "cuda": torch.version.cuda,
-        "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None,
-        "nccl": None,
-    }
-    if torch.version.cuda and dist.is_available() and dist.is_nccl_available():
-        version = torch.cuda.nccl.version()
-        info["nccl"] = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
-    return info
-
-
-def cpu_name() -> str:
-    """The processor's model name where Linux tells it, else its architecture."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith("model name") and ":" in line:
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def devices() -> list[dict[str, Any]]:
-    """The CPU and every CUDA device with its memory and compute capability."""
-    found: list[dict[str, Any]] = [
-        {
-            "device": "cpu",
-            "name": cpu_name(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-        }
-    ]
-    for index in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
-        properties = torch.cuda.get_device_properties(index)
-        found.append(
-            {
-                "device": f"cuda:{index}",
-                "name": properties.name,
-                "memory_gib": round(properties.total_memory / 2**30, 1),
-                "compute_capability": f"{properties.major}.{properties.minor}",
-                "multiprocessors": properties.multi_processor_count,
-            }
-        )
-    return found
 
 
 @dataclass

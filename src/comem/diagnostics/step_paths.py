@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -19,9 +19,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from comem.config import TrainConfig
-from comem.engine import modes
-from comem.engine.distributed import TrainingForward, step_hooks
-from comem.engine.modes import comem_step
+from comem.engine.distributed import TrainingForward, unwrap
+from comem.engine.modes import MODE_STEPS, StepOptions
 from comem.engine.performance import prepare_video, tune_model, uses_channels_last
 from comem.engine.precision import autocast_for
 from comem.engine.trainer import build_optimizer
@@ -105,20 +104,15 @@ def mode_step(
     autocast: Callable[[], contextlib.AbstractContextManager],
     scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The forward and backward of ``mode`` on one batch; returns the detached loss.
-
-    ``comem`` runs ``comem_step`` with the DDP hooks; every other mode ``m`` runs
-    ``comem.engine.modes.m_step(model, video, targets, autocast)``, with the model (or its DDP
-    wrapper) as the forward.
-    """
-    scale_loss = modes.unscaled if scale is None else (lambda loss: loss * scale)
-    if mode == "comem":
-        hooks = step_hooks(train_model)
-        return comem_step(model, video, targets, autocast, scale_loss=scale_loss, **hooks).loss
-    step = getattr(modes, f"{mode}_step", None)
-    if step is None:
-        raise RuntimeError(f"comem.engine.modes has no {mode}_step for mode {mode!r}")
-    return step(train_model, video, targets, autocast, scale_loss=scale_loss).loss
+    """The forward and backward of ``mode`` on one batch, through the engine's one dispatch
+    (``MODE_STEPS``) with ``train_model`` (``model`` or its DDP wrapper) and every backward on the
+    loss times ``scale`` (fp16's loss scale, None: 1); returns the detached loss."""
+    if unwrap(train_model) is not model:
+        raise ValueError("train_model must be model or its DDP wrapper")
+    options = StepOptions(autocast=autocast)
+    if scale is not None:
+        options = replace(options, scale_loss=lambda loss: loss * scale)
+    return MODE_STEPS[mode](train_model, video, targets, None, options).loss
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""Checkpoints written atomically (a crash mid-write never leaves a half-written ``last.pt``) and
-read without running code from the file (:mod:`comem.serialization`)."""
+"""Checkpoint files written atomically (a crash mid-write never leaves a half-written ``last.pt``) and
+read without running code from the file (:mod:`comem.serialization`). What the file holds and how its
+entries are interpreted: :mod:`comem.checkpoint_state`."""
 
 from __future__ import annotations
 
@@ -11,15 +12,12 @@ from typing import Any
 
 import torch
 
+from comem.checkpoint_state import CheckpointError
+from comem.engine.finite import check_finite_checkpoint
 from comem.engine.rng import numpy_state_as_plain
-from comem.errors import UserError
 from comem.serialization import read_torch_file
 
 TEMP_PATTERN = ".*.pt.*.tmp"  # what save_checkpoint writes before renaming
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint that is missing, unreadable or unwritable (message names the file)."""
 
 
 class _RecordingWriter:
@@ -100,11 +98,14 @@ def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A comem checkpoint's content (tensors and plain values); nothing in the file is run."""
+    """A comem checkpoint's content (tensors and plain values); nothing in the file is run. One whose
+    model holds nan or inf values (a diverged run) is refused: resuming, evaluating or predicting
+    with it would only give nan."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     state = read_torch_file(path, CheckpointError, "checkpoint")
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a comem checkpoint (no 'model' entry)")
+    check_finite_checkpoint(state, path)
     return _upgrade(state)

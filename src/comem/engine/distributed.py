@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -76,9 +77,15 @@ def is_main_process() -> bool:
     return context_from_env().is_main
 
 
-def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
+def init_distributed(
+    device: torch.device, *, timeout_minutes: float = 10.0
+) -> tuple[DistContext, torch.device]:
     """Join the process group torchrun set up (NCCL on GPUs, gloo on CPUs); on CUDA each process
-    takes the GPU of its local rank. Returns the context and this process's device."""
+    takes the GPU of its local rank. Returns the context and this process's device.
+
+    ``timeout_minutes``: how long a collective waits for a rank that stalled, died or was stopped
+    before it fails (:func:`stalled_message` says so in one line) instead of hanging for the
+    backend's default of half an hour or more."""
     context = context_from_env()
     if not context.enabled:
         return context, device
@@ -91,8 +98,25 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
         device = torch.device("cuda", context.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=timeout_minutes)
+        )
     return context, device
+
+
+class RankStalledError(UserError, RuntimeError):
+    """Another process of the run did not answer within ``--dist-timeout``."""
+
+
+def stalled_message(error: BaseException, context: DistContext, timeout_minutes: float) -> str:
+    """One line for a collective that failed: another rank stalled, died or was stopped."""
+    cause = " ".join(str(error).split())
+    cause = cause if len(cause) <= 160 else cause[:157] + "..."
+    return (
+        f"rank {context.rank} of {context.world_size}: another process did not answer within "
+        f"--dist-timeout {timeout_minutes:g} min (stalled, stopped or dead); the run stops "
+        f"({type(error).__name__}: {cause})"
+    )
 
 
 def shutdown_distributed() -> None:
@@ -147,6 +171,13 @@ def wrap_for_training(
     )
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a ``DistributedDataParallel`` wrapper (and comem's ``TrainingForward``)."""
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    return model.model if isinstance(model, TrainingForward) else model
+
+
 def step_hooks(train_model: nn.Module) -> dict[str, Any]:
     """Keyword arguments that make ``comem_step`` run its per-clip forwards through DDP and
     all-reduce once, after the last clip (the model's ``forward(clip, i, banks, cross_grads)`` is
@@ -157,10 +188,19 @@ def step_hooks(train_model: nn.Module) -> dict[str, Any]:
 
 
 class ShardSampler(Sampler[int]):
-    """Evaluation order for one rank: its strided share of ``range(size)`` (see ``DistContext.shard``)."""
+    """Evaluation order for one rank: whole batches of ``range(size)``, batch ``b`` on rank
+    ``b mod world_size``.
 
-    def __init__(self, size: int, context: DistContext) -> None:
-        self.indices = context.shard(torch.arange(size))
+    Every item then sits in the batch it has in one process with the same ``batch_size``, beside the
+    same items: the kernels a batch's shape picks (oneDNN's differ by batch size) round each item's
+    scores the same way, so a sharded evaluation scores every item as ``comem eval`` in one process
+    does. Ranks may get a different number of items (evaluation takes no collective per batch).
+    """
+
+    def __init__(self, size: int, context: DistContext, batch_size: int) -> None:
+        batches = torch.arange(size).split(batch_size)
+        mine = batches[context.rank :: context.world_size]
+        self.indices = torch.cat(mine) if mine else torch.arange(0)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices.tolist())
@@ -181,8 +221,7 @@ def gather_objects(value: Any, context: DistContext) -> list[Any]:
 def gather_predictions(own: list[tuple[int, Any]], skipped: list[str], context: DistContext) -> Predictions:
     """Every rank's ``(dataset index, prediction)`` pairs together, one per item in dataset order.
 
-    Ranks padded their share by wrapping around (:meth:`DistContext.shard`), so an item may come
-    twice; the first is kept.
+    An item a rank's share repeats (a padded share) counts once: the first is kept.
     """
     parts = gather_objects((own, skipped), context)
     by_index: dict[int, Any] = {}

@@ -7,22 +7,17 @@ model at every update, as MMEngine's EMA does by default, so the averaged weight
 with the model's current statistics.
 
 A checkpoint stores the average as ``ema`` (a state dict with the model's keys, loadable into the
-same model) and its update count as ``ema_updates``; :func:`checkpoint_weights` picks the weights
-``comem eval`` and ``comem predict`` use.
+same model) and its update count as ``ema_updates``; :func:`comem.checkpoint_state.checkpoint_weights`
+picks the weights ``comem eval`` and ``comem predict`` use.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-from comem.engine.checkpoint import CheckpointError
-
-WEIGHTS: tuple[str, ...] = ("ema", "raw")
 
 
 class WeightAverage:
@@ -50,17 +45,3 @@ class WeightAverage:
         """Restore what :meth:`state_dict` returned (a checkpoint's ``ema`` and ``ema_updates``)."""
         self.module.load_state_dict(state["ema"])
         self.average.n_averaged.fill_(state["ema_updates"])
-
-
-def checkpoint_weights(state: dict[str, Any], path: Path, weights: str | None = None) -> tuple[dict, str]:
-    """The weights of a training checkpoint to evaluate and their kind: the EMA when the run kept
-    one (``--ema-decay``; it also picked ``best.pt``), else the model's; ``weights`` (``ema`` or
-    ``raw``) chooses explicitly."""
-    if weights is not None and weights not in WEIGHTS:
-        raise ValueError(f"weights must be one of {', '.join(WEIGHTS)}; got {weights!r}")
-    has_ema = isinstance(state.get("ema"), dict)
-    if weights == "ema" and not has_ema:
-        raise CheckpointError(f"{path}: has no EMA weights (trained without --ema-decay)")
-    if has_ema and weights != "raw":
-        return state["ema"], "ema"
-    return state["model"], "raw"

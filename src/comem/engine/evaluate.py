@@ -1,6 +1,6 @@
 """Evaluation of any task, in one process or sharded over the processes torchrun starts.
 
-Each rank predicts its strided share of the dataset (``ShardSampler``), the ``(index, prediction)``
+Each rank predicts its share of the dataset's batches (``ShardSampler``), the ``(index, prediction)``
 pairs of all ranks are gathered in dataset order, and the task turns them into metrics and reports
 on rank 0, so a sharded evaluation reports exactly what one process does.
 """
@@ -40,7 +40,7 @@ def predict_dataset(
 ) -> Predictions:
     """The task's predictions of every item of ``dataset`` (this rank's share, then gathered)."""
     model.eval()
-    sampler = ShardSampler(len(dataset), context) if context.enabled else None
+    sampler = ShardSampler(len(dataset), context, config.batch_size) if context.enabled else None
     loader = make_loader(dataset, task.collate, config, sampler, device, drop_last=False)
     step = StepEngine(config, model, model, device).context()
     own: list[tuple[int, Any]] = []

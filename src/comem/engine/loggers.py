@@ -66,10 +66,9 @@ class TensorBoardLogger:
             self.writer.add_scalar(f"train/{key}", value, step)
 
     def log_epoch(self, step: int, history: Sequence[Mapping[str, Any]]) -> None:
-        record = history[-1]
+        record = history[-1]  # at the run's step count, the x of the per-step series (as in W&B)
         for key, value in record.items():
-            if key != "epoch":
-                self.writer.add_scalar(epoch_tag(key), value, record["epoch"])
+            self.writer.add_scalar(epoch_tag(key) if key != "epoch" else key, value, step)
 
     def close(self) -> None:
         self.writer.close()
@@ -187,13 +186,18 @@ def open_loggers(
     return RunLoggers(loggers)
 
 
+# Words of an epoch record's keys whose values are percentages (top-1, mean class accuracy, mAP).
+PERCENT_WORDS = ("top1", "top5", "acc", "mAP")
+
+
 def plot_training_curves(path: Path, history: Sequence[dict[str, Any]]) -> None:
-    """Loss and accuracy/mAP per epoch from the trainer's history (one dict per finished epoch)."""
+    """Loss and accuracy/mAP per epoch from the trainer's history (one dict per finished epoch); other
+    values of the records (learning rate, video counts) are not drawn."""
     figure = Figure(figsize=(10.0, 4.0))
     loss_axes, score_axes = figure.subplots(1, 2)
     epochs = [record["epoch"] for record in history]
     keys = sorted({key for record in history for key in record if key.startswith(("train_", "val_"))})
-    for key in keys:
+    for key in [key for key in keys if key.endswith("loss") or any(word in key for word in PERCENT_WORDS)]:
         points = [(record["epoch"], record[key]) for record in history if key in record]
         x, y = zip(*points, strict=True)
         axes = loss_axes if key.endswith("loss") else score_axes

@@ -1,7 +1,8 @@
-"""One optimisation step's forward/backward for each training mode (shared/method.md, "Training").
+"""One optimisation step's forward/backward for each training mode (docs/method.md, "Training"),
+and :data:`MODE_STEPS`, the one table from a mode's name to its step.
 
 Each function computes the loss of one batch and calls ``backward``; the caller zeroes gradients
-before and steps the optimizer after, so the three modes differ only in how gradients are made:
+before and steps the optimizer after, so the four modes differ only in how gradients are made:
 
 - ``single``: one clip per video; the usual baseline.
 - ``tsn``: N clips per video, each on its own (no shared memory), clip scores averaged before the
@@ -10,18 +11,25 @@ before and steps the optimizer after, so the three modes differ only in how grad
 - ``comem``: a no-grad pass builds the memory of all N clips, then each clip runs forward and
   backward on its own reading that memory; gradients accumulate over the clips. Peak activation
   memory is that of one clip.
+
+Every entry of :data:`MODE_STEPS` takes the same arguments, ``(model, video, targets, options)``
+with the model or its DDP wrapper and the rest of the step's settings in one :class:`StepOptions`;
+``comem.step``, ``comem train`` (through each task), ``comem bench`` and ``comem doctor`` all
+dispatch through it.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from comem.engine.distributed import step_hooks, unwrap
 from comem.models.contract import Bank, MemoryPass, TwoPassModel
 
 MemoryPassBN = Literal["batch", "eval"]
@@ -310,7 +318,7 @@ def comem_step(
     """The two-pass, memory-flat scheme. ``video`` is (B, N, C, T, H, W), ``times`` (B, N) its
     clips' times (given to every memory read).
 
-    ``memory_chunk`` clips of each video run per no-grad forward (see ``VideoModel.memory_pass``).
+    ``memory_chunk`` clips of each video run per no-grad forward (see ``TwoPassModel.memory_pass``).
     ``cross_clip`` also trains each clip's path by the gradient the other clips' losses send to
     its summaries (``cross_clip_gradients``), which joint training has and the plain two-pass
     scheme (the default) drops. Under DDP, ``forward_clip`` is the DDP-wrapped
@@ -318,7 +326,7 @@ def comem_step(
     ``no_sync`` its ``no_sync``, which suppresses the all-reduce for every clip but the last.
     ``video_loss``: the loss of the clips' mean scores (``video_level_loss``), through
     ``video_loss_gradients``. The uint8 ``video`` is converted one clip (memory pass: one chunk)
-    at a time, by the model (``VideoModel.prepare``).
+    at a time, by the model (``TwoPassModel.prepare``).
     """
     num_clips = video.shape[1]
     forward_clip = forward_clip or model.forward_clip
@@ -357,3 +365,119 @@ def comem_step(
     if video_loss:
         total = video_loss_value
     return StepOutput(total, torch.stack(clip_logits, dim=1))
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How a step runs, whatever its mode: the settings of ``comem.step`` besides the mode (its
+    docstring says what each does). Each mode's step reads the ones it uses."""
+
+    loss_fn: LossFn = clip_loss
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    memory_pass_bn: MemoryPassBN = "batch"
+    memory_chunk: int = 1
+    cross_clip: bool = False
+    scale_loss: LossScale = unscaled
+    video_loss: bool = False
+    backward: Backward = autograd_backward
+
+
+Times = torch.Tensor | None  # (B, N) each clip's time in its video (``comem.memory``), None: even
+
+# A mode's step: (model or its DDP wrapper, video (B, N, C, T, H, W), targets, times, options) -> StepOutput.
+ModeStep = Callable[[nn.Module, torch.Tensor, torch.Tensor, Times, StepOptions], StepOutput]
+
+
+def one_clip_per_video(
+    video: torch.Tensor, targets: torch.Tensor, times: Times = None
+) -> tuple[torch.Tensor, torch.Tensor, Times]:
+    """``single`` mode's input: a clip batch (B, C, T, H, W) becomes (B, 1, ...); of N > 1 clips one
+    per video is drawn at random (the usual one-clip sampling), with its per-clip target and its
+    time (B, 1) if any."""
+    if video.ndim == 5:
+        return video[:, None], targets, None if times is None else times.reshape(-1, 1)
+    if video.shape[1] == 1:
+        return video, targets, times
+    choice = torch.randint(video.shape[1], (video.shape[0],), device=video.device)
+    rows = torch.arange(video.shape[0], device=video.device)
+    if targets.ndim == 3:
+        targets = targets[rows, choice][:, None]
+    if times is not None:
+        times = times[rows, choice][:, None]
+    return video[rows, choice][:, None], targets, times
+
+
+def _single(
+    model: nn.Module, video: torch.Tensor, targets: torch.Tensor, times: Times, options: StepOptions
+) -> StepOutput:
+    video, targets, times = one_clip_per_video(video, targets, times)
+    return single_step(
+        model,
+        video,
+        targets,
+        options.autocast,
+        loss_fn=options.loss_fn,
+        scale_loss=options.scale_loss,
+        times=times,
+        backward=options.backward,
+    )
+
+
+def _tsn(
+    model: nn.Module, video: torch.Tensor, targets: torch.Tensor, times: Times, options: StepOptions
+) -> StepOutput:
+    return tsn_step(
+        model,
+        video,
+        targets,
+        options.autocast,
+        loss_fn=options.loss_fn,
+        scale_loss=options.scale_loss,
+        times=times,
+        backward=options.backward,
+    )
+
+
+def _joint(
+    model: nn.Module, video: torch.Tensor, targets: torch.Tensor, times: Times, options: StepOptions
+) -> StepOutput:
+    return joint_step(
+        model,
+        video,
+        targets,
+        options.autocast,
+        loss_fn=options.loss_fn,
+        scale_loss=options.scale_loss,
+        video_loss=options.video_loss,
+        times=times,
+        backward=options.backward,
+    )
+
+
+def _comem(
+    model: nn.Module, video: torch.Tensor, targets: torch.Tensor, times: Times, options: StepOptions
+) -> StepOutput:
+    """The two passes run on the model itself; under DDP its wrapper carries the per-clip forwards."""
+    return comem_step(
+        unwrap(model),
+        video,
+        targets,
+        options.autocast,
+        memory_pass_bn=options.memory_pass_bn,
+        memory_chunk=options.memory_chunk,
+        cross_clip=options.cross_clip,
+        loss_fn=options.loss_fn,
+        scale_loss=options.scale_loss,
+        video_loss=options.video_loss,
+        times=times,
+        backward=options.backward,
+        **step_hooks(model),
+    )
+
+
+# The one dispatch of a training mode, in the order of ``comem.config.MODES`` (the names ``--mode`` takes).
+MODE_STEPS: dict[str, ModeStep] = {"single": _single, "tsn": _tsn, "joint": _joint, "comem": _comem}
+
+# The modes whose step builds every clip's memory entry in a no-grad pass first, then runs each clip's
+# forward and backward alone (a task with its own loss, like AVA, asks ``StepContext.two_pass``).
+TWO_PASS_MODES: tuple[str, ...] = ("comem",)

@@ -8,12 +8,18 @@
   process dies, however it dies, so a lock file left by a dead run does not block;
 - refuses a fresh run into a directory that holds one (``--resume`` continues it, ``--overwrite``
   replaces it);
+- refuses a fresh run into a directory holding files comem did not write (listed; ``--overwrite``
+  accepts them and leaves them as they are, though comem's own file names, ``config.yaml`` say, are
+  replaced): every file of a directory no comem run has claimed (no lock file) counts as the user's,
+  and in a claimed one every name a run does not write. ``--out`` inside the ``--data`` folder is
+  refused whatever it holds;
 - removes temporary checkpoint files a killed run left behind.
 """
 
 from __future__ import annotations
 
 import errno
+import fnmatch
 import logging
 import os
 import shutil
@@ -21,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from comem.engine.checkpoint import remove_stale_temps
+from comem.engine.checkpoint import TEMP_PATTERN, remove_stale_temps
 from comem.errors import UserError
 
 try:
@@ -38,6 +44,8 @@ REPLACED_OUTPUTS = (
     *("curves.png", "classes.txt", "tb", "train.log", "config.yaml", "env.json"),
     *("detections_val.csv", "eval_val.json"),
 )
+# Everything else a run or ``comem eval`` beside its checkpoints may write (``eval_<split>_<name>/``).
+OTHER_OUTPUTS = ("steps.csv", "metrics.csv", "ema", "wandb", LOCK_NAME)
 _held: set[Path] = set()  # run directories this process holds (a nested claim of one is a no-op)
 
 
@@ -92,6 +100,48 @@ def _lock(out: Path) -> int:
     return handle
 
 
+def comem_wrote(name: str) -> bool:
+    """Whether a run directory's entry ``name`` is one comem writes there."""
+    return (
+        name in REPLACED_OUTPUTS
+        or name in OTHER_OUTPUTS
+        or name.startswith("eval_")
+        or fnmatch.fnmatch(name, TEMP_PATTERN)
+    )
+
+
+def foreign_files(out: Path) -> list[str]:
+    """The entries of ``out`` comem did not write (all of them where no comem run claimed ``out``)."""
+    if not out.is_dir():
+        return []
+    names = sorted(entry.name for entry in out.iterdir())
+    if (out / LOCK_NAME).exists():
+        return [name for name in names if not comem_wrote(name)]
+    return names
+
+
+def _check_not_data(out: Path, data: str | Path | None) -> None:
+    if data is None:
+        return
+    data = Path(data).resolve()
+    if out.resolve() == data or data in out.resolve().parents:
+        raise RunDirError(
+            f"{out}: --out is inside the --data folder {data}; choose an --out outside the dataset"
+        )
+
+
+def _check_foreign(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if overwrite or (resume and (out / "last.pt").exists()):
+        return
+    foreign = foreign_files(out)
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+        raise RunDirError(
+            f"{out}: holds files comem did not write ({shown}); choose an empty or new --out, "
+            "or pass --overwrite to write the run beside them"
+        )
+
+
 def _check_not_a_run(out: Path, *, resume: bool, overwrite: bool) -> None:
     found = [name for name in RUN_OUTPUTS if (out / name).exists()]
     if not found or overwrite or (resume and (out / "last.pt").exists()):
@@ -112,7 +162,14 @@ def _check_not_a_run(out: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 @contextmanager
-def claim_run_dir(out: str | Path, *, resume: bool, overwrite: bool, main: bool = True) -> Iterator[Path]:
+def claim_run_dir(
+    out: str | Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    main: bool = True,
+    data: str | Path | None = None,
+) -> Iterator[Path]:
     """Hold ``out`` for one training run (see the module docstring); released on exit.
 
     ``main``: whether this process writes the run's files (rank 0 under torchrun); the other ranks
@@ -123,6 +180,8 @@ def claim_run_dir(out: str | Path, *, resume: bool, overwrite: bool, main: bool 
     if not main or out.resolve() in _held:
         yield out
         return
+    _check_not_data(out, data)
+    _check_foreign(out, resume=resume, overwrite=overwrite)
     _make_dir(out)
     handle = _lock(out)
     _held.add(out.resolve())

@@ -2,62 +2,23 @@
 
 A model "runs like a VideoModel" when it offers ``forward(video)`` -> (B, N, ...) per-clip logits,
 ``memory_bank(video, chunk=...)`` and ``forward_clip(clip, i, banks)``: comem's own models and any
-network passed through :func:`comem.wrap`. The same dispatch serves ``comem train`` and a user's
-own loop; under ``DistributedDataParallel`` the gradient-carrying forwards go through the DDP
-wrapper and the comem mode all-reduces once per step.
+network passed through :func:`comem.wrap`. The same dispatch (:data:`comem.engine.modes.MODE_STEPS`)
+serves ``comem train`` and a user's own loop; under ``DistributedDataParallel`` the gradient-carrying
+forwards go through the DDP wrapper and the comem mode all-reduces once per step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from comem.config import MODES
-from comem.engine.distributed import TrainingForward, step_hooks
-from comem.engine.modes import (
-    Backward,
-    LossFn,
-    LossScale,
-    MemoryPassBN,
-    StepOutput,
-    autograd_backward,
-    clip_loss,
-    comem_step,
-    joint_step,
-    single_step,
-    tsn_step,
-    unscaled,
-)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a ``DistributedDataParallel`` wrapper (and comem's ``TrainingForward``)."""
-    if isinstance(model, DistributedDataParallel):
-        model = model.module
-    return model.model if isinstance(model, TrainingForward) else model
-
-
-def one_clip_per_video(
-    video: torch.Tensor, targets: torch.Tensor, times: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``single`` mode's input: a clip batch (B, C, T, H, W) becomes (B, 1, ...); of N > 1 clips one
-    per video is drawn at random (the usual one-clip sampling), with its per-clip target and its
-    time (B, 1) if any."""
-    if video.ndim == 5:
-        return video[:, None], targets, None if times is None else times.reshape(-1, 1)
-    if video.shape[1] == 1:
-        return video, targets, times
-    choice = torch.randint(video.shape[1], (video.shape[0],), device=video.device)
-    rows = torch.arange(video.shape[0], device=video.device)
-    if targets.ndim == 3:
-        targets = targets[rows, choice][:, None]
-    if times is not None:
-        times = times[rows, choice][:, None]
-    return video[rows, choice][:, None], targets, times
+from comem.engine.modes import MODE_STEPS, Backward, LossFn, LossScale, MemoryPassBN, StepOptions, StepOutput
 
 
 def train_step(
@@ -66,59 +27,24 @@ def train_step(
     targets: torch.Tensor,
     *,
     mode: str = "comem",
-    loss_fn: LossFn | None = None,
-    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
-    memory_pass_bn: MemoryPassBN = "batch",
-    memory_chunk: int = 1,
-    cross_clip: bool = False,
-    scale_loss: LossScale | None = None,
-    video_loss: bool = False,
     times: torch.Tensor | None = None,
-    backward: Backward | None = None,
+    options: StepOptions | None = None,
+    **settings: Any,
 ) -> StepOutput:
     """Forward and backward of one batch in ``mode``; the caller zeroes gradients and steps.
 
     ``model`` is the model or its ``DistributedDataParallel`` wrapper; ``video`` (B, N, C, T, H, W);
-    ``targets`` class indices (B,), multi-hot (B, K) or per-clip (B, N, K). Every backward runs on
-    ``scale_loss(loss)`` (e.g. ``GradScaler.scale``). Returns the detached, unscaled loss and
-    per-clip logits (B, N, K).
+    ``targets`` class indices (B,), multi-hot (B, K) or per-clip (B, N, K); ``times`` (B, N) the
+    clips' times in their videos (None: spread evenly). ``options`` (default
+    :class:`StepOptions`), with any of its fields replaced by ``settings`` given by name (None: the
+    default). Every backward runs on ``options.scale_loss(loss)`` (e.g. ``GradScaler.scale``).
+    Returns the detached, unscaled loss and per-clip logits (B, N, K).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    autocast = autocast or contextlib.nullcontext
-    loss_fn = loss_fn or clip_loss
-    scale_loss = scale_loss or unscaled
-    passes = {"times": times, "backward": backward or autograd_backward}
-    if mode == "comem":
-        return comem_step(
-            unwrap(model),
-            video,
-            targets,
-            autocast,
-            memory_pass_bn=memory_pass_bn,
-            memory_chunk=memory_chunk,
-            cross_clip=cross_clip,
-            loss_fn=loss_fn,
-            scale_loss=scale_loss,
-            video_loss=video_loss,
-            **passes,
-            **step_hooks(model),
-        )
-    if mode == "joint":
-        return joint_step(
-            model,
-            video,
-            targets,
-            autocast,
-            loss_fn=loss_fn,
-            scale_loss=scale_loss,
-            video_loss=video_loss,
-            **passes,
-        )
-    if mode == "tsn":
-        return tsn_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, **passes)
-    video, targets, passes["times"] = one_clip_per_video(video, targets, times)
-    return single_step(model, video, targets, autocast, loss_fn=loss_fn, scale_loss=scale_loss, **passes)
+    given = {name: value for name, value in settings.items() if value is not None}
+    options = dataclasses.replace(options or StepOptions(), **given)
+    return MODE_STEPS[mode](model, video, targets, times, options)
 
 
 def step(
@@ -177,18 +103,8 @@ def step(
 
     The caller owns the optimizer: zero the gradients before, step after.
     """
-    return train_step(
-        model,
-        video,
-        target,
-        mode=mode,
-        loss_fn=loss_fn,
-        autocast=autocast,
-        memory_pass_bn=memory_pass_bn,
-        memory_chunk=memory_chunk,
-        cross_clip=cross_clip,
-        scale_loss=scale_loss,
-        video_loss=video_loss,
-        times=times,
-        backward=backward,
-    ).loss
+    options = StepOptions(
+        memory_pass_bn=memory_pass_bn, memory_chunk=memory_chunk, cross_clip=cross_clip, video_loss=video_loss
+    )
+    settings = {"loss_fn": loss_fn, "autocast": autocast, "scale_loss": scale_loss, "backward": backward}
+    return train_step(model, video, target, mode=mode, times=times, options=options, **settings).loss

@@ -16,7 +16,14 @@ from typing import Any
 import torch
 
 from comem.config import TrainConfig
-from comem.engine.modes import LossFn, StepOutput, eval_batchnorm, preserved_batchnorm_stats
+from comem.engine.modes import (
+    TWO_PASS_MODES,
+    LossFn,
+    StepOptions,
+    StepOutput,
+    eval_batchnorm,
+    preserved_batchnorm_stats,
+)
 from comem.engine.performance import prepare_video, uses_channels_last
 from comem.engine.precision import autocast_for
 from comem.engine.step import train_step
@@ -72,13 +79,10 @@ class StepEngine:
     def run_mode(
         self, video: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn | None = None
     ) -> StepOutput:
+        """The step of the run's mode (``MODE_STEPS``) with the run's settings (``loss_fn`` None:
+        the default clip loss)."""
         config = self.config
-        return train_step(
-            self.train_model,
-            video,
-            targets,
-            mode=config.mode,
-            loss_fn=loss_fn,
+        options = StepOptions(
             autocast=self.autocast,
             memory_pass_bn=config.memory_pass_bn,
             memory_chunk=config.memory_chunk,
@@ -86,10 +90,14 @@ class StepEngine:
             scale_loss=self.scale_loss,
             video_loss=config.video_loss,
         )
+        return train_step(
+            self.train_model, video, targets, mode=config.mode, options=options, loss_fn=loss_fn
+        )
 
     def context(self) -> StepContext:
         return StepContext(
             mode=self.config.mode,
+            two_pass=self.config.mode in TWO_PASS_MODES,
             model=self.model,
             to_input=self.to_input,
             autocast=self.autocast,

@@ -1,9 +1,10 @@
 """Stopping a training run on a signal at a step boundary, so the saved state resumes exactly.
 
-SIGINT (Ctrl-C), SIGTERM (how SLURM, Kubernetes and torchrun stop jobs) and SIGUSR1 (SLURM's
-pre-emption warning, ``--signal=USR1@120``) only set a flag: the step under way finishes (its
-optimizer update, BatchNorm statistics, random draws and counters all belong to it), the loop saves
-``last.pt`` at that step boundary, prints one line and the command exits with ``128 + signal``.
+SIGINT (Ctrl-C), SIGTERM (how SLURM, Kubernetes and torchrun stop jobs), SIGHUP (the terminal or
+ssh session closed) and SIGUSR1 (SLURM's pre-emption warning, ``--signal=USR1@120``) only set a
+flag: the step under way finishes (its optimizer update, BatchNorm statistics, random draws and
+counters all belong to it), the loop saves ``last.pt`` at that step boundary, prints one line and
+the command exits with ``128 + signal``.
 
 Under torchrun the ranks vote after every step (one all-reduce): when any rank got a signal, all of
 them stop after the same step and save together. A second signal while stopping ends the process at
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from comem.engine.distributed import DistContext
 
 STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name)
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1") if hasattr(signal, name)
 )
 
 

@@ -34,11 +34,13 @@ import torch
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
+from comem.checkpoint_state import checkpoint_config
 from comem.config import TrainConfig
 from comem.data.datasets import DatasetFormatError
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.engine.distributed import (
     DistContext,
+    RankStalledError,
     all_ranks,
     broadcast_buffers,
     broadcast_object,
@@ -46,11 +48,13 @@ from comem.engine.distributed import (
     gather_objects,
     init_distributed,
     shutdown_distributed,
+    stalled_message,
     sum_over_ranks,
     wrap_for_training,
 )
 from comem.engine.ema import WeightAverage
 from comem.engine.evaluate import predict_dataset, to_device
+from comem.engine.finite import NonFiniteError, nonfinite_in_model
 from comem.engine.loaders import drops_last, make_loader, resolve_device
 from comem.engine.loggers import RunLoggers, open_loggers, plot_training_curves
 from comem.engine.performance import tune_model, uses_channels_last
@@ -61,9 +65,9 @@ from comem.engine.rng import restore_rng_state, rng_state, seed_everything
 from comem.engine.run_dir import claim_run_dir
 from comem.engine.step_engine import StepEngine
 from comem.engine.stopping import StopSignals, TrainingStopped, stopped_message
+from comem.errors import UserError
 from comem.files import write_json
 from comem.tasks.base import StepResult, Task
-from comem.tasks.common import checkpoint_config
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +151,9 @@ class Trainer:
         self.config = config.validate()
         self.task = task
         self.out = Path(config.out)
-        self.dist, self.device = init_distributed(resolve_device(config.device))
+        self.dist, self.device = init_distributed(
+            resolve_device(config.device), timeout_minutes=config.dist_timeout
+        )
         seed_everything(config.seed)
         self.model = task.build_model()
         self.model.to(self.device)
@@ -188,6 +194,8 @@ class Trainer:
         self.epoch_items = 0
         self.logger_state: dict[str, Any] = {}  # what resumes the loggers (the W&B run id)
         self.stop = StopSignals()
+        self.nonfinite_losses = 0  # steps in a row whose loss was nan or inf (on any rank)
+        self.saved_step: int | None = None  # the global step out/last.pt holds
 
     # --- checkpoints -------------------------------------------------------------------------
     def running(self) -> list[float]:
@@ -225,6 +233,8 @@ class Trainer:
         state = self.state()  # under DDP every rank takes part (gathering rank states), rank 0 writes
         if self.dist.is_main:
             save_checkpoint(state, self.out / name)
+        if name == "last.pt":
+            self.saved_step = self.global_step
 
     def resume(self) -> bool:
         """Continue from ``out/last.pt`` if it exists; returns whether it did."""
@@ -242,6 +252,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.history = state["global_step"], state["history"]
+        self.saved_step = self.global_step
         self.skipped = state.get("skipped", {})
         self.logger_state = state.get("loggers", {})
         if self.ema is not None and "ema" in state:  # else the average starts from these weights
@@ -304,6 +315,37 @@ class Trainer:
         if updated and self.ema is not None:
             self.ema.update(self.model)
         return updated
+
+    def check_finite(self, loss: float) -> None:
+        """Stop the run, saving nothing, when the weights or BatchNorm statistics (of the model or its
+        weight average) turned non-finite, or after ``nonfinite_steps`` steps in a row with a
+        non-finite loss on any rank. Called after every step, before any checkpoint of it is
+        written, so no checkpoint ever holds a non-finite model."""
+        self.nonfinite_losses = 0 if math.isfinite(loss) else self.nonfinite_losses + 1
+        tensor = nonfinite_in_model(self.model)
+        if tensor is None and self.ema is not None:
+            tensor = nonfinite_in_model(self.ema.module)
+            tensor = None if tensor is None else f"the weight average's {tensor}"
+        losses, broken = self.nonfinite_losses, tensor is not None
+        if self.dist.enabled:  # every rank stops at the same step
+            vote = torch.tensor([losses, int(broken)], device=self.device)
+            torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MAX)
+            losses, broken = int(vote[0]), bool(vote[1])
+        if not broken and losses < self.config.nonfinite_steps:
+            return
+        if broken:
+            what = f"{tensor or 'a tensor of another rank'} holds nan or inf"
+        else:
+            what = f"the loss was nan or inf for {losses} steps in a row (last: {loss})"
+        kept = (
+            f"{self.out / 'last.pt'} holds step {self.saved_step}, the last finite state"
+            if self.saved_step is not None and (self.out / "last.pt").exists()
+            else "nothing was saved"
+        )
+        raise NonFiniteError(
+            f"step {self.global_step} (epoch {self.epoch + 1}): {what}; the run diverged and stopped "
+            f"without saving this step ({kept}); try a lower --lr or --clip-grad"
+        )
 
     def evaluate(self) -> dict[str, float]:
         """Validation metrics of the model and, with ``ema_decay``, of the weight average
@@ -419,6 +461,8 @@ class Trainer:
             self.step_in_epoch += 1
             self.global_step += 1
             bar.update(1)
+            if usable:
+                self.check_finite(result.loss)
             if config.save_every and self.global_step % config.save_every == 0:
                 self.save()
             if self.stop.due(self.dist, self.device):
@@ -467,9 +511,11 @@ class Trainer:
         self.epoch_loss_sum, self.epoch_correct, self.epoch_items = 0.0, 0, 0
         key = self.selection_key
         best = max((h.get(key, -1.0) for h in self.history[:-1]), default=-1.0)
-        self.save()
+        # best.pt first: a stop between the two writes leaves last.pt at an earlier step, whose
+        # resumed run repeats this epoch exactly and writes best.pt again
         if record.get(key, -1.0) > best:
             self.save("best.pt")
+        self.save()
         if self.dist.is_main:
             write_json(self.out / "metrics.json", self.metrics())
             plot_training_curves(self.out / "curves.png", self.history)
@@ -498,11 +544,21 @@ class Trainer:
 def train(config: TrainConfig, task: Task) -> dict[str, Any]:
     """Run ``task`` to the end in its claimed ``config.out``; returns what ``metrics.json`` holds."""
     config.validate()
+    context = context_from_env()
     claim = claim_run_dir(
-        config.out, resume=config.resume, overwrite=config.overwrite, main=context_from_env().is_main
+        config.out,
+        resume=config.resume,
+        overwrite=config.overwrite,
+        main=context.is_main,
+        data=config.data,
     )
     with claim:
         try:
             return Trainer(config, task).run()
+        except RuntimeError as error:
+            if not context.enabled or isinstance(error, UserError):
+                raise
+            # a collective failed (timed out, or its peer is gone): not a bug of this rank
+            raise RankStalledError(stalled_message(error, context, config.dist_timeout)) from error
         finally:
             shutdown_distributed()

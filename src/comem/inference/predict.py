@@ -11,6 +11,7 @@ every clip drew on. Videos shorter than a clip repeat their last frame, as in tr
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from comem.errors import UserError
 from comem.models.build import Bank
 from comem.models.normalization import Normalization
 from comem.tasks.classification import clip_probabilities, video_scores
+
+log = logging.getLogger(__name__)
 
 # Thumbnails (each clip's middle frame) are kept at most this short side: legible in a timeline.
 THUMBNAIL_SHORT_SIDE = 160
@@ -251,6 +254,14 @@ def predict_video(
         )
         kept = reader.read(indices, _transform(config, reader.height, reader.width, crops))  # (N, T) records
         num_frames, fps, height, width = reader.num_frames, reader.fps, reader.height, reader.width
+        stated = reader.header_frames
+        if stated > num_frames:
+            rate = fps or 30.0
+            log.warning(
+                f"{path}: ends after {num_frames} of the {stated} frames its header states "
+                f"({num_frames / rate:.1f} s of {stated / rate:.1f} s; a cut-off download?): "
+                "predicted from the frames it holds"
+            )
     return _prediction(
         trained, kept, indices, str(path), (num_frames, fps, height, width), crops, aggregate, device
     )

@@ -15,11 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from comem.checkpoint_state import CheckpointError, checkpoint_weights, config_from_state, is_multi_label
 from comem.config import ConfigError, TrainConfig, config_fields
-from comem.engine.checkpoint import CheckpointError
-from comem.engine.ema import checkpoint_weights
 from comem.inference.predict import VideoPrediction, predict_clips, predict_frames, predict_video
-from comem.inference.trained import config_from_state, is_multi_label, load_trained
+from comem.inference.trained import load_trained
 from comem.models.normalization import PYSLOWFAST, Normalization, normalization
 
 

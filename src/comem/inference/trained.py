@@ -12,11 +12,17 @@ from pathlib import Path
 
 import torch
 
+from comem.checkpoint_state import (
+    CheckpointError,
+    checkpoint_weights,
+    config_from_state,
+    is_multi_label,
+    spec_from_state,
+    stored_task,
+)
 from comem.config import TrainConfig
-from comem.engine.checkpoint import CheckpointError, load_checkpoint
-from comem.engine.ema import checkpoint_weights
+from comem.engine.checkpoint import load_checkpoint
 from comem.models.build import ModelSpec, VideoModel, build_model
-from comem.tasks.common import config_from_state, spec_from_state
 
 
 @dataclass
@@ -33,14 +39,6 @@ class TrainedModel:
     weights: str = "raw"  # "ema": the weight average of a run with --ema-decay
 
 
-def is_multi_label(state: dict) -> bool:
-    """Whether the run had multi-hot labels: recorded by the trainer, or (older checkpoints) seen
-    from its validation history, which reports mAP only for multi-label data."""
-    if "multi_label" in state:
-        return bool(state["multi_label"])
-    return any("val_mAP" in record for record in state.get("history", []))
-
-
 def load_trained(
     checkpoint: str | Path, device: torch.device, *, state: dict | None = None, weights: str | None = None
 ) -> TrainedModel:
@@ -48,11 +46,11 @@ def load_trained(
 
     ``state``: the checkpoint already read by the caller, so it is not read twice. ``weights``:
     ``ema`` or ``raw``; default the weight average when the run kept one (``--ema-decay``), else
-    the model's (see :func:`comem.engine.ema.checkpoint_weights`).
+    the model's (see :func:`comem.checkpoint_state.checkpoint_weights`).
     """
     path = Path(checkpoint)
     state = load_checkpoint(path) if state is None else state
-    if state.get("config", {}).get("task") == "ava":
+    if stored_task(state) == "ava":
         raise CheckpointError(
             f"{path}: an AVA detection checkpoint (comem train --task ava): score it with comem eval; "
             "this command needs a video classification one"

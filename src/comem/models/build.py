@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from comem.choices import DEFAULT_MEMORY_STAGES
 from comem.errors import UserError
 from comem.models.backbones import build_backbone
 from comem.models.contract import (
@@ -47,10 +48,6 @@ __all__ = [
     "Bank",
     "MemoryPass",
 ]
-
-# A memory after every stage, the stem included: the memory then compares what the clips show one or
-# two layers from the pixels, where telling colours apart is cheap to learn (docs/learning.md).
-DEFAULT_MEMORY_STAGES: tuple[str, ...] = ("all",)
 
 
 @dataclass(frozen=True)

@@ -15,56 +15,23 @@ run them alike:
 - ``pathways``: a list of channels-first maps, one per pathway (SlowFast): ``PathwayMemory``, one
   memory per pathway as the paper does ("each pathway gets its own module").
 
-``MemoryOptions`` is the one record of the memory's options, carried from the config (or
-``comem.wrap``'s keyword arguments) to every memory.
+``MemoryOptions`` (``comem/memory_options.py``) is the one record of the memory's options, carried
+from the config (or ``comem.wrap``'s keyword arguments) to every memory.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 from torch import nn
 
-from comem.errors import UserError
-from comem.memory import FUSION_KINDS, MEMORY_KINDS, SUMMARY_KINDS, CollaborativeMemory, pool
+from comem.memory import CollaborativeMemory, pool
+from comem.memory_options import MemoryOptions
 
 Layout = Literal["channels_first", "channels_last", "tokens", "tokens_cls", "pathways"]
 LAYOUTS: tuple[str, ...] = get_args(Layout)
 Width = int | tuple[int, ...]  # channels of a stage's output, or of each pathway's map
-
-
-class MemoryOptionError(UserError, ValueError):
-    """A memory option outside its choices."""
-
-
-@dataclass(frozen=True)
-class MemoryOptions:
-    """``CollaborativeMemory``'s options (see its docstring), as one record; checked when made."""
-
-    memory: str = "attention"
-    fusion: str = "gate"
-    key_dim: int | None = None
-    gate_hidden: int | None = 64
-    summary: str = "meanmax"
-    entry_hidden: int | None = None
-
-    def __post_init__(self) -> None:
-        for name, choices in (("memory", MEMORY_KINDS), ("fusion", FUSION_KINDS), ("summary", SUMMARY_KINDS)):
-            if getattr(self, name) not in choices:
-                raise MemoryOptionError(
-                    f"memory option {name}={getattr(self, name)!r}: not one of {', '.join(choices)}"
-                )
-        for name in ("key_dim", "gate_hidden", "entry_hidden"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise MemoryOptionError(f"memory option {name}={value!r}: not a positive integer or None")
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """The options as ``CollaborativeMemory``'s keyword arguments."""
-        return dataclasses.asdict(self)
 
 
 class Tokens(NamedTuple):

@@ -51,6 +51,7 @@ class StepContext:
     """
 
     mode: str
+    two_pass: bool  # the mode builds the memory in a no-grad pass, then each clip trains alone (comem)
     model: nn.Module
     to_input: Callable[[torch.Tensor], torch.Tensor]
     autocast: Callable[[], AbstractContextManager]

@@ -10,7 +10,6 @@ multi-label data (Charades) by mAP.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,10 +33,11 @@ from comem.data.formats import load_splits, require_training_labels
 from comem.data.mixing import VideoMixer
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.data.transforms import mirrored_classes
+from comem.files import write_json
 from comem.metrics import classification_metrics
-from comem.models.build import ModelSpec, VideoModel, build_model
+from comem.models.build import VideoModel, build_model
 from comem.tasks.base import Predictions, StepContext, StepResult
-from comem.tasks.common import load_pretrained_weights, settle_normalization
+from comem.tasks.common import load_pretrained_weights, model_spec, settle_normalization
 from comem.tasks.reports import write_eval_report
 
 AGGREGATES: tuple[str, ...] = ("mean", "max")
@@ -79,7 +79,7 @@ def video_scores(clip_logits: torch.Tensor, *, multi_label: bool, aggregate: str
     return probabilities.mean(dim=1) if aggregate == "mean" else probabilities.amax(dim=1)
 
 
-def clip_loss(*, multi_label: bool, label_smoothing: float = 0.0) -> Callable[..., torch.Tensor]:
+def make_clip_loss(*, multi_label: bool, label_smoothing: float = 0.0) -> Callable[..., torch.Tensor]:
     """The loss of clip logits (M, K) against their video targets: binary cross-entropy for
     multi-hot (or mixed multi-hot) targets; cross-entropy for class indices or mixed one-hot
     probabilities, with ``label_smoothing`` (the target becomes ``(1 - e) * target + e / K``)."""
@@ -167,7 +167,7 @@ class ClassificationTask:
         self.config = config
         self.data_dir = data_dir if data_dir is not None else resolve_data(config)
         if splits is None:
-            splits = load_splits(self.data_dir, config.data_format)
+            splits = load_splits(self.data_dir, config.data_format, outside=config.allow_outside_data)
             require_training_labels(splits, self.data_dir)
             if splits.missing:
                 log.warning(
@@ -178,13 +178,7 @@ class ClassificationTask:
         self.aggregate = aggregate
         self.multi_label = splits.multi_label
         classes = splits.num_classes
-        self.model_spec = ModelSpec(
-            backbone=config.backbone,
-            num_classes=classes,
-            memory_stages=tuple(config.memory_stages),
-            **config.memory_options.as_kwargs(),
-            dropout=config.dropout,
-        )
+        self.model_spec = model_spec(config, classes)
         # Multi-label data (Charades) is scored and checkpointed by mAP, single-label by top-1.
         self.selection_metric = "mAP" if self.multi_label else "top1"
         self.headline_metrics = ("mAP",) if self.multi_label else ("top1", "top5", "mean_class_acc")
@@ -197,7 +191,7 @@ class ClassificationTask:
                 f"{self.data_dir}: --label-smoothing applies to single-label cross-entropy; "
                 "this data is multi-label (binary cross-entropy)"
             )
-        self.loss = clip_loss(multi_label=self.multi_label, label_smoothing=config.label_smoothing)
+        self.loss = make_clip_loss(multi_label=self.multi_label, label_smoothing=config.label_smoothing)
         self.mixer = VideoMixer(
             config.mixup_alpha, config.cutmix_alpha, config.mix_prob, config.mix_switch_prob
         )
@@ -283,7 +277,7 @@ class ClassificationTask:
         )
         videos = [str(self.eval_records[index].path) for index in result.video_indices.tolist()]
         metrics.update(write_eval_report(out_dir, result.scores, result.targets, videos, self.class_names))
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json(out_dir / "metrics.json", metrics)
         return metrics
 
     @property
@@ -323,12 +317,15 @@ def evaluation_task(
     multi_label: bool,
     class_names: Sequence[str],
     aggregate: str = "mean",
+    allow_other_classes: bool = False,
 ) -> ClassificationTask:
     """The task ``comem eval`` runs on a checkpoint trained on ``multi_label`` data with one output
-    per class of ``class_names``, after checking that ``data_dir`` can be scored by it."""
+    per class of ``class_names``, after checking that ``data_dir`` can be scored by it: its class
+    names must be the checkpoint's (else label ``i`` would be scored as the checkpoint's class ``i``,
+    whatever it names), unless ``allow_other_classes``."""
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}; got {aggregate!r}")
-    splits = load_splits(data_dir, config.data_format)
+    splits = load_splits(data_dir, config.data_format, outside=config.allow_outside_data)
     if (splits.val if split == "val" else splits.test) is None:
         raise DatasetFormatError(f"{data_dir}: no labelled test split")
     if splits.multi_label != multi_label:  # sigmoid/mAP vs softmax/top-1: no common metric
@@ -338,6 +335,18 @@ def evaluation_task(
             f"{kinds[multi_label]} data"
         )
     num_classes = len(class_names)
+    if list(splits.class_names) != list(class_names) and not allow_other_classes:
+        differ = next(
+            (i for i, (a, b) in enumerate(zip(splits.class_names, class_names, strict=False)) if a != b),
+            min(splits.num_classes, num_classes),
+        )
+        theirs = splits.class_names[differ] if differ < splits.num_classes else "(none)"
+        ours = class_names[differ] if differ < num_classes else "(none)"
+        raise DatasetFormatError(
+            f"{data_dir}: its classes differ from those {checkpoint} was trained on "
+            f"({splits.num_classes} vs {num_classes}; class {differ}: '{theirs}' vs '{ours}'); "
+            "--allow-other-classes maps labels by index"
+        )
     if splits.num_classes > num_classes:
         raise DatasetFormatError(
             f"{data_dir}: has {splits.num_classes} classes but the checkpoint predicts {num_classes}"

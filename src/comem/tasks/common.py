@@ -1,13 +1,13 @@
-"""Pieces every task uses: pretrained weights, input normalisation, and a model spec and config
-rebuilt from a checkpoint."""
+"""Pieces every task uses: the model spec of a config, pretrained weights and input normalisation
+(a checkpoint's spec and config are read back by :mod:`comem.checkpoint_state`)."""
 
 from __future__ import annotations
 
 import logging
 
-from comem.config import TrainConfig, config_fields, upgrade_config
+from comem.config import TrainConfig
 from comem.models.build import ModelSpec, VideoModel, load_pretrained
-from comem.models.normalization import PYSLOWFAST, normalization
+from comem.models.normalization import normalization
 
 log = logging.getLogger(__name__)
 
@@ -22,35 +22,21 @@ def load_pretrained_weights(model: VideoModel, config: TrainConfig) -> None:
         )
 
 
+def model_spec(config: TrainConfig, num_classes: int, *, dropout: float | None = None) -> ModelSpec:
+    """The spec of the video model ``config`` trains (backbone and memories), with ``num_classes``
+    outputs; ``dropout`` before its classifier (default ``config.dropout``)."""
+    return ModelSpec(
+        backbone=config.backbone,
+        num_classes=num_classes,
+        memory_stages=tuple(config.memory_stages),
+        **config.memory_options.as_kwargs(),
+        dropout=config.dropout if dropout is None else dropout,
+    )
+
+
 def settle_normalization(model: VideoModel, spec: ModelSpec, config: TrainConfig) -> ModelSpec:
     """``spec`` recording the model's input normalisation: ``config.mean/std`` when given, else that
     of the loaded weights' source (or the backbone's), so checkpoints, eval and predict use it."""
     if config.mean is not None and config.std is not None:
         model.normalization = normalization(config.mean, config.std)
     return spec.with_normalization(model.normalization)
-
-
-def spec_from_state(state: dict) -> ModelSpec:
-    """The model spec a checkpoint was trained with (YAML/pickle turned its tuple into a list).
-
-    Checkpoints that predate the stored input normalisation were all trained with PySlowFast's."""
-    # Checkpoints from before ``summary`` pooled by the mean; from before ``entry_hidden``, linear q/k/v.
-    stored = {"summary": "mean", "entry_hidden": None, **state["model_spec"]}
-    spec = ModelSpec(**{**stored, "memory_stages": tuple(stored["memory_stages"])})
-    if stored.get("mean") is None:
-        return spec.with_normalization(PYSLOWFAST)
-    return spec.with_normalization(normalization(stored["mean"], stored["std"]))
-
-
-def checkpoint_config(values: dict) -> dict:
-    """A checkpoint's stored config in today's fields (``upgrade_config``). Settings whose default
-    changed keep the value the run was trained with: a checkpoint from before ``memory_summary``
-    summarised clips by their mean, one from before ``entry_hidden`` projected the summaries linearly."""
-    return {"memory_summary": "mean", "entry_hidden": None, **upgrade_config(values)}
-
-
-def config_from_state(state: dict) -> TrainConfig:
-    """The training config of a checkpoint in today's fields (``upgrade_config``); fields another
-    comem version added are left out."""
-    known = config_fields()
-    return TrainConfig(**{k: v for k, v in checkpoint_config(state["config"]).items() if k in known})

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from comem.choices import DATA_FORMATS
 from comem.data.datasets import DatasetFormatError, VideoSplits, load_kinetics_csv_dir
 from comem.data.formats import charades, kinetics, something
 from comem.data.formats.common import find_file
@@ -22,11 +23,10 @@ READERS: dict[str, Callable[[Path], VideoSplits]] = {
     "ssv1": something.load_ssv1,
     "ssv2": something.load_ssv2,
 }
-DATA_FORMATS: tuple[str, ...] = ("auto", *READERS)
 
 
 def detect_format(data_dir: str | Path) -> str:
-    """The format of ``data_dir`` from the annotation files it holds (see README, "Datasets")."""
+    """The format of ``data_dir`` from the annotation files it holds (docs/datasets.md, "Formats")."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DatasetFormatError(f"{data_dir}/: data directory not found")
@@ -51,11 +51,15 @@ def detect_format(data_dir: str | Path) -> str:
     return "slowfast"
 
 
-def load_splits(data_dir: str | Path, data_format: str = "auto") -> VideoSplits:
-    """Read ``data_dir`` in ``data_format`` (``"auto"``: detected from its files)."""
+def load_splits(data_dir: str | Path, data_format: str = "auto", *, outside: bool = False) -> VideoSplits:
+    """Read ``data_dir`` in ``data_format`` (``"auto"``: detected from its files). Videos are those
+    under ``data_dir``: the other formats find them there by name, and a PySlowFast CSV path outside
+    it is refused unless ``outside`` (``--allow-outside-data``)."""
     if data_format not in DATA_FORMATS:
         raise DatasetFormatError(f"data format must be one of {', '.join(DATA_FORMATS)}; got {data_format!r}")
     name = detect_format(data_dir) if data_format == "auto" else data_format
+    if name == "slowfast":
+        return load_kinetics_csv_dir(Path(data_dir), outside=outside)
     return READERS[name](Path(data_dir))
 
 

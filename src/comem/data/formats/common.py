@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from comem.data.datasets import DatasetFormatError, VideoRecord
+from comem.data.datasets import DatasetFormatError, VideoRecord, check_unique_classes
 from comem.textfile import read_text
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v"})
@@ -29,13 +29,25 @@ def find_file(data_dir: Path, names: Iterable[str]) -> Path | None:
 
 
 def index_videos(root: Path) -> dict[str, Path]:
-    """Every video file under ``root`` by file name without suffix (one walk of the tree)."""
+    """Every video file under ``root`` by file name without suffix (one walk of the tree).
+
+    Annotations name a video by that name alone, so two files of one name (a Kinetics video
+    downloaded into two class folders, one video in two encodings) are an error naming both: picking
+    either would give one annotation row the other file, and its label.
+    """
     found: dict[str, Path] = {}
-    for folder, _, files in os.walk(root, followlinks=True):
-        for name in files:
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs.sort()
+        for name in sorted(files):
             stem, suffix = os.path.splitext(name)
             if suffix.lower() in VIDEO_SUFFIXES:
-                found.setdefault(stem, Path(folder) / name)
+                path = Path(folder) / name
+                if stem in found:
+                    raise DatasetFormatError(
+                        f"{root}/: two videos named {stem}: {found[stem]} and {path}; annotations name a "
+                        "video by its file name, so keep one (or rename the other and its annotation rows)"
+                    )
+                found[stem] = path
     return found
 
 
@@ -63,4 +75,5 @@ def read_class_list(path: Path) -> list[str]:
     names = [line.strip() for line in read_text(path, DatasetFormatError).splitlines() if line.strip()]
     if not names:
         raise DatasetFormatError(f"{path}: empty (no class names)")
+    check_unique_classes(names, path)
     return names

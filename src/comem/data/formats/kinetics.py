@@ -19,8 +19,8 @@ HEADER = ("youtube_id", "time_start", "time_end")
 
 
 def is_official_csv(path: Path) -> bool:
-    header = first_line(path).strip().split(",")
-    return all(column in header for column in HEADER)
+    """A CSV whose header names ``youtube_id`` (:func:`read_rows` names any other column it lacks)."""
+    return "youtube_id" in [column.strip() for column in first_line(path).strip().split(",")]
 
 
 def official_csvs(data_dir: Path) -> dict[str, Path]:
@@ -51,7 +51,14 @@ def read_rows(path: Path) -> list[tuple[str, str | None, str]]:
     """``(video stem, class name or None, where)`` of every row."""
     rows = []
     with open_text(path, DatasetFormatError) as file:
-        for number, row in enumerate(csv.DictReader(file), start=2):
+        reader = csv.DictReader(file)
+        lacking = [column for column in HEADER if column not in (reader.fieldnames or [])]
+        if lacking:
+            raise DatasetFormatError(
+                f"{path}: Kinetics CSV without the column(s) {', '.join(lacking)} "
+                "(header: label,youtube_id,time_start,time_end,split)"
+            )
+        for number, row in enumerate(reader, start=2):
             where = f"{path}:{number}"
             if not row.get("youtube_id"):
                 continue

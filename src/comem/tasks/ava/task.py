@@ -19,13 +19,13 @@ import torch.nn.functional as F
 
 from comem.config import TrainConfig, comem_home
 from comem.files import write_json
-from comem.models.build import ModelSpec, build_model
+from comem.models.build import build_model
 from comem.tasks.ava.data import AvaKeyframeDataset, ClipSpec, collate_keyframes, load_ava, write_detections
 from comem.tasks.ava.evaluation import AvaFormatError, evaluate_files
 from comem.tasks.ava.model import AvaDetector
 from comem.tasks.ava.synthetic import SyntheticAvaSpec, ensure_synthetic_ava
 from comem.tasks.base import Predictions, StepContext, StepResult
-from comem.tasks.common import load_pretrained_weights, settle_normalization
+from comem.tasks.common import load_pretrained_weights, model_spec, settle_normalization
 
 
 def resolve_ava_data(config: TrainConfig) -> Path:
@@ -36,10 +36,12 @@ def resolve_ava_data(config: TrainConfig) -> Path:
 
 
 def detection_step(detector: AvaDetector, batch: dict[str, Any], step: StepContext) -> StepResult:
-    """Forward and backward of one batch in ``step.mode``: the BCE loss over its boxes."""
+    """Forward and backward of one batch in ``step.mode``: the BCE loss over its boxes. A two-pass
+    mode (comem) reads the memory of a no-grad pass of all clips and trains the keyframe clip; the
+    others run every clip in one graph."""
     video = step.to_input(batch["video"])
     boxes, box_index = batch["boxes"], batch["box_index"]
-    if step.mode == "comem" and video.shape[1] > 1:
+    if step.two_pass and video.shape[1] > 1:
         banks = step.memory_bank(detector.video_model, video)
         with step.autocast():
             logits = step.forward(video, boxes, box_index, banks, method="forward_keyframe")
@@ -65,13 +67,8 @@ class AvaTask:
         self.config = config
         self.data_dir = data_dir if data_dir is not None else resolve_ava_data(config)
         self.data = load_ava(self.data_dir, config.ava_version, detection_thresh=config.ava_detection_thresh)
-        self.model_spec = ModelSpec(
-            backbone=config.backbone,
-            num_classes=1,  # the clip head is unused; the RoI head predicts the actions
-            memory_stages=tuple(config.memory_stages),
-            **config.memory_options.as_kwargs(),
-            dropout=0.0,
-        )
+        # the clip head is unused (the RoI head predicts the actions, with the config's dropout)
+        self.model_spec = model_spec(config, 1, dropout=0.0)
         clips = ClipSpec(config.train_clips, config.clip_len, config.stride, config.crop_size)
         num_classes = self.data.num_classes
         self.train_set = AvaKeyframeDataset(
@@ -174,11 +171,6 @@ class AvaTask:
 
     def prepare_output(self, out: Path) -> None:
         pass
-
-
-def is_ava_state(state: dict) -> bool:
-    """Whether a loaded checkpoint is one of ``comem train --task ava``."""
-    return state.get("config", {}).get("task") == "ava"
 
 
 def evaluation_task(config: TrainConfig, *, data_dir: Path, split: str) -> AvaTask:
