@@ -22,10 +22,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     args = parser.parse_args()
     torch.manual_seed(0)
     videos = comem.VideoClips(args.data, clips=3, clip_len=4, stride=2, crop_size=32, train=True)
-    loader = DataLoader(videos, batch_size=4, shuffle=True, num_workers=2, collate_fn=videos.collate)
+    loader = DataLoader(
+        videos, batch_size=4, shuffle=True, num_workers=args.workers, collate_fn=videos.collate
+    )
     model = comem.wrap(r3d_18(num_classes=len(videos.class_names)), ["layer3", "layer4"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()

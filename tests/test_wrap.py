@@ -305,6 +305,24 @@ def test_bad_stages_and_layouts_are_one_line_errors() -> None:
         wrapped(video(size=16))
     with pytest.raises(ValueError, match="wrapped already"):
         comem.wrap(comem.wrap(BlocksNet(), ["blocks.1"], example=CLIP), ["blocks.2"], example=CLIP)
+    with pytest.raises(comem.UserError, match=r"wrap option fusion='mul': not one of gate, add"):
+        comem.wrap(BlocksNet(), ["blocks.1"], example=CLIP, fusion="mul")
+
+
+def test_memory_options_travel_as_one_record_to_every_memory() -> None:
+    """wrap's keyword arguments, a config's memory fields and a ModelSpec give the same record,
+    and every memory (any layout) is built with it."""
+    options = comem.MemoryOptions(memory="sigmoid", key_dim=12, gate_hidden=None, summary="max")
+    config = comem.TrainConfig(memory="sigmoid", key_dim=12, gate_hidden=None, memory_summary="max")
+    assert config.memory_options == options
+    spec = ModelSpec(backbone="tiny", num_classes=3, **options.as_kwargs())
+    assert spec.memory_options == options
+    wrapped = comem.wrap(TwoPathwayNet(), ["pathways.1"], example=CLIP, **options.as_kwargs())
+    built = build_model(spec)
+    memories = [*wrapped.memories["pathways_1"].pathways, *built.memories.values()]
+    for memory in memories:
+        assert (memory.memory, memory.key_dim, memory.summary) == ("sigmoid", 12, "max")
+        assert isinstance(memory.hidden, nn.Identity)  # gate_hidden=None: the linear gate
 
 
 def test_two_pass_gradients_equal_joint_gradients_with_one_memory_stage() -> None:
@@ -322,3 +340,33 @@ def test_two_pass_gradients_equal_joint_gradients_with_one_memory_stage() -> Non
     torch.testing.assert_close(two_pass, joint)
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["joint", "tsn", "comem"])
+def test_clip_times_reach_every_memory_read(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``comem.step(..., times=)`` hands the clips' times to every memory call of both models (the
+    two-pass pass, cross-clip gradient and clip passes in comem mode), and predict's too."""
+    from comem.memory import CollaborativeMemory
+
+    seen: list[torch.Tensor | None] = []
+    original = CollaborativeMemory._times
+
+    def spy(times: torch.Tensor | None, bank: torch.Tensor) -> torch.Tensor:
+        seen.append(times)
+        return original(times, bank)
+
+    monkeypatch.setattr(CollaborativeMemory, "_times", staticmethod(spy))
+    times = torch.tensor([[0.1, 0.5, 0.9], [0.2, 0.3, 0.4]])
+    clips, targets = video(size=8), torch.tensor([1, 3])
+    own = build_model(ModelSpec(backbone="tiny", num_classes=4, memory_stages=("stem", "layer2")))
+    for model in (comem.wrap(TwoPathwayNet(4), ["pathways.1"], example=CLIP), own):
+        seen.clear()
+        comem.step(model, clips, targets, mode=mode, cross_clip=True, times=times)
+        assert seen and all(t is not None for t in seen)
+        # tsn: each clip a video of its own, at its own time
+        expected = times.reshape(-1, 1) if mode == "tsn" else times
+        assert all(torch.equal(t, expected) for t in seen)
+    predictor = comem.load(own, device="cpu")
+    seen.clear()
+    predictor.predict(clips[0], times=times[0])
+    assert seen and all(torch.equal(t, times[:1]) for t in seen)

@@ -16,8 +16,9 @@ at video level with about the memory of single-clip training. In your own model 
 
 The public names (each documented): ``wrap``, ``step``, ``load``, ``CollaborativeMemory``,
 ``WrappedModel``, ``Predictor``, ``VideoPrediction``, ``VideoModel``, ``ModelSpec``,
-``build_model``, ``TrainConfig``, ``UserError``. The ``comem`` command trains, evaluates and
-predicts with the same pieces (``comem --help``).
+``build_model``, ``VideoClips``, ``MemoryOptions``, ``TwoPassModel``, ``TrainConfig``,
+``UserError``. The ``comem`` command trains, evaluates and predicts with the same pieces
+(``comem --help``).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from comem.memory import FUSION_KINDS, MEMORY_KINDS, SUMMARY_KINDS
 from comem.models.build import MemoryStageError
 from comem.models.contract import Bank, MemoryPass, cat_clips, clip_entry, group_times, per_video
 from comem.models.layouts import (
@@ -238,7 +239,8 @@ def _measure(
         )
     if clips.ndim == 6:
         clips = clips.flatten(0, 1)
-    clips = clips[:1]
+    parameter = next(model.parameters(), None)
+    clips = clips[:1] if parameter is None else clips[:1].to(parameter.device)
     outputs = _stage_outputs(model, stages, clips)
     never = [stage for stage in stages if stage not in outputs]
     if never:
@@ -547,4 +549,13 @@ def wrap(
         raise MemoryStageError(
             f"wrap got unknown option(s) {unknown}; the memory's options are {known}"
         ) from None
+    for name, choices in (("memory", MEMORY_KINDS), ("fusion", FUSION_KINDS), ("summary", SUMMARY_KINDS)):
+        if getattr(options, name) not in choices:
+            raise MemoryStageError(
+                f"wrap option {name}={getattr(options, name)!r}: not one of {', '.join(choices)}"
+            )
+    for name in ("key_dim", "gate_hidden", "entry_hidden"):
+        value = getattr(options, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise MemoryStageError(f"wrap option {name}={value!r}: not a positive integer or None")
     return WrappedModel(model, stages, example=example, layout=layout, memory_options=options)
