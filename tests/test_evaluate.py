@@ -19,7 +19,7 @@ from tinydata import CLASS_NAMES
 
 from comem.cli import main
 from comem.data.decode import VideoReader
-from comem.data.sampling import eval_clip_starts
+from comem.data.sampling import clip_times, eval_clip_starts
 from comem.data.transforms import normalize
 from comem.engine.checkpoint import load_checkpoint, save_checkpoint
 from comem.inference.evaluate import evaluate_checkpoint
@@ -100,12 +100,16 @@ def test_multi_view_portrait_three_crops_mean_and_max_over_views_sharing_one_mem
     assert eval_clip_starts(FRAMES, 3, SPAN) == starts
     for video in outputs["mean"]:
         views = normalize(hand_views(Path(video), starts, tops=[0, 8, 16]))  # top, centre, bottom
+        times = torch.from_numpy(clip_times(starts, SPAN, FRAMES)).repeat_interleave(3)[
+            None
+        ]  # a clip's crops
         with torch.no_grad():
-            shared = model(views).softmax(dim=-1)[0]  # (9, 2): one memory of all 9 views
+            shared = model(views, times=times).softmax(dim=-1)[0]  # (9, 2): one memory of all 9 views
             alone = model(views, share_memory=False).softmax(dim=-1)[0]
         for aggregate, want in (("mean", shared.mean(dim=0)), ("max", shared.amax(dim=0))):
             got = torch.tensor([outputs[aggregate][video][name] for name in CLASS_NAMES])
-            torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
+            # float32 rounding of a batch of 2 against 1; views read at even times miss by 3e-2
+            torch.testing.assert_close(got, want, atol=5e-5, rtol=0)
         # the memory matters: scoring each view alone gives other scores
         assert (alone.mean(dim=0) - shared.mean(dim=0)).abs().max() > 1e-3
 

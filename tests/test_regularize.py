@@ -114,8 +114,8 @@ def test_mixed_step_trains_on_the_mixed_video_against_soft_targets(
         seen["video"] = video
         return engine.to_input(video)
 
-    def run_mode(video: torch.Tensor, targets: torch.Tensor, loss_fn=None):
-        output = engine.run_mode(video, targets, loss_fn=loss_fn)
+    def run_mode(video: torch.Tensor, targets: torch.Tensor, loss_fn=None, times=None):
+        output = engine.run_mode(video, targets, loss_fn=loss_fn, times=times)
         seen["targets"], seen["logits"] = targets, output.logits
         return output
 
@@ -156,8 +156,8 @@ def test_multi_label_videos_mix_their_multi_hot_targets(tmp_path: Path) -> None:
     engine = StepEngine(config, model, model, torch.device("cpu"))
     seen = {}
 
-    def run_mode(video: torch.Tensor, targets: torch.Tensor, loss_fn=None):
-        output = engine.run_mode(video, targets, loss_fn=loss_fn)
+    def run_mode(video: torch.Tensor, targets: torch.Tensor, loss_fn=None, times=None):
+        output = engine.run_mode(video, targets, loss_fn=loss_fn, times=times)
         seen.update(video=video, targets=targets, logits=output.logits)
         return output
 

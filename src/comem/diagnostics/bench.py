@@ -43,6 +43,7 @@ from comem.engine.precision import autocast_for
 from comem.engine.provenance import device_name, versions
 from comem.engine.step import train_step
 from comem.engine.trainer import EpochSampler, build_optimizer
+from comem.memory import even_times
 from comem.models.build import ModelSpec, VideoModel, build_model
 from comem.tasks.classification import make_dataset
 
@@ -136,13 +137,15 @@ class RandomVideos(Dataset):
         generator = torch.Generator().manual_seed(0)
         shape = (4, num_clips, 3, clip_len, crop_size, crop_size)
         self.pool = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator)
+        self.times = even_times(1, num_clips)[0].clone()
         self.size, self.num_classes = size, num_classes
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, index: int) -> dict:
-        return {"video": self.pool[index % 4], "label": index % self.num_classes, "video_index": index}
+        video, label = self.pool[index % 4], index % self.num_classes
+        return {"video": video, "times": self.times, "label": label, "video_index": index}
 
 
 def batches(spec: BenchSpec, num_clips: int, device: torch.device) -> Iterator[dict]:
