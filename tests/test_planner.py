@@ -69,8 +69,8 @@ def test_train_says_the_plan_at_start_and_runs_the_chunks_it_picked(
     ("flags", "message"),
     [
         (["--grad-chunk", "some"], "--grad-chunk must be a positive integer or auto; got 'some'"),
-        (["--memory-chunk", "0"], "--memory-chunk must be a positive integer or auto; got 0"),
-        (["--memory-budget", "0"], "--memory-budget must be > 0 GiB"),
+        (["--memory-chunk", "0"], "--memory-chunk must be >= 1; got 0"),
+        (["--memory-budget", "0"], "--memory-budget must be > 0; got 0.0"),
         (["--task", "ava", "--grad-chunk", "2"], "--grad-chunk must be 1 for AVA detection"),
     ],
 )

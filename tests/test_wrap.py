@@ -363,10 +363,20 @@ def test_clip_times_reach_every_memory_read(mode: str, monkeypatch: pytest.Monke
         seen.clear()
         comem.step(model, clips, targets, mode=mode, cross_clip=True, times=times)
         assert seen and all(t is not None for t in seen)
-        # tsn: each clip a video of its own, at its own time
+        # tsn: each clip a video of its own, at its own time; a read's queries carry their own
+        # clips' times (a column of the bank's)
         expected = times.reshape(-1, 1) if mode == "tsn" else times
-        assert all(torch.equal(t, expected) for t in seen)
+        assert any(torch.equal(t, expected) for t in seen)
+        assert all(torch.equal(t, expected) or _columns_of(t, expected) for t in seen)
     predictor = comem.load(own, device="cpu")
     seen.clear()
     predictor.predict(clips[0], times=times[0])
-    assert seen and all(torch.equal(t, times[:1]) for t in seen)
+    assert any(torch.equal(t, times[:1]) for t in seen)
+    assert all(torch.equal(t, times[:1]) or _columns_of(t, times[:1]) for t in seen)
+
+
+def _columns_of(part: torch.Tensor, whole: torch.Tensor) -> bool:
+    """Whether each column of ``part`` (B', Q) is a column of ``whole`` (B, N), rows matched in order
+    (B' = B, or B' = B·Q when a chunk's queries are flattened)."""
+    rows = part.reshape(whole.shape[0], -1) if part.shape[0] != whole.shape[0] else part
+    return all(any(torch.equal(column, whole[:, j]) for j in range(whole.shape[1])) for column in rows.T)

@@ -409,7 +409,7 @@ def collate_clips(samples: list[dict]) -> dict:
     """Batch items of :class:`MultiClipVideoDataset`, dropping failed ones.
 
     Returns ``{"video": uint8 (B, N, C, T, H, W), "times": float32 (B, N) (each clip's time in its
-    video), "span": float32 (B, N, 2) (its start and end in seconds), "label": int64 (B,) or float32
+    video), "span": float32 (B, N, 2) (its start and end in seconds, where the items give it), "label": int64 (B,) or float32
     multi-hot (B, K) (per-clip (B, N, K) with span labels), "video_index": int64 (B,), "skipped":
     list of error messages}``; if every sample failed, ``video`` has shape ``(0,)`` and ``label`` no
     elements.
@@ -431,6 +431,11 @@ def collate_clips(samples: list[dict]) -> dict:
         "times": times,
         "label": label,
         "video_index": torch.tensor([sample["video_index"] for sample in good], dtype=torch.int64),
-        "span": torch.stack([sample["span"] for sample in good]) if good else torch.empty((0, 0, 2)),
+        # clip spans in seconds, where the items know them (file-backed datasets do)
+        **(
+            {"span": torch.stack([sample["span"] for sample in good])}
+            if good and all("span" in sample for sample in good)
+            else {}
+        ),
         "skipped": skipped,
     }
