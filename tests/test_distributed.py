@@ -296,8 +296,9 @@ def test_a_stopped_rank_makes_the_other_fail_in_one_line_within_the_timeout(
         for rank in (0, 1)
     ]
     try:
-        lines = [ranks[0].stdout.readline() for _ in range(2)]  # the command, then epoch 1's summary
-        assert lines[1].startswith("epoch 1/500:"), lines
+        # the command, the chunk plan, then epoch 1's summary
+        lines = [ranks[0].stdout.readline() for _ in range(3)]
+        assert lines[1].startswith("plan: ") and lines[2].startswith("epoch 1/500:"), lines
         ranks[1].send_signal(signal.SIGSTOP)
         stopped = time.monotonic()
         _, stderr = ranks[0].communicate(timeout=120)

@@ -72,8 +72,8 @@ def test_a_stop_signal_from_outside_saves_says_one_line_and_resumes_exactly(
     process = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment()
     )
-    shown = [process.stdout.readline() for _ in range(2)]  # the command, then "epoch 1/3: ...":
-    assert shown[1].startswith("epoch 1/3:"), shown  # the run is in epoch 2 now
+    shown = [process.stdout.readline() for _ in range(3)]  # the command, the plan, "epoch 1/3: ...":
+    assert shown[1].startswith("plan: ") and shown[2].startswith("epoch 1/3:"), shown  # in epoch 2 now
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, stderr

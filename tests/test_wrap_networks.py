@@ -131,14 +131,14 @@ def test_wrapped_torchvision_network(name: str) -> None:
     wrapped.train()
     optimizer = torch.optim.AdamW(wrapped.parameters(), lr=network.lr)
     losses = []
-    for _ in range(3):
+    for _ in range(5):  # S3D's loss first moves sideways (1.47, 1.43, 1.47, 1.0, 0.2)
         optimizer.zero_grad()
         losses.append(float(comem.step(wrapped, clips, targets, mode="comem")))
         optimizer.step()
     assert losses[-1] < losses[0], losses
 
     # one memory stage: the two-pass step with the cross-clip gradient is joint training exactly
-    one = comem.wrap(wrapped.unwrap(), stages[:1], example=clips[:, 0])
+    one = comem.wrap(network.build(), stages[:1], example=clips[:, 0])
     randomise_memories(one)
     one.eval()  # BatchNorm on running statistics and no dropout: both steps see the same network
     one.zero_grad(set_to_none=True)
