@@ -72,8 +72,9 @@ def main() -> None:
         guesses = []
         with torch.no_grad():
             for begin in range(0, len(val_labels), 40):
-                video = batch(val_frames[begin : begin + 40], config.clips, clips, None)
-                guesses.append(model(video, share_memory=True).softmax(-1).mean(1).argmax(-1))
+                video, times = batch(val_frames[begin : begin + 40], config.clips, clips, None)
+                logits = model(video, share_memory=True, times=times)
+                guesses.append(logits.softmax(-1).mean(1).argmax(-1))
         return torch.cat(guesses)
 
     def top1(guesses: torch.Tensor) -> float:
@@ -91,8 +92,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     with torch.no_grad():
         for begin in range(0, min(len(train_frames), 8 * args.precise_batches), 8):
-            video = batch(train_frames[begin : begin + 8], config.clips, clips, rng)
-            model(video, share_memory=True)  # every clip reads the others' memory, as in training
+            video, times = batch(train_frames[begin : begin + 8], config.clips, clips, rng)
+            model(video, share_memory=True, times=times)  # every clip reads the others', as in training
     model.eval()
     precise = predictions()
     model.load_state_dict(saved)

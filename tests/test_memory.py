@@ -1,5 +1,7 @@
 """The collaborative memory module: shapes, identity at init, equivariance, who influences whom."""
 
+import math
+
 import pytest
 import torch
 
@@ -7,11 +9,12 @@ from comem.memory import CollaborativeMemory
 
 
 def trained_like(module: CollaborativeMemory) -> CollaborativeMemory:
-    """Give the zero-initialised output projection real weights (as after some training)."""
+    """Give the zero-initialised output and query projections real weights (as after some training)."""
     torch.manual_seed(1)
     with torch.no_grad():
         module.out.weight.normal_(0, 0.5)
         module.out.bias.normal_(0, 0.5)
+        module.query.weight.normal_(0, 0.5)
     return module
 
 
@@ -23,6 +26,28 @@ def test_shapes_and_identity_at_init(memory: str, fusion: str) -> None:
     out = module(features, num_clips=3)
     assert out.shape == features.shape
     assert torch.equal(out, features)
+
+
+@pytest.mark.parametrize("memory", ["attention", "sigmoid", "sink"])
+def test_the_read_starts_near_the_mean_of_the_values_and_the_query_then_learns(memory: str) -> None:
+    # a small query: every score starts near 0, so each clip first reads nearly the plain mean of
+    # the values (the read that counts how many clips show a thing); PyTorch's default scale makes
+    # the first read a random weighting of the clips. Keys and query learn from the first step.
+    torch.manual_seed(0)
+    module = CollaborativeMemory(64, memory=memory)
+    bank = torch.randn(4, 3, 64).relu() * 2  # summaries of post-ReLU features
+
+    def spread() -> float:
+        with torch.no_grad():
+            weights = module.attention(bank, bank)
+        return float((weights - weights.mean(dim=-1, keepdim=True)).abs().max())
+
+    small = spread()
+    torch.nn.init.kaiming_uniform_(module.query.weight, a=math.sqrt(5))  # nn.Linear's own initialisation
+    assert small < spread() / 5
+    module.out.weight.data.normal_(0, 0.5)
+    module(torch.randn(2 * 3, 64, 2, 3, 3), 3).square().sum().backward()
+    assert module.query.weight.grad.abs().sum() > 0 and module.key.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("memory", ["attention", "average"])

@@ -16,10 +16,11 @@ NO_AUTOCAST = contextlib.nullcontext
 def make_model(memory_stages=("last",), seed: int = 0):
     torch.manual_seed(seed)
     model = build_model(ModelSpec(backbone="tiny", num_classes=5, memory_stages=memory_stages, dropout=0.0))
-    with torch.no_grad():  # leave identity init, so the memory actually mixes clips
+    with torch.no_grad():  # leave identity init and the plain-mean first read, so the memory mixes clips
         for memory in model.memories.values():
             memory.out.weight.normal_(0, 0.3)
             memory.out.bias.normal_(0, 0.3)
+            memory.query.weight.normal_(0, 0.3)
     return model
 
 

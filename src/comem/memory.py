@@ -33,6 +33,9 @@ FusionKind = Literal["gate", "add"]
 SummaryKind = Literal["mean", "max", "meanmax"]
 ClipTimeKind = Literal["none", "relative"]
 RELATIVE_FREQUENCIES: tuple[float, ...] = (1.0, 2.0, 4.0)
+# W_q starts at this fraction of PyTorch's default initialisation: every score starts near 0, so a
+# clip's first read is nearly the plain mean of the values (see ``CollaborativeMemory``).
+QUERY_INIT_SCALE = 0.1
 
 
 def relative_time_features(query_times: torch.Tensor, bank_times: torch.Tensor) -> torch.Tensor:
@@ -137,7 +140,13 @@ class CollaborativeMemory(nn.Module):
 
     At initialisation the module is the identity (W_g = 0, b = 0 gives a gate of exactly 1; the
     additive projection starts at 0), so inserting it into a pretrained backbone does not change
-    its outputs at step 0.
+    its outputs at step 0. The query projection starts small (``QUERY_INIT_SCALE`` of PyTorch's
+    default), so every score starts near 0 and a clip's first read is nearly the plain mean of the
+    values, the read that counts how many clips show a thing, while still depending a little on
+    the clip, so the keys learn from the first step (docs/learning.md, section 15). With the
+    default scale, the first read was a random weighting of the clips, on which training could
+    settle into telling "all clips alike" from the rest instead of counting; with a zero query,
+    the read learned to compare clips later and some seeds stalled on ``distinct``.
     """
 
     def __init__(
@@ -192,6 +201,8 @@ class CollaborativeMemory(nn.Module):
                 self.time_query = nn.Parameter(torch.zeros(RELATIVE_FEATURES, self.key_dim))
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        with torch.no_grad():
+            self.query.weight.mul_(QUERY_INIT_SCALE)
 
     def summarize(self, features: torch.Tensor) -> torch.Tensor:
         """Pool over (T, H, W) (see ``pool``): (B·N, C, T, H, W) -> (B·N, C)."""
