@@ -409,10 +409,10 @@ def collate_clips(samples: list[dict]) -> dict:
     """Batch items of :class:`MultiClipVideoDataset`, dropping failed ones.
 
     Returns ``{"video": uint8 (B, N, C, T, H, W), "times": float32 (B, N) (each clip's time in its
-    video), "span": float32 (B, N, 2) (its start and end in seconds, where the items give it), "label": int64 (B,) or float32
-    multi-hot (B, K) (per-clip (B, N, K) with span labels), "video_index": int64 (B,), "skipped":
-    list of error messages}``; if every sample failed, ``video`` has shape ``(0,)`` and ``label`` no
-    elements.
+    video), "span": float32 (B, N, 2) (its start and end in seconds, where the items give it),
+    "label": int64 (B,) or float32 multi-hot (B, K) (per-clip (B, N, K) with span labels),
+    "video_index": int64 (B,), "skipped": list of error messages}``; if every sample failed,
+    ``video`` has shape ``(0,)`` and ``label`` no elements.
     """
     good = [sample for sample in samples if "error" not in sample]
     skipped = [sample["error"] for sample in samples if "error" in sample]
