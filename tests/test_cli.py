@@ -100,6 +100,19 @@ def test_eval_reproduces_training_validation(trained: Path, capsys: pytest.Captu
     assert written["videos"] == 4 and written["views"] == 2 and written["skipped_videos"] == 0
 
 
+def test_eval_with_other_settings_writes_a_report_of_its_own(trained: Path, tiny_dataset: Path) -> None:
+    common = ["eval", "--checkpoint", str(trained / "last.pt"), "--workers", "0", "--device", "cpu"]
+    assert main(common) == 0
+    default = (trained / "eval_val_last" / "metrics.json").read_text()
+    assert main([*common, "--views", "1", "--aggregate", "max"]) == 0
+    assert main([*common, "--data", str(tiny_dataset)]) == 0
+    assert (trained / "eval_val_last" / "metrics.json").read_text() == default  # not replaced
+    one_view = json.loads((trained / "eval_val_last_views1_max" / "metrics.json").read_text())
+    assert one_view["views"] == 1 and one_view["aggregate"] == "max"
+    (other_data,) = trained.glob(f"eval_val_last_{tiny_dataset.name}-*")
+    assert len(other_data.name.rsplit("-", 1)[1]) == 6 and (other_data / "metrics.json").is_file()
+
+
 def test_yaml_config_sets_options_and_flags_override_it(tiny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     config = tmp_path / "run.yaml"

@@ -15,7 +15,7 @@ import torch
 from comem.cli import main
 from comem.config import MODES
 from comem.diagnostics.doctor import check_step, make_workspace, run_checks, start_report
-from comem.diagnostics.step_paths import mode_step, step_paths
+from comem.diagnostics.step_paths import mode_step, step_paths, where_nonfinite
 from comem.models.build import build_model
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -110,6 +110,17 @@ def test_bf16_runs_on_the_cpu_and_stays_within_its_tolerance_of_fp32(space, mode
     differences = dict(part.split(" ") for part in detail.split("vs fp32: ")[1].split(", "))
     assert 0.01 < float(differences["gradient"]) < bf16.tolerance / 1.5
     assert float(differences["loss"]) < 0.01 and float(differences["scores"]) < 0.05
+
+
+def test_a_non_finite_step_names_the_layer_it_came_from() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    loss = model(torch.ones(1, 4)).sum()
+    loss.backward()
+    model[1].weight.grad[0, 0] = float("inf")
+    torch.optim.AdamW(model.parameters()).step()
+    where = where_nonfinite(model, loss)
+    assert "non-finite gradients in 1 parameters (first 1.weight)" in where
+    assert "non-finite weights in 1 (first 1.weight)" in where and where.startswith("loss ")
 
 
 def test_a_check_that_raises_is_a_fail_line_and_the_report_fails(tmp_path: Path) -> None:

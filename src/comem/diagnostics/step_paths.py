@@ -146,6 +146,19 @@ def flat_gradients(model: torch.nn.Module) -> torch.Tensor:
     )
 
 
+def where_nonfinite(model: torch.nn.Module, loss: torch.Tensor) -> str:
+    """Where a step went non-finite, for the one-line FAIL: the loss, and the first parameters whose
+    gradient or new value is not finite (a rare kernel fault is then traceable to its layer)."""
+    named = list(model.named_parameters())
+    bad_gradients = [name for name, p in named if p.grad is not None and not torch.isfinite(p.grad).all()]
+    bad_weights = [name for name, p in named if not torch.isfinite(p.detach()).all()]
+    return (
+        f"loss {float(loss.detach()):.4g}; non-finite gradients in {len(bad_gradients)} parameters"
+        f"{' (first ' + bad_gradients[0] + ')' if bad_gradients else ''}; non-finite weights in"
+        f" {len(bad_weights)} (first {bad_weights[0] if bad_weights else '-'})"
+    )
+
+
 def run_step(
     path: StepPath,
     mode: str,
@@ -197,7 +210,7 @@ def run_step(
             optimizer.step()
     after = torch.cat([p.detach().float().reshape(-1).cpu() for p in model.parameters()])
     if not torch.isfinite(after).all():
-        raise RuntimeError("non-finite weights after the optimizer step")
+        raise RuntimeError(f"non-finite weights after the optimizer step ({where_nonfinite(model, loss)})")
     if torch.equal(before, after):
         raise RuntimeError("the optimizer step left every weight unchanged (skipped by the scaler?)")
     eval_autocast = autocast if path.precision == "fp16" else contextlib.nullcontext

@@ -10,6 +10,7 @@ engine's side of a step, so a task never imports the engine.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -86,6 +87,25 @@ class EvalRequest:
     out: Path | None = None
     weights: str | None = None  # "ema" or "raw" (default: the weight average when the run kept one)
     allow_other_classes: bool = False  # classification: score data of other class names, labels by index
+
+    def settings_suffix(self) -> str:
+        """What sets this evaluation apart from the checkpoint's own settings, for the default report
+        name ("" when nothing does): evaluating one checkpoint on other data, views, crops,
+        aggregation or weights writes a report of its own instead of replacing the last one. Other
+        data is named by its folder and a hash of its resolved path (two ``val/`` folders differ)."""
+        parts = []
+        if self.data is not None:
+            resolved = str(Path(self.data).resolve())
+            parts.append(f"{Path(resolved).name}-{hashlib.sha1(resolved.encode()).hexdigest()[:6]}")
+        if self.views is not None:
+            parts.append(f"views{self.views}")
+        if self.crops is not None:
+            parts.append(f"crops{self.crops}")
+        if self.aggregate != "mean":
+            parts.append(self.aggregate)
+        if self.weights is not None:
+            parts.append(self.weights)
+        return "".join("_" + part for part in parts)
 
 
 class CheckpointEvaluation(NamedTuple):

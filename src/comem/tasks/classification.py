@@ -317,7 +317,8 @@ class ClassificationTask:
     @classmethod
     def for_checkpoint(cls, path: Path, state: dict[str, Any], request: EvalRequest) -> CheckpointEvaluation:
         """Multi-view testing of the checkpoint on ``request.data`` (default: the data it was trained
-        on); the report goes to ``eval_<split>_<checkpoint name>/`` beside it unless ``request.out``."""
+        on); the report goes to ``eval_<split>_<checkpoint name>[_<settings>]/`` beside it unless
+        ``request.out`` (``EvalRequest.settings_suffix``)."""
         trained = trained_from_state(state, path, request.weights)
         if request.data is None and trained.data_dir is None:
             raise DatasetFormatError(f"{path}: records no data dir; pass --data")
@@ -331,7 +332,7 @@ class ClassificationTask:
             aggregate=request.aggregate,
             allow_other_classes=request.allow_other_classes,
         )
-        out_dir = request.out or path.with_name(f"eval_{request.split}_{path.stem}")
+        out_dir = request.out or path.with_name(f"eval_{request.split}_{path.stem}{request.settings_suffix()}")
         return CheckpointEvaluation(task, trained.model, out_dir, trained.weights)
 
     @classmethod

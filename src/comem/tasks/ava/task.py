@@ -178,7 +178,8 @@ class AvaTask:
     def for_checkpoint(cls, path: Path, state: dict[str, Any], request: EvalRequest) -> CheckpointEvaluation:
         """The official frame mAP of the checkpoint on the val split; ``request.views`` sets the clips
         per keyframe (memory clips + 1), frames are never cropped; the report goes beside the
-        checkpoint unless ``request.out``."""
+        checkpoint (as training's), in ``eval_val_<checkpoint name>_<settings>/`` when the request
+        changes a setting, or to ``request.out``."""
         config = evaluation_config(config_from_state(state), request, crops=False)
         if request.views is not None and config.mode != "single":
             config = dataclasses.replace(config, clips=request.views)
@@ -187,7 +188,9 @@ class AvaTask:
         detector = AvaDetector(video_model, state["num_classes"], dropout=config.dropout)
         weight_dict, kind = checkpoint_weights(state, path, request.weights)
         detector.load_state_dict(weight_dict)
-        return CheckpointEvaluation(task, detector, request.out or path.parent, kind)
+        suffix = request.settings_suffix()
+        default = path.with_name(f"eval_val_{path.stem}{suffix}") if suffix else path.parent
+        return CheckpointEvaluation(task, detector, request.out or default, kind)
 
     @classmethod
     def report_lines(cls, metrics: dict[str, Any], out_dir: Path) -> list[str]:
