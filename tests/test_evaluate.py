@@ -66,8 +66,19 @@ def test_single_view_eval_is_the_middle_clip_scored_alone(
         torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
 
 
-def test_multi_view_portrait_three_crops_mean_and_max_over_views_sharing_one_memory(
-    tiny_checkpoint: Path, portrait_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+# The views (clip k, crop r) = view 3k + r of a 3-view, 3-crop evaluation of a 2-clip model, by the
+# memory they share: one of all 9, or (groups) at most 2 clips spread over the video, one crop each:
+# clips {0, 2} and {1}, each crop position apart.
+MEMORIES = {"all": [list(range(9))], "groups": [[0, 6], [3], [1, 7], [4], [2, 8], [5]]}
+
+
+@pytest.mark.parametrize("eval_memory", ["all", "groups"])
+def test_multi_view_portrait_three_crops_mean_and_max_over_views_sharing_memories(
+    eval_memory: str,
+    tiny_checkpoint: Path,
+    portrait_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     passes: Counter[str] = Counter()
     read = VideoReader.read
@@ -85,12 +96,14 @@ def test_multi_view_portrait_three_crops_mean_and_max_over_views_sharing_one_mem
             views=3,
             crops=3,
             aggregate=aggregate,
+            eval_memory=eval_memory,
             workers=0,
             device="cpu",
             out=tmp_path / aggregate,
         )
         assert (metrics["views"], metrics["clips"], metrics["crops"]) == (9, 3, 3)
-        assert metrics["aggregate"] == aggregate
+        assert metrics["aggregate"] == aggregate and metrics["eval_memory"] == eval_memory
+        assert metrics["memories_per_video"] == len(MEMORIES[eval_memory])
         outputs[aggregate] = read_predictions(out / "predictions.csv")
     # each video decoded in one pass for all 9 views, once per evaluation
     assert sorted(passes.values()) == [2, 2] and len(passes) == 2
@@ -103,8 +116,10 @@ def test_multi_view_portrait_three_crops_mean_and_max_over_views_sharing_one_mem
         times = torch.from_numpy(clip_times(starts, SPAN, FRAMES)).repeat_interleave(3)[
             None
         ]  # a clip's crops
+        shared = torch.zeros(9, 2)  # each view read its memory's views only
         with torch.no_grad():
-            shared = model(views, times=times).softmax(dim=-1)[0]  # (9, 2): one memory of all 9 views
+            for group in MEMORIES[eval_memory]:
+                shared[group] = model(views[:, group], times=times[:, group]).softmax(dim=-1)[0]
             alone = model(views, share_memory=False).softmax(dim=-1)[0]
         for aggregate, want in (("mean", shared.mean(dim=0)), ("max", shared.amax(dim=0))):
             got = torch.tensor([outputs[aggregate][video][name] for name in CLASS_NAMES])

@@ -100,7 +100,7 @@ def test_predictions_from_a_file_its_frames_and_its_clips_agree(
 
 
 def test_clip_tensor_scores_and_read_weights_are_the_models(tiny_checkpoint: Path) -> None:
-    predictor = comem.load(tiny_checkpoint, device="cpu")
+    predictor = comem.load(tiny_checkpoint, device="cpu", eval_memory="all")  # one memory of all 5
     clips = torch.randn(5, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
     prediction = predictor.predict(clips)
     with torch.no_grad():
@@ -113,6 +113,19 @@ def test_clip_tensor_scores_and_read_weights_are_the_models(tiny_checkpoint: Pat
     for stage, weights in reference.items():
         np.testing.assert_allclose(prediction.attention[stage], weights.numpy(), atol=1e-4)
         assert not np.allclose(weights.numpy(), 0.2, atol=1e-3)  # random memories: not uniform
+    # by default memories as in training: the checkpoint trained on 2 clips, so clips {0, 3}, {1, 4}
+    # and {2} (each spread over the video) build one memory each, at their evenly spread times
+    grouped = comem.load(tiny_checkpoint, device="cpu").predict(clips)
+    times = (torch.arange(5.0) + 0.5)[None] / 5
+    expected = torch.zeros(5, grouped.clip_scores.shape[1])
+    with torch.no_grad():
+        for group in ([0, 3], [1, 4], [2]):
+            expected[group] = predictor.model(clips[None, group], times=times[:, group])[0].softmax(dim=-1)
+    np.testing.assert_allclose(grouped.clip_scores, expected.numpy(), atol=1e-4)
+    assert np.abs(grouped.clip_scores - prediction.clip_scores).max() > 1e-3
+    for weights in grouped.attention.values():  # a clip reads its own group only
+        assert weights[0, 1] == weights[0, 2] == weights[0, 4] == weights[2, 0] == weights[4, 3] == 0.0
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
 
 
 def test_single_model_reads_only_its_own_clip(tiny_checkpoint: Path, tmp_path: Path) -> None:

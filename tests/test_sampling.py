@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from comem.data.sampling import clip_frame_indices, clip_span, eval_clip_starts, train_clip_starts
+from comem.data.sampling import (
+    clip_frame_indices,
+    clip_span,
+    eval_clip_starts,
+    memory_groups,
+    train_clip_starts,
+)
 
 
 def test_clip_span() -> None:
@@ -62,3 +68,22 @@ def test_clip_frame_indices_and_short_video_repeats_last_frame() -> None:
 def test_bad_arguments_raise(call) -> None:
     with pytest.raises(ValueError):
         call()
+
+
+def test_memory_groups_spread_each_memory_over_the_video_as_training_did() -> None:
+    assert memory_groups(3, 1, 3) == [[0, 1, 2]]  # training's clip count: one memory
+    assert memory_groups(2, 1, 3) == [[0, 1]]
+    assert memory_groups(5, 1, 3) == [[0, 2, 4], [1, 3]]
+    assert memory_groups(8, 1, 3) == [[0, 3, 6], [1, 4, 7], [2, 5]]
+    assert memory_groups(3, 3, 3) == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]  # a memory per crop position
+    assert memory_groups(8, 3, None) == [list(range(24))]
+    for clips in range(1, 20):
+        for crops in (1, 3):
+            for per_memory in (1, 2, 3, 4, 8):
+                groups = memory_groups(clips, crops, per_memory)
+                assert sorted(view for group in groups for view in group) == list(range(clips * crops))
+                assert all(len(group) <= per_memory for group in groups)
+                for group in groups:  # one crop position, clips evenly strided from the start
+                    assert len({view % crops for view in group}) == 1
+                    steps = {b // crops - a // crops for a, b in zip(group, group[1:], strict=False)}
+                    assert len(steps) <= 1 and group[0] // crops < -(-clips // per_memory)

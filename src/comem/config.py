@@ -54,6 +54,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ava_version": ("2.1", "2.2"),
     "flip": ("auto", "on", "off", "swap-labels"),
     "wandb_mode": ("online", "offline"),
+    "eval_memory": ("groups", "all"),
 }
 
 
@@ -71,6 +72,10 @@ class TrainConfig:
     eval_scale: int | None = None  # eval short side; default crop_size
     views: int | None = None  # eval clips per video; default ``clips``
     crops: int = 1  # eval spatial crops (1 or 3)
+    # which eval views share a memory: "groups" of at most ``clips`` views spread over the video, one
+    # crop each, as training built its memories (``comem.data.sampling.memory_groups``); "all": one
+    # memory of every view (the paper's test)
+    eval_memory: str = "groups"
     workers: int = 2
     # model
     backbone: str = "tiny"
@@ -227,8 +232,15 @@ class TrainConfig:
         return self.views or self.clips
 
     @property
+    def clips_per_eval_memory(self) -> int | None:
+        """Views per evaluation memory (``memory_groups``): training's clip count with
+        ``eval_memory="groups"``, None (all views) with ``"all"``."""
+        return self.clips if self.eval_memory == "groups" else None
+
+    @property
     def shares_eval_memory(self) -> bool:
-        """Whether evaluation builds one memory from all views of a video. A ``single`` model was
+        """Whether a video's evaluation views share memories (``eval_memory`` says which views share
+        one; ``comem.data.sampling.memory_groups``). A ``single`` model was
         trained with a memory of its own clip only, so each of its views is scored on its own; so
         was a ``tsn`` model (its clips meet only in the averaged scores)."""
         return self.mode not in ("single", "tsn")

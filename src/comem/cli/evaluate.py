@@ -22,6 +22,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--aggregate", default="mean", choices=["mean", "max"], help="how view scores become a video score"
     )
     evaluate.add_argument(
+        "--eval-memory",
+        choices=["groups", "all"],
+        help="which views share a memory: groups (at most the training clips, spread over the video, one "
+        "crop each, as in training) or all (one memory of every view); default: the run's",
+    )
+    evaluate.add_argument(
         "--weights",
         choices=["ema", "raw"],
         help="the run's weight average (ema) or its weights (raw); default: ema when the run kept one "
@@ -62,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             views=args.views,
             crops=args.crops,
             aggregate=args.aggregate,
+            eval_memory=args.eval_memory,
             batch_size=args.batch_size,
             workers=args.workers,
             device=args.device,

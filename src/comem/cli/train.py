@@ -38,6 +38,8 @@ HELP: dict[str, str] = {
     "max_scale": "train short-side jitter maximum (none: 8/7 crop size)",
     "eval_scale": "eval short side (none: crop size)",
     "views": "eval clips per video (none: --clips)",
+    "eval_memory": "which eval views share a memory: groups (at most --clips views spread over the video, "
+    "one crop each, as in training) or all (one memory of every view)",
     "crops": "eval spatial crops per clip: 1 or 3",
     "workers": "data loading processes",
     "backbone": "network (comem models lists them)",

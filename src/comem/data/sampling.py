@@ -47,6 +47,29 @@ def eval_clip_starts(num_frames: int, num_clips: int, span: int) -> list[int]:
     return [int((i + 0.5) * segment) for i in range(num_clips)]
 
 
+def memory_groups(num_clips: int, crops: int, clips_per_memory: int | None) -> list[list[int]]:
+    """Which of a video's evaluation views build one memory together: lists of indices into its
+    clip-major views (clip k's crop r is view ``k * crops + r``), every view in exactly one list.
+
+    ``clips_per_memory`` None: one memory of all views. Otherwise the views are grouped as training
+    saw them: the clips are dealt into G = ceil(num_clips / clips_per_memory) interleaved groups
+    (group g holds clips g, g + G, g + 2G, ...), so each group spreads over the whole video as a
+    training sample's clips do, and each group builds one memory per crop position (a training
+    clip has one crop). With at most ``clips_per_memory`` clips and one crop this is one memory of
+    all views.
+    """
+    _check_positive(num_clips=num_clips, crops=crops)
+    if clips_per_memory is None:
+        return [list(range(num_clips * crops))]
+    _check_positive(clips_per_memory=clips_per_memory)
+    count = -(-num_clips // clips_per_memory)
+    return [
+        [clip * crops + crop for clip in range(first, num_clips, count)]
+        for first in range(count)
+        for crop in range(crops)
+    ]
+
+
 def clip_frame_indices(starts: Sequence[int], clip_len: int, stride: int, num_frames: int) -> np.ndarray:
     """Frame indices of every clip, int64 of shape ``(len(starts), clip_len)``.
 

@@ -23,6 +23,7 @@ def evaluate_checkpoint(
     views: int | None = None,
     crops: int | None = None,
     aggregate: str = "mean",
+    eval_memory: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
@@ -39,6 +40,7 @@ def evaluate_checkpoint(
     checkpoint). Everything not given comes from the checkpoint. Under torchrun the items are
     sharded over the processes and rank 0 writes the report of them all. ``weights``: ``ema`` or
     ``raw`` (default: the weight average when the run kept one, see ``comem.engine.ema``); the
+    ``eval_memory``: which views share a memory (``TrainConfig.eval_memory``; default the run's); the
     report's ``weights`` says which were scored. ``state``: the checkpoint already read. A
     classification dataset whose class names differ from the checkpoint's is refused unless
     ``allow_other_classes`` (labels then map by index).
@@ -52,6 +54,7 @@ def evaluate_checkpoint(
         views=views,
         crops=crops,
         aggregate=aggregate,
+        eval_memory=eval_memory,
         batch_size=batch_size,
         workers=workers,
         out=Path(out) if out is not None else None,

@@ -24,7 +24,14 @@ from torchvision.transforms.v2 import functional as F
 
 from comem.config import TrainConfig
 from comem.data.decode import VideoReader
-from comem.data.sampling import clip_frame_indices, clip_span, clip_times, eval_clip_starts, resample_grid
+from comem.data.sampling import (
+    clip_frame_indices,
+    clip_span,
+    clip_times,
+    eval_clip_starts,
+    memory_groups,
+    resample_grid,
+)
 from comem.data.transforms import center_crop_views, normalize, short_side_scale_size
 from comem.engine.precision import autocast_for
 from comem.errors import UserError
@@ -135,13 +142,19 @@ def views_and_thumbnail(
 
 @torch.no_grad()
 def score_views(
-    model: torch.nn.Module, video: torch.Tensor, *, share_memory: bool, times: torch.Tensor | None = None
+    model: torch.nn.Module,
+    video: torch.Tensor,
+    *,
+    share_memory: bool,
+    times: torch.Tensor | None = None,
+    groups: list[list[int]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits (V, K) of the V views of one video (1, V, C, T, H, W) at ``times`` (1, V) (None: even)
     and each memory stage's read weights (V, V). Views run one at a time, so peak memory is that of
-    one clip whatever V; with ``share_memory`` every view reads the collaborative memory of all V
-    views (``memory_bank`` then ``forward_clip``), else each view's memory is its own clip
-    (identity read weights)."""
+    one clip whatever V; with ``share_memory`` the views of each of ``groups``
+    (``comem.data.sampling.memory_groups``; None: all V views) read their collaborative memory
+    (``memory_bank`` then ``forward_clip``; the read weights are 0 across groups), else each view's
+    memory is its own clip (identity read weights). Several groups need ``times``."""
     num_views = video.shape[1]
     stages = model.memory_stage_names
     if not share_memory:
@@ -152,9 +165,20 @@ def score_views(
             ]
         )
         return logits, {stage: torch.eye(num_views) for stage in stages}
-    banks = model.memory_bank(video, times=times)
-    logits = torch.cat([model.forward_clip(video[:, i], i, banks, times=times) for i in range(num_views)])
-    return logits, read_weights(model, banks, times)
+    groups = groups or [list(range(num_views))]
+    if len(groups) > 1 and times is None:
+        raise ValueError("views scored in several memory groups need their times")
+    logits: list[torch.Tensor] = [torch.empty(0)] * num_views
+    weights: dict[str, torch.Tensor] = {}
+    for group in groups:
+        group_times = None if times is None else times[:, group]
+        banks = model.memory_bank(video[:, group], times=group_times)
+        for position, view in enumerate(group):
+            logits[view] = model.forward_clip(video[:, view], position, banks, times=group_times)
+        rows = torch.tensor(group)
+        for stage, weight in read_weights(model, banks, group_times).items():
+            weights.setdefault(stage, torch.zeros(num_views, num_views))[rows[:, None], rows] = weight
+    return torch.cat(logits), weights
 
 
 def read_weights(
@@ -214,15 +238,16 @@ def score_clips(
     ``views`` (N·crops, C, T, H, W), normalised, clip-major, of clips at ``times`` (N,) in their
     video (None: even)."""
     count = views.shape[0] // crops
-    view_times = None
-    if times is not None:
-        view_times = torch.as_tensor(times, dtype=torch.float32).repeat_interleave(crops)[None]
+    if times is None:
+        times = (np.arange(count) + 0.5) / count  # even, as ``comem.memory.even_times``
+    view_times = torch.as_tensor(times, dtype=torch.float32).repeat_interleave(crops)[None]
     with autocast_for(device, trained.config.precision)():
         logits, weights = score_views(
             trained.model,
             views[None].to(device),
             share_memory=trained.config.shares_eval_memory,
             times=view_times,
+            groups=memory_groups(count, crops, trained.config.clips_per_eval_memory),
         )
     logits = logits.view(1, count * crops, -1).float().cpu()
     per_clip = clip_probabilities(logits, multi_label=trained.multi_label).view(count, crops, -1).mean(dim=1)

@@ -59,7 +59,8 @@ class Predictor:
         Args:
             video: a file path; decoded frames (T, H, W, 3) uint8 (sampled and cropped exactly as
                 the file would be); or clips (N, C, T, H, W) float, cut and normalised as in
-                training, scored as they are.
+                training, scored as they are. The clips share memories as ``config.eval_memory``
+                says (default: groups of at most the training clip count, spread over the video).
             fps: the frames' rate (frames input; needed by a model trained with ``target_fps``).
             clips, clips_per_second, max_clips, crops: how many clips and spatial crops to cut from
                 a file or frames (default: the model's eval setting).

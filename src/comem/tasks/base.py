@@ -82,6 +82,7 @@ class EvalRequest:
     views: int | None = None  # clips per video (AVA: per keyframe)
     crops: int | None = None
     aggregate: str = "mean"  # how view scores become a video score (classification)
+    eval_memory: str | None = None  # which views share a memory ("groups" or "all"; classification)
     batch_size: int | None = None
     workers: int | None = None
     out: Path | None = None
@@ -91,7 +92,8 @@ class EvalRequest:
     def settings_suffix(self) -> str:
         """What sets this evaluation apart from the checkpoint's own settings, for the default report
         name ("" when nothing does): evaluating one checkpoint on other data, views, crops,
-        aggregation or weights writes a report of its own instead of replacing the last one. Other
+        aggregation, memory groups or weights writes a report of its own instead of replacing the
+        last one. Other
         data is named by its folder and a hash of its resolved path (two ``val/`` folders differ)."""
         parts = []
         if self.data is not None:
@@ -103,6 +105,8 @@ class EvalRequest:
             parts.append(f"crops{self.crops}")
         if self.aggregate != "mean":
             parts.append(self.aggregate)
+        if self.eval_memory is not None:
+            parts.append(f"memory-{self.eval_memory}")
         if self.weights is not None:
             parts.append(self.weights)
         return "".join("_" + part for part in parts)

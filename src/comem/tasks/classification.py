@@ -32,6 +32,7 @@ from comem.data.datasets import (
 from comem.data.decode import check_decoder
 from comem.data.formats import load_splits, require_training_labels
 from comem.data.mixing import VideoMixer
+from comem.data.sampling import memory_groups
 from comem.data.synthetic import SyntheticSpec, ensure_synthetic
 from comem.data.transforms import mirrored_classes
 from comem.files import json_text, write_json
@@ -63,6 +64,37 @@ class VideoScores:
         scores = torch.stack([scores for scores, _ in predictions.items])
         targets = torch.stack([target for _, target in predictions.items])
         return cls(scores, targets, torch.tensor(predictions.indices), predictions.skipped)
+
+
+def memories_per_video(config: TrainConfig) -> int:
+    """How many memories evaluation builds per video: one per view for ``single`` and ``tsn``,
+    else one per group of ``memory_groups``."""
+    views = config.eval_views * config.crops
+    if not config.shares_eval_memory:
+        return views
+    return len(memory_groups(config.eval_views, config.crops, config.clips_per_eval_memory))
+
+
+def grouped_view_logits(
+    model: nn.Module,
+    video: torch.Tensor,
+    times: torch.Tensor | None,
+    *,
+    share_memory: bool,
+    groups: list[list[int]],
+) -> torch.Tensor:
+    """Logits (B, V, K) of the V views of each video (B, V, C, T, H, W) at ``times`` (B, V), the
+    views of each group in ``groups`` (``comem.data.sampling.memory_groups``) sharing one memory.
+    ``times`` may be None (clips spread evenly) only when all views share one memory: a group's
+    times are a subset of the video's, which only the views' own times give."""
+    if not share_memory or len(groups) == 1:
+        return model(video, share_memory=share_memory, times=times)
+    if times is None:
+        raise ValueError("views scored in several memory groups need their times")
+    parts = [model(video[:, group], share_memory=True, times=times[:, group]) for group in groups]
+    order = torch.tensor([view for group in groups for view in group], device=video.device)
+    logits = torch.cat(parts, dim=1)
+    return logits[:, torch.argsort(order)]
 
 
 def clip_probabilities(clip_logits: torch.Tensor, *, multi_label: bool) -> torch.Tensor:
@@ -239,11 +271,15 @@ class ClassificationTask:
         each view alone (its memory saw one clip in training)."""
         if batch["label"].numel() == 0:
             return []
+        crops = self.config.crops
+        groups = memory_groups(batch["video"].shape[1] // crops, crops, self.config.clips_per_eval_memory)
         with step.autocast():
-            logits = model(
+            logits = grouped_view_logits(
+                model,
                 step.to_input(batch["video"]),
+                batch.get("times"),
                 share_memory=self.config.shares_eval_memory,
-                times=batch.get("times"),
+                groups=groups,
             )
         multi_label = batch["label"].is_floating_point()
         scores = video_scores(logits, multi_label=multi_label, aggregate=self.aggregate).cpu()
@@ -274,6 +310,8 @@ class ClassificationTask:
                 "clips": config.eval_views,
                 "crops": config.crops,
                 "aggregate": self.aggregate,
+                "eval_memory": config.eval_memory if config.shares_eval_memory else "per-view",
+                "memories_per_video": memories_per_video(config),
                 "weights": extra.get("weights", "raw"),
                 "videos": int(result.scores.shape[0]),
                 "skipped_videos": len(result.skipped),
@@ -332,7 +370,8 @@ class ClassificationTask:
             aggregate=request.aggregate,
             allow_other_classes=request.allow_other_classes,
         )
-        out_dir = request.out or path.with_name(f"eval_{request.split}_{path.stem}{request.settings_suffix()}")
+        name = f"eval_{request.split}_{path.stem}{request.settings_suffix()}"
+        out_dir = request.out or path.with_name(name)
         return CheckpointEvaluation(task, trained.model, out_dir, trained.weights)
 
     @classmethod
