@@ -126,6 +126,22 @@ def test_predict_cli_json_and_timeline_png_on_any_size_and_length(
         assert image.ndim == 3 and image.shape[0] > 400 and image.shape[1] > 1000
 
 
+def test_predict_cli_eval_memory_sets_which_clips_share_a_memory(
+    tiny_checkpoint: Path, odd_videos: dict, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["predict", str(odd_videos["large"]), "--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
+    reads = {}
+    for memory in ("groups", "all"):
+        assert main([*argv, "--json", "--views", "4", "--eval-memory", memory]) == 0
+        (result,) = json.loads(capsys.readouterr().out)
+        reads[memory] = {stage: np.array(weights) for stage, weights in result["attention"].items()}
+    for weights in reads["groups"].values():  # trained on 2 clips: {0, 2} and {1, 3}
+        assert weights[0, 1] == weights[0, 3] == weights[1, 0] == weights[1, 2] == 0.0
+        np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-5)
+    # one memory of all 4: clip 0 reads clips 1 and 3 too (at some stage more than rounding)
+    assert max(weights[0, 1] + weights[0, 3] for weights in reads["all"].values()) > 1e-3
+
+
 def test_predict_cli_text_output_and_single_plot(
     tiny_checkpoint: Path, odd_videos: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -41,6 +41,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--crops", type=int, choices=[1, 3], help="spatial crops per clip")
     predict.add_argument("--aggregate", default="mean", choices=["mean", "max"], help="clip scores to video")
     predict.add_argument(
+        "--eval-memory",
+        choices=["groups", "all"],
+        help="which clips share a memory: groups (at most the training clips, spread over the video, one "
+        "crop each) or all (one memory of every clip); default: the run's",
+    )
+    predict.add_argument(
         "--weights",
         choices=["ema", "raw"],
         help="the run's weight average (ema) or its weights (raw); default: ema when the run kept one",
@@ -65,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} must be >= 1; got {value}")
     if args.clips_per_second is not None and args.clips_per_second <= 0:
         raise ConfigError(f"--clips-per-second must be > 0; got {args.clips_per_second}")
-    predictor = load(args.checkpoint, device=resolve_device(args.device), weights=args.weights)
+    settings = {} if args.eval_memory is None else {"eval_memory": args.eval_memory}
+    predictor = load(args.checkpoint, device=resolve_device(args.device), weights=args.weights, **settings)
     names = predictor.class_names
     results: list[dict[str, Any]] = []
     failed = 0
