@@ -268,7 +268,8 @@ class ClassificationTask:
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict[str, Any], step: StepContext) -> list[tuple[int, Any]]:
         """Each video's scores (K,) over its views and its target. A ``single``-mode model scores
-        each view alone (its memory saw one clip in training)."""
+        each view alone (its memory saw one clip in training); the views of the other modes share
+        memories as ``config.eval_memory`` says (``memory_groups``)."""
         if batch["label"].numel() == 0:
             return []
         crops = self.config.crops
