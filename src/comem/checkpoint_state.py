@@ -143,6 +143,7 @@ MAY_CHANGE = frozenset(
         "device",
         "views",
         "crops",
+        "eval_memory",
         "eval_scale",
         "epochs",
         "eval_every",
