@@ -50,6 +50,9 @@ def run(argv: list[str]) -> tuple[int, str]:
 
 
 def trial_records(data: str, root: Path, flags: list[str], trials: int, seed: int) -> list[dict]:
+    # an untimed first run: what a process does once (imports, caches) would make the timed run
+    # longer than the trials and put random stop moments past their end
+    assert run(["train", "--data", data, "--out", str(root / "warm-up"), *flags])[0] == 0
     started = time.perf_counter()
     assert run(["train", "--data", data, "--out", str(root / "straight"), *flags])[0] == 0
     duration = time.perf_counter() - started
