@@ -34,5 +34,9 @@ DATA_FORMATS: tuple[str, ...] = (
     "ssv2",
 )
 
+# Which evaluation views share a memory (``comem.data.sampling.memory_groups``): groups of at most
+# the training clip count, spread over the video, one crop each; or all views in one memory.
+EVAL_MEMORY_KINDS: tuple[str, ...] = ("groups", "all")
+
 # The built-in long-range tasks (comem.data.synthetic, ``comem make-synthetic --task``).
 SYNTHETIC_TASKS: tuple[str, ...] = ("distinct", "parity", "order")

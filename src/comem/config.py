@@ -18,6 +18,7 @@ from comem.choices import (
     DATA_FORMATS,
     DECODERS,
     DEFAULT_MEMORY_STAGES,
+    EVAL_MEMORY_KINDS,
     FUSION_KINDS,
     MEMORY_KINDS,
     SUMMARY_KINDS,
@@ -54,7 +55,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ava_version": ("2.1", "2.2"),
     "flip": ("auto", "on", "off", "swap-labels"),
     "wandb_mode": ("online", "offline"),
-    "eval_memory": ("groups", "all"),
+    "eval_memory": EVAL_MEMORY_KINDS,
 }
 
 

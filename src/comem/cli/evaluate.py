@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from comem.choices import EVAL_MEMORY_KINDS
+
 NAME = "eval"
 
 
@@ -23,7 +25,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument(
         "--eval-memory",
-        choices=["groups", "all"],
+        choices=EVAL_MEMORY_KINDS,
         help="which views share a memory: groups (at most the training clips, spread over the video, one "
         "crop each, as in training) or all (one memory of every view); default: the run's",
     )

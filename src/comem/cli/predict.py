@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from comem.choices import EVAL_MEMORY_KINDS
 from comem.files import json_text
 
 NAME = "predict"
@@ -42,7 +43,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--aggregate", default="mean", choices=["mean", "max"], help="clip scores to video")
     predict.add_argument(
         "--eval-memory",
-        choices=["groups", "all"],
+        choices=EVAL_MEMORY_KINDS,
         help="which clips share a memory: groups (at most the training clips, spread over the video, one "
         "crop each) or all (one memory of every clip); default: the run's",
     )

@@ -35,6 +35,7 @@ from comem.data.sampling import (
 from comem.data.transforms import center_crop_views, normalize, short_side_scale_size
 from comem.engine.precision import autocast_for
 from comem.errors import UserError
+from comem.memory import even_times
 from comem.models.build import Bank
 from comem.models.normalization import Normalization
 from comem.tasks.classification import clip_probabilities, video_scores
@@ -238,9 +239,8 @@ def score_clips(
     ``views`` (N·crops, C, T, H, W), normalised, clip-major, of clips at ``times`` (N,) in their
     video (None: even)."""
     count = views.shape[0] // crops
-    if times is None:
-        times = (np.arange(count) + 0.5) / count  # even, as ``comem.memory.even_times``
-    view_times = torch.as_tensor(times, dtype=torch.float32).repeat_interleave(crops)[None]
+    clip_moments = even_times(1, count)[0] if times is None else torch.as_tensor(times, dtype=torch.float32)
+    view_times = clip_moments.repeat_interleave(crops)[None]
     with autocast_for(device, trained.config.precision)():
         logits, weights = score_views(
             trained.model,

@@ -93,8 +93,8 @@ class EvalRequest:
         """What sets this evaluation apart from the checkpoint's own settings, for the default report
         name ("" when nothing does): evaluating one checkpoint on other data, views, crops,
         aggregation, memory groups or weights writes a report of its own instead of replacing the
-        last one. Other
-        data is named by its folder and a hash of its resolved path (two ``val/`` folders differ)."""
+        last one. Other data is named by its folder and a hash of its resolved path (two ``val/``
+        folders differ)."""
         parts = []
         if self.data is not None:
             resolved = str(Path(self.data).resolve())

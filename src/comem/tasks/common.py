@@ -47,8 +47,12 @@ def settle_normalization(model: VideoModel, spec: ModelSpec, config: TrainConfig
 def evaluation_config(config: TrainConfig, request: EvalRequest, *, crops: bool = True) -> TrainConfig:
     """The checkpoint's ``config`` with what ``comem eval`` asked instead (views, crops when the
     task crops, which views share a memory, batch size, workers), validated."""
-    asked = {"views": request.views, "batch_size": request.batch_size, "workers": request.workers}
-    asked["eval_memory"] = request.eval_memory
+    asked = {
+        "views": request.views,
+        "eval_memory": request.eval_memory,
+        "batch_size": request.batch_size,
+        "workers": request.workers,
+    }
     if crops:
         asked["crops"] = request.crops
     return dataclasses.replace(config, **{k: v for k, v in asked.items() if v is not None}).validate()
