@@ -46,12 +46,6 @@ CODECS: dict[str, tuple[str, str]] = {
     "mpeg4": ("mpeg4", ".avi"),
     "vp9": ("libvpx-vp9", ".webm"),
 }
-# Encoder threads per codec, fixed rather than picked by FFmpeg from the CPUs the process may use:
-# an encoder's output depends on its thread count (libx264's, as FFmpeg configures it, also on the
-# threads' timing), so one seed would give other bytes on another machine or under ``taskset``.
-# libx264 gets one thread; the MPEG-4 encoder splits frames into one slice per thread, which is
-# deterministic for a fixed count, and gets the two it picks on a 2-core machine.
-ENCODER_THREADS: dict[str, int] = {"h264": 1, "mpeg4": 2, "vp9": 1}
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
     "green": (40, 200, 60),
@@ -179,32 +173,15 @@ def write_video(path: Path, frames: np.ndarray, fps: int, codec: str = "h264") -
         stream = container.add_stream(CODECS[codec][0], rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.thread_count = ENCODER_THREADS[codec]
         if codec == "h264":
             stream.options = {"crf": "18", "preset": "veryfast"}
         else:
             stream.bit_rate = 2_000_000
         for image in frames:
-            for packet in stream.encode(to_yuv420p(image)):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-
-
-def to_yuv420p(image: np.ndarray) -> av.VideoFrame:
-    """An RGB frame (H, W, 3) uint8 as a yuv420p frame, converted in one thread.
-
-    The encoder would convert it with FFmpeg's threaded scaler, whose output is not the same from
-    run to run (a few frames of a set of 208 small videos come out different, then their
-    macroblocks are coded differently: pixels up to 17 levels apart), so one seed would give other
-    videos in another process. PyAV before 17 takes no ``threads`` argument; its conversion is
-    then FFmpeg's default.
-    """
-    frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-    try:
-        return frame.reformat(format="yuv420p", threads=1)
-    except TypeError:
-        return frame.reformat(format="yuv420p")
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
