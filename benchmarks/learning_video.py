@@ -138,6 +138,8 @@ def main() -> None:
         distractors=args.distractors,
         coloured_distractors=args.coloured_distractors,
         codec=args.codec,
+        clip_len=args.clip_len,  # order: events laid out for the clips this run samples
+        stride=args.stride,
     )
     root = ensure_synthetic(args.cache, videos)
     train_frames, train_labels = decode_split(root, "train")

@@ -14,7 +14,7 @@ from comem.checkpoint_state import spec_from_state
 from comem.cli import main
 from comem.data.datasets import MultiClipVideoDataset, collate_clips, load_kinetics_csv_dir
 from comem.data.sampling import clip_span, clip_times, eval_clip_starts
-from comem.data.synthetic import PALETTE, event_frames
+from comem.data.synthetic import PALETTE
 from comem.engine import step as step_module
 from comem.engine.modes import comem_step, joint_step, tsn_step
 from comem.inference.predict import score_views
@@ -264,19 +264,56 @@ def test_a_seed_builds_the_same_network_with_and_without_time() -> None:
 
 def test_make_synthetic_order_labels_only_the_order_of_red_and_blue(tmp_path: Path) -> None:
     out = tmp_path / "order"
-    argv = ["make-synthetic", str(out), "--task", "order", "--num-train", "8", "--num-val", "2"]
-    assert main([*argv, "--size", "32", "--frames", "36", "--distractors", "0"]) == 0
+    argv = ["make-synthetic", str(out), "--task", "order", "--num-train", "12", "--num-val", "2"]
+    assert main([*argv, "--size", "32", "--frames", "36", "--distractors", "0", "--clip-len", "4"]) == 0
     assert (out / "classes.txt").read_text().split() == ["red_first", "blue_first"]
     rows = [line.split() for line in (out / "train.csv").read_text().splitlines()]
-    assert sorted(int(label) for _, label in rows) == [0] * 4 + [1] * 4
-    shown = event_frames("order", 36, 3)
-    red, blue = np.array(PALETTE["red"]), np.array(PALETTE["blue"])
+    assert sorted(int(label) for _, label in rows) == [0] * 6 + [1] * 6
+    span = clip_span(4, 2)
+    clip_starts = eval_clip_starts(36, 3, span)  # where the sampler puts the clip of each part
+    shifts = set()
     for relative, label in rows:
         with av.open(str(out / relative)) as container:
             frames = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
-        near = [
-            (np.abs(frames.astype(int) - colour).sum(-1) < 60).sum(axis=(1, 2)) > 20 for colour in (red, blue)
-        ]
-        parts = [int(np.flatnonzero(seen)[0]) * 3 // 36 for seen in near]  # the part each colour shows in
-        assert parts[0] != parts[1] and (parts[0] < parts[1]) == (label == "0")
-        assert not (near[0] | near[1])[~shown].any()  # nothing between the events
+        shown = {
+            name: np.flatnonzero(
+                (np.abs(frames.astype(int) - PALETTE[name]).sum(-1) < 60).sum(axis=(1, 2)) > 20
+            )
+            for name in ("red", "blue", "green")
+        }
+        runs = sorted((frames_shown[0], frames_shown[-1], name) for name, frames_shown in shown.items())
+        for first, last, name in runs:  # one unbroken flash per colour
+            assert len(shown[name]) == last - first + 1 > 1, (relative, name, shown[name])
+        for (_, last, _), (first, _, _) in zip(runs, runs[1:], strict=False):
+            assert first - last >= span, (relative, runs)  # no clip sees two events
+        order = [name for _, _, name in runs]
+        assert (order.index("red") < order.index("blue")) == (label == "0")
+        # every event sits at the same place relative to its part's clip: no clip can tell its part
+        offsets = {first - start for (first, _, _), start in zip(runs, clip_starts, strict=True)}
+        assert len(offsets) == 1, (relative, runs)
+        shifts |= offsets
+    assert len(shifts) > 1  # the place varies from video to video
+
+
+def test_make_synthetic_refuses_order_videos_too_short_for_their_clips(tmp_path: Path, capsys) -> None:
+    argv = ["make-synthetic", str(tmp_path / "short"), "--task", "order", "--frames", "48"]
+    assert main(argv) != 0
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "48 frames" in error and "61 frames" in error
+    assert not (tmp_path / "short" / "train.csv").exists()
+
+
+def test_training_on_the_built_in_order_videos_with_other_clips_warns(monkeypatch, caplog) -> None:
+    from comem.config import TrainConfig
+    from comem.tasks import classification
+
+    asked = []
+    monkeypatch.setattr(classification, "ensure_synthetic", lambda home, spec: asked.append(spec) or home)
+    with caplog.at_level("WARNING"):
+        classification.resolve_data(TrainConfig(synthetic_task="order"))
+        classification.resolve_data(TrainConfig(synthetic_task="distinct", clip_len=4))
+    assert not caplog.records  # the clips the videos are laid out for, or a task without layout
+    with caplog.at_level("WARNING"):
+        classification.resolve_data(TrainConfig(synthetic_task="order", clip_len=4))
+    assert len(caplog.records) == 1 and "--clip-len 4 --stride 2" in caplog.records[0].getMessage()
+    assert [spec.task for spec in asked] == ["order", "distinct", "order"]

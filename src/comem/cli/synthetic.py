@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from comem.choices import SYNTHETIC_TASKS
+from comem.config import TrainConfig
 
 NAME = "make-synthetic"
 
@@ -25,6 +26,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     synthetic.add_argument("--codec", default="h264", choices=["h264", "mpeg4", "vp9"])
     synthetic.add_argument("--seed", type=int, default=0)
+    clips = synthetic.add_argument_group("order: the clips its events are laid out for (comem train's flags)")
+    clips.add_argument("--clip-len", type=int, default=TrainConfig.clip_len, help="frames per clip")
+    clips.add_argument("--stride", type=int, default=TrainConfig.stride, help="frame sampling stride")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         distractors=args.distractors,
         coloured_distractors=args.coloured_distractors,
         codec=args.codec,
+        clip_len=args.clip_len,
+        stride=args.stride,
     )
     out = make_synthetic(args.out, spec)
     print(f"wrote {spec.num_train} train and {spec.num_val} val videos to {out}")

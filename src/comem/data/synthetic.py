@@ -11,9 +11,12 @@ independent of the label (every class is equally likely whatever a single part s
 - ``order``: one part shows a red square, another a blue one, every other part a green one; the
   label is which of red and blue comes first. Every part shows one of the same three colours in
   both classes, so neither a single clip nor the set of clips tells the classes apart: only the
-  clips' order does. Each square shows only in the middle third of its part (``event_frames``):
-  the gap between two events, two thirds of a part (16 frames by default), is longer than a
-  default clip (15 frames), so no clip sees two events and their order inside it.
+  clips' order does. The events are short flashes laid out for the clips a sampler draws
+  (``event_windows``): event ``i`` sits inside the ``i``-th of ``num_parts`` equal segments of the
+  clip starts (where ``train_clip_starts`` draws clip ``i`` and ``eval_clip_starts`` puts it), all
+  shifted by one random amount per video, so where an event shows inside a clip is distributed the
+  same in every part and a clip cannot tell which part it is in; and consecutive events are at
+  least one clip span apart, so no clip sees two events and their order inside it.
 
 A model that sees one short clip is therefore at chance; a model that combines the clips of the
 video (collaborative memory) can be right. Written in the PySlowFast CSV layout that
@@ -36,10 +39,11 @@ import av
 import numpy as np
 
 from comem.choices import SYNTHETIC_TASKS
+from comem.data.sampling import clip_span, eval_clip_starts
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 2  # bump when the rendering changes, so cached copies are regenerated
+GENERATOR_VERSION = 3  # bump when the rendering changes, so cached copies are regenerated
 SyntheticTask = Literal["distinct", "parity", "order"]
 CODECS: dict[str, tuple[str, str]] = {
     "h264": ("libx264", ".mp4"),
@@ -69,6 +73,8 @@ class SyntheticSpec:
     distractors: int = 1  # grey squares moving through the whole video
     coloured_distractors: int = 0  # squares of palette colours present in every part (no label information)
     codec: str = "h264"  # h264 (.mp4) | mpeg4 (.avi) | vp9 (.webm)
+    clip_len: int = 8  # order: the clips (frames, stride) the events are laid out for; comem train's defaults
+    stride: int = 2
     version: int = GENERATOR_VERSION
 
 
@@ -122,13 +128,48 @@ def _trajectory(num_frames: int, size: int, square: int, rng: np.random.Generato
     return corners.astype(int)
 
 
-def event_frames(task: str, num_frames: int, num_parts: int) -> np.ndarray:
-    """Which frames (bool, (num_frames,)) show their part's event: all of them, or for ``order`` the
-    middle third of each part, so events are far apart in time (module docstring)."""
-    if task != "order":
-        return np.ones(num_frames, dtype=bool)
-    position = (np.arange(num_frames) * num_parts) % num_frames  # where in its part, x num_frames
-    return (3 * position >= num_frames) & (3 * position < 2 * num_frames)
+def _event_length(num_frames: int, num_parts: int, span: int) -> int:
+    """Frames of one ``order`` event: at least one clip span between consecutive events, and at
+    most a third of a clip span plus one (``event_layout``); below 2 the videos are too short."""
+    starts = eval_clip_starts(num_frames, num_parts, span)
+    closest = min(b - a for a, b in zip(starts, starts[1:], strict=False))
+    return min(closest - span + 1, -(-span // 3) + 1)
+
+
+def event_layout(spec: SyntheticSpec) -> tuple[list[int], int, int]:
+    """Where the ``order`` events may go: (first frame of each event with no shift, event length in
+    frames, largest shift either way).
+
+    Event ``i`` is centred in the clip ``eval_clip_starts`` puts in segment ``i`` of
+    ``num_parts``, and every shift up to the largest keeps it inside that clip.
+    """
+    span = clip_span(spec.clip_len, spec.stride)
+    length = _event_length(spec.num_frames, spec.num_parts, span)
+    if length < 2:
+        needed = next(
+            t
+            for t in range(spec.num_frames, 100 * span * spec.num_parts)
+            if _event_length(t, spec.num_parts, span) >= 2
+        )
+        raise ValueError(
+            f"order videos of {spec.num_frames} frames are too short for {spec.num_parts} events more than a "
+            f"{span}-frame clip apart (clip_len {spec.clip_len}, stride {spec.stride}): use {needed} frames "
+            "or more, or shorter clips"
+        )
+    offset = (span - length) // 2
+    firsts = [start + offset for start in eval_clip_starts(spec.num_frames, spec.num_parts, span)]
+    return firsts, length, offset
+
+
+def event_windows(spec: SyntheticSpec, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Frames ``[first, end)`` that show each part's event in one video: the whole part, or for
+    ``order`` the flashes of ``event_layout`` shifted together by one random amount (module docstring)."""
+    if spec.task != "order":  # frame t is in part t * num_parts // num_frames
+        bounds = [-(-part * spec.num_frames // spec.num_parts) for part in range(spec.num_parts + 1)]
+        return list(zip(bounds, bounds[1:], strict=False))
+    firsts, length, most = event_layout(spec)
+    shift = int(rng.integers(-most, most + 1))
+    return [(first + shift, first + shift + length) for first in firsts]
 
 
 def render_video(colours: list[str], spec: SyntheticSpec, rng: np.random.Generator) -> np.ndarray:
@@ -147,9 +188,10 @@ def render_video(colours: list[str], spec: SyntheticSpec, rng: np.random.Generat
         (_trajectory(num_frames, size, small, rng), PALETTE[names[int(rng.integers(len(names)))]])
         for _ in range(spec.coloured_distractors)
     ]
-    part_of_frame = np.minimum(np.arange(num_frames) * len(colours) // num_frames, len(colours) - 1)
     event_paths = [_trajectory(num_frames, size, square, rng) for _ in colours]
-    shown = event_frames(spec.task, num_frames, len(colours))
+    event_of_frame = np.full(num_frames, -1)
+    for part, (first, end) in enumerate(event_windows(spec, rng)):
+        event_of_frame[first:end] = part
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for t in range(num_frames):
         frame = background.copy()
@@ -159,8 +201,8 @@ def render_video(colours: list[str], spec: SyntheticSpec, rng: np.random.Generat
         for path, colour in tinted:
             y, x = path[t]
             frame[y : y + small, x : x + small] = colour
-        part = part_of_frame[t]
-        if shown[t]:
+        part = event_of_frame[t]
+        if part >= 0:
             y, x = event_paths[part][t]
             frame[y : y + square, x : x + square] = PALETTE[colours[part]]
         frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
@@ -202,6 +244,8 @@ def make_synthetic(out_dir: str | Path, spec: SyntheticSpec = SyntheticSpec()) -
         raise ValueError(f"the order task needs at least 2 parts, got {spec.num_parts}")
     if spec.num_frames < spec.num_parts:
         raise ValueError(f"num_frames ({spec.num_frames}) must be at least num_parts ({spec.num_parts})")
+    if spec.task == "order":
+        event_layout(spec)  # refuses videos too short for their events
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     names = class_names(spec)

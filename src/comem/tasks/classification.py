@@ -176,7 +176,15 @@ def resolve_data(config: TrainConfig) -> Path:
     """The user's data dir, or the built-in synthetic dataset (generated into the cache once)."""
     if config.data is not None:
         return Path(config.data)
-    return ensure_synthetic(comem_home(), SyntheticSpec(task=config.synthetic_task))
+    spec = SyntheticSpec(task=config.synthetic_task)
+    if spec.task == "order" and (config.clip_len, config.stride) != (spec.clip_len, spec.stride):
+        log.warning(
+            f"the built-in order videos are laid out for clips of {spec.clip_len} frames at stride "
+            f"{spec.stride}; with --clip-len {config.clip_len} --stride {config.stride} a clip may see two "
+            f"events or tell which part it is in (comem make-synthetic --task order --clip-len "
+            f"{config.clip_len} --stride {config.stride} writes videos for these clips)"
+        )
+    return ensure_synthetic(comem_home(), spec)
 
 
 class ClassificationTask:
