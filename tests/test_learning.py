@@ -3,22 +3,22 @@ time-aware memory must learn it, and every mode that cannot see order across cli
 
 It runs ``benchmarks/learning_video.py`` (comem's model, modes and step functions on real encoded
 videos, decoded once) on a small version of the built-in ``order`` task: 160 + 48 videos of 32x32
-pixels, 36 frames in three parts; one part shows a red square, another a blue one, the third a
-green one, each only in the middle third of its part, so no clip (4 frames at stride 2) sees two
-events; the label is whether red comes before blue (chance 50%). Single-clip training and score
-averaging (tsn) see one clip at a time, and the order-blind memory (``--clip-time none``) reads the
-clips as a set: all three stay near chance. The memory that reads when each clip happened
-(``--clip-time relative``, the default) must learn it. Measured with this set, 12 epochs, one
-thread per process, 2026-12-07 on 2 AVX-512 cores, seeds 0 and 1: relative 100.0% and 100.0%,
-none 54.2% and 62.5%, single 60.4% and 45.8%, tsn 52.1% and 60.4% (48 validation videos: one
-standard deviation of a coin's score is 7.2 points).
+pixels, 36 frames; one event is a red square, another a blue one, the third a green one, each a
+4-frame flash laid out for the run's clips (4 frames at stride 2: each event where the sampler puts
+the clip of its segment, all shifted by one random amount, at least a clip apart), so no clip sees
+two events or can tell its part; the label is whether red comes before blue (chance 50%).
+Single-clip training and score averaging (tsn) see one clip at a time, and the order-blind memory
+(``--clip-time none``) reads the clips as a set: all three stay near chance. The memory that reads
+when each clip happened (``--clip-time relative``, the default) must learn it. Measured with this
+set, 12 epochs, one thread per process, 2026-12-07 on 2 AVX-512 cores, seeds 0 and 1: relative
+100.0% and 100.0%, none 43.8% and 33.3%, single 52.1% and 37.5%, tsn 47.9% and 43.8% (48
+validation videos: one standard deviation of a coin's score is 7.2 points).
 
-One seed of the time-aware memory is not a guarantee on these 160 videos, and the videos of one
-generator seed can still differ in a few files between processes (docs/learning.md section 14): on
-one of seven such sets seed 0 stayed at 79.2% while seeds 1 and 2 reached 100.0% and 97.9%
-(2026-12-07); the other six gave 95.8-100.0% with seed 0. So when seed 0 falls short, the test
-trains seed 1 on the same videos and asks the better of the two to learn; the order-blind modes
-get no second try.
+One seed of the time-aware memory is not a guarantee on 160 videos, and the videos of one
+generator seed can still differ in a few files between processes (docs/learning.md section 14):
+on one such set (events in the middle thirds of equal parts) seed 0 stayed at 79.2% while seeds
+1 and 2 reached 100.0% and 97.9%. So when seed 0 falls short, the test trains seed 1 on the same
+videos and asks the better of the two to learn; the order-blind modes get no second try.
 The built-in ``distinct`` and ``parity`` sets squeeze their parts so that a clip can straddle two
 of them at this size; single-clip training then learns from the straddling clips (52.1% and 56.2%,
 seeds 0 and 1, on a small ``distinct`` set after 24 epochs), so counting is measured on the full
