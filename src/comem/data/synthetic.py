@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import shutil
@@ -128,10 +129,10 @@ def _trajectory(num_frames: int, size: int, square: int, rng: np.random.Generato
     return corners.astype(int)
 
 
-def _event_length(num_frames: int, num_parts: int, span: int) -> int:
-    """Frames of one ``order`` event: at least one clip span between consecutive events, and at
-    most a third of a clip span plus one (``event_layout``); below 2 the videos are too short."""
-    starts = eval_clip_starts(num_frames, num_parts, span)
+def _event_length(starts: list[int], span: int) -> int:
+    """Frames of one ``order`` event whose clips start at ``starts``: at least one clip span between
+    consecutive events, and at most a third of a clip span plus one (``event_layout``); below 2 the
+    videos are too short."""
     closest = min(b - a for a, b in zip(starts, starts[1:], strict=False))
     return min(closest - span + 1, -(-span // 3) + 1)
 
@@ -144,12 +145,13 @@ def event_layout(spec: SyntheticSpec) -> tuple[list[int], int, int]:
     ``num_parts``, and every shift up to the largest keeps it inside that clip.
     """
     span = clip_span(spec.clip_len, spec.stride)
-    length = _event_length(spec.num_frames, spec.num_parts, span)
+    starts = eval_clip_starts(spec.num_frames, spec.num_parts, span)
+    length = _event_length(starts, span)
     if length < 2:
         needed = next(
-            t
-            for t in range(spec.num_frames, 100 * span * spec.num_parts)
-            if _event_length(t, spec.num_parts, span) >= 2
+            frames
+            for frames in itertools.count(spec.num_frames + 1)
+            if _event_length(eval_clip_starts(frames, spec.num_parts, span), span) >= 2
         )
         raise ValueError(
             f"order videos of {spec.num_frames} frames are too short for {spec.num_parts} events more than a "
@@ -157,8 +159,7 @@ def event_layout(spec: SyntheticSpec) -> tuple[list[int], int, int]:
             "or more, or shorter clips"
         )
     offset = (span - length) // 2
-    firsts = [start + offset for start in eval_clip_starts(spec.num_frames, spec.num_parts, span)]
-    return firsts, length, offset
+    return [start + offset for start in starts], length, offset
 
 
 def event_windows(spec: SyntheticSpec, rng: np.random.Generator) -> list[tuple[int, int]]:
